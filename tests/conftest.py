@@ -1,0 +1,89 @@
+"""Shared fixtures: a temporary manager home, the real CLI in a subprocess, tiny timm models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+
+# A tiny but structurally complete ViT: every block has qkv, attn.proj, mlp.fc1, mlp.fc2.
+TINY_TIMM = "deit_tiny_patch16_224"
+TINY_KWARGS = {"img_size": 32, "depth": 2}
+TINY_SPEC = "deit_tiny_patch16_224:img_size=32,depth=2"
+
+
+def tiny_vit(num_classes: int = 5, seed: int = 0, **overrides):
+    """A real timm DeiT-tiny, 2 blocks, 32 px: fast on 2 CPU cores."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    kwargs = {**TINY_KWARGS, **overrides}
+    return timm.create_model(TINY_TIMM, pretrained=False, num_classes=num_classes, **kwargs).eval()
+
+
+@pytest.fixture
+def assets() -> Path:
+    """The shared real data and weights; skipped where they are absent (a user's machine)."""
+    if not (ASSETS / "deit_tiny_patch16_224.safetensors").exists():
+        pytest.skip(f"real assets not found at {ASSETS}")
+    return ASSETS
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "mgr-home"
+    h.mkdir()
+    return h
+
+
+class CLI:
+    """Runs the real `mgr` in a subprocess against one home."""
+
+    def __init__(self, home: Path):
+        self.home = home
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
+        env.update({"MGR_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}, **extra)
+        return env
+
+    def __call__(self, *args: str, ok: bool = True, timeout: float = 600, **env: str):
+        proc = subprocess.run(
+            [sys.executable, "-m", "manager", *args],
+            capture_output=True,
+            text=True,
+            env=self.env(**env),
+            timeout=timeout,
+            cwd=ROOT,
+        )
+        if ok and proc.returncode != 0:
+            raise AssertionError(
+                f"mgr {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def json(self, *args: str, **env: str):
+        return json.loads(self(*args, "--json", **env).stdout)
+
+
+@pytest.fixture
+def mgr(home: Path) -> CLI:
+    return CLI(home)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess) -> None:
+    """A refused command: non-zero exit, a one-line message, no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") or lines[0].startswith("Error: "), lines[0]
