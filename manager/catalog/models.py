@@ -1,0 +1,197 @@
+"""The catalog's tables, as SQLAlchemy 2.0 typed ORM classes.
+
+Schema changes go through Alembic (``migrations/``); ``tests/test_migrations.py`` checks that
+these classes and the migrations agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names, so migrations can refer to them on every database.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+VERSION_READY = "ready"
+VERSION_DELETED = "deleted"
+DEPLOY_IDLE = "idle"
+DEPLOY_SWITCHING = "switching"
+GLOBAL_SCOPE = "global"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def task_scope(task_id: int) -> str:
+    """The budgets.scope value of a task's budget."""
+    return f"task:{task_id}"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Backbone(Base):
+    """A materialised backbone: its weights file under the home, identified by content hash."""
+
+    __tablename__ = "backbones"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    timm_name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[str] = mapped_column(String(500))
+    weights_source: Mapped[str] = mapped_column(String(1000))
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    param_count: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Task(Base):
+    """A registered task: its data set, classes and the backbone it adapts."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    dataset: Mapped[str] = mapped_column(String(200))
+    data_root: Mapped[str | None] = mapped_column(String(1000))
+    num_classes: Mapped[int] = mapped_column(Integer)
+    class_names: Mapped[list[str]] = mapped_column(JSON)
+    backbone_spec: Mapped[str] = mapped_column(String(500))
+    weights: Mapped[str | None] = mapped_column(String(1000))
+    # Bound when the task is first trained; a backbone in use cannot be deleted.
+    backbone_id: Mapped[int | None] = mapped_column(ForeignKey("backbones.id", ondelete="RESTRICT"))
+    # tasks <-> adapter_versions reference each other; use_alter breaks the cycle at CREATE time.
+    active_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="SET NULL", use_alter=True)
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    backbone: Mapped[Backbone | None] = relationship()
+    versions: Mapped[list[AdapterVersion]] = relationship(
+        back_populates="task",
+        foreign_keys="AdapterVersion.task_id",
+        order_by="AdapterVersion.number",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+    active_version: Mapped[AdapterVersion | None] = relationship(
+        foreign_keys=[active_version_id], post_update=True
+    )
+
+
+class AdapterVersion(Base):
+    """One trained, consolidated adapter of a task: an artifact file plus what made it."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("task_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(32))
+    structure: Mapped[Any] = mapped_column(JSON)
+    hyperparams: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(1000))
+    status: Mapped[str] = mapped_column(String(16), default=VERSION_READY)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    task: Mapped[Task] = relationship(back_populates="versions", foreign_keys=[task_id])
+    parent: Mapped[AdapterVersion | None] = relationship(remote_side=[id])
+
+
+class Deployment(Base):
+    """The switcher's state: one row (id 1), created by the first migration.
+
+    ``pending_version_id`` with state ``switching`` marks a switch in progress; since a switch
+    only writes values, finishing it after a crash means running it again.
+    """
+
+    __tablename__ = "deployment"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backbone_id: Mapped[int | None] = mapped_column(ForeignKey("backbones.id", ondelete="SET NULL"))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"))
+    version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="SET NULL")
+    )
+    pending_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="SET NULL")
+    )
+    state: Mapped[str] = mapped_column(String(16), default=DEPLOY_IDLE)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    backbone: Mapped[Backbone | None] = relationship()
+    task: Mapped[Task | None] = relationship()
+    version: Mapped[AdapterVersion | None] = relationship(foreign_keys=[version_id])
+    pending_version: Mapped[AdapterVersion | None] = relationship(foreign_keys=[pending_version_id])
+
+
+class Event(Base):
+    """Append-only history. Plain text/ids, no foreign keys, so it outlives what it describes."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    task_name: Mapped[str | None] = mapped_column(String(64), index=True)
+    version_id: Mapped[int | None] = mapped_column(Integer)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Budget(Base):
+    """A storage budget: per task (task_id set) or the one global budget (task_id NULL).
+
+    ``scope`` ("global" or "task:<id>") is unique, which makes the global row unique too
+    (a plain UNIQUE on a nullable task_id would allow many NULLs).
+    """
+
+    __tablename__ = "budgets"
+    __table_args__ = (
+        CheckConstraint(
+            "(task_id IS NULL AND scope = 'global') OR (task_id IS NOT NULL AND scope <> 'global')",
+            name="scope_matches_task",
+        ),
+        CheckConstraint("max_bytes >= 0", name="max_bytes_nonnegative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(80), unique=True)
+    task_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), unique=True
+    )
+    max_bytes: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    task: Mapped[Task | None] = relationship()

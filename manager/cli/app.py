@@ -1,0 +1,58 @@
+"""The object every command gets as ``ctx.obj``: the home and a lazily opened catalog."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from sqlalchemy.orm import Session
+
+from manager.catalog import Catalog, open_catalog
+from manager.home import Home
+
+
+class App:
+    """Per-invocation state. The catalog is opened (and migrated) on first use only, so
+    commands that never touch it (``--help``) create nothing."""
+
+    def __init__(self, home: Home):
+        self.home = home
+        self._catalog: Catalog | None = None
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = open_catalog(self.home)
+        return self._catalog
+
+    @contextmanager
+    def session(self, write: bool = True) -> Iterator[Session]:
+        """One catalog transaction (see `Catalog.session`)."""
+        with self.catalog.session(write=write) as s:
+            yield s
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+
+
+pass_app = click.make_pass_decorator(App)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def echo_json(obj: Any) -> None:
+    """Print `obj` as JSON on stdout."""
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def console():  # rich is imported here so commands that only print JSON skip it
+    import sys
+
+    from rich.console import Console
+
+    # Piped output has no terminal width; do not cut task names to rich's default 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=200)

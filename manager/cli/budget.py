@@ -1,0 +1,56 @@
+"""``mgr budget``: set and show storage budgets."""
+
+from __future__ import annotations
+
+import click
+
+from manager.catalog import budgets
+from manager.catalog import tasks as task_ops
+from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.units import format_size, parse_optional_size
+
+
+@click.group("budget")
+def command() -> None:
+    """Storage budgets for adapter versions (per task and global)."""
+
+
+@command.command("set")
+@click.argument("size")
+@click.option("--task", "task_name", help="The task's budget (default: the global budget).")
+@pass_app
+def set_(app: App, size: str, task_name: str | None) -> None:
+    """Set a budget to SIZE (e.g. 300KB, 1.5MiB); 'none' removes it."""
+    max_bytes = parse_optional_size(size)
+    with app.session() as s:
+        task = task_ops.get_task(s, task_name) if task_name is not None else None
+        budgets.set_budget(s, max_bytes, task)
+        used = budgets.used_bytes(s, task)
+    what = f"task {task_name!r}" if task_name else "global"
+    if max_bytes is None:
+        click.echo(f"{what} budget removed")
+        return
+    over = " (already over: garbage-collect old versions)" if used > max_bytes else ""
+    click.echo(f"{what} budget set to {format_size(max_bytes)}, used {format_size(used)}{over}")
+
+
+@command.command("show")
+@json_option
+@pass_app
+def show(app: App, as_json: bool) -> None:
+    """Show the global and per-task budgets."""
+    with app.session(write=False) as s:
+        report = budgets.budget_report(s)
+    if as_json:
+        echo_json(report)
+        return
+    from rich.table import Table
+
+    table = Table("scope", "budget", "used", "used %")
+    for scope, row in [("global", report["global"])] + [
+        (f"task {r['task']}", r) for r in report["tasks"]
+    ]:
+        pct = f"{100 * row['used_bytes'] / row['max_bytes']:.1f}%" if row["max_bytes"] else "-"
+        max_text = format_size(row["max_bytes"]) if row["max_bytes"] is not None else "none"
+        table.add_row(scope, max_text, format_size(row["used_bytes"]), pct)
+    console().print(table)

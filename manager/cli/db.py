@@ -1,0 +1,43 @@
+"""``mgr db``: the catalog's schema revision (migrations run on first use anyway)."""
+
+from __future__ import annotations
+
+import click
+
+from manager.catalog import open_catalog
+from manager.catalog.migrate import current_revision, ensure_current, head_revision
+from manager.cli.app import App, echo_json, json_option, pass_app
+
+
+@click.group("db")
+def command() -> None:
+    """Catalog database maintenance."""
+
+
+@command.command("upgrade")
+@pass_app
+def upgrade(app: App) -> None:
+    """Migrate the catalog to the newest schema revision."""
+    catalog = open_catalog(app.home, migrate=False)
+    try:
+        ensure_current(catalog.engine, app.home.migrate_lock)
+        click.echo(f"catalog at revision {current_revision(catalog.engine)} (head)")
+    finally:
+        catalog.close()
+
+
+@command.command("current")
+@json_option
+@pass_app
+def current(app: App, as_json: bool) -> None:
+    """Print the catalog's schema revision (without migrating it)."""
+    catalog = open_catalog(app.home, migrate=False)
+    try:
+        rev, head = current_revision(catalog.engine), head_revision()
+        url = catalog.engine.url.render_as_string(hide_password=True)
+    finally:
+        catalog.close()
+    if as_json:
+        echo_json({"revision": rev, "head": head, "is_head": rev == head, "url": url})
+    else:
+        click.echo(f"{rev or 'none'}" + (" (head)" if rev == head else f" (head is {head})"))

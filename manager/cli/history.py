@@ -1,0 +1,31 @@
+"""``mgr history``: the append-only event log."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from manager.catalog.events import list_events
+from manager.catalog.views import event_dict
+from manager.cli.app import App, echo_json, json_option, pass_app
+from manager.names import validate_task_name
+
+
+@click.command("history")
+@click.option("--task", "task_name", help="Only events of this task (removed tasks too).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the newest N events.")
+@json_option
+@pass_app
+def command(app: App, task_name: str | None, limit: int | None, as_json: bool) -> None:
+    """Show what happened: tasks added and removed, versions, promotions, switches, budgets."""
+    if task_name is not None:
+        validate_task_name(task_name)
+    with app.session(write=False) as s:
+        rows = [event_dict(e) for e in list_events(s, task_name, limit)]
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        details = json.dumps(r["details"], sort_keys=True) if r["details"] else ""
+        click.echo(f"{r['at']}  {r['kind']:<16} {r['task'] or '-':<20} {details}")

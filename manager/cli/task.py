@@ -1,0 +1,194 @@
+"""``mgr task``: register, list, show and remove tasks."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from manager.catalog import tasks as task_ops
+from manager.catalog.models import VERSION_DELETED
+from manager.catalog.views import task_dict
+from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.errors import MgrError
+from manager.names import validate_task_name
+from manager.specs import split_spec
+from manager.units import format_size, parse_size
+
+RANDOM_WEIGHTS = "random"
+
+
+@click.group("task")
+def command() -> None:
+    """Register, inspect and remove tasks."""
+
+
+def _weights(value: str | None) -> str | None:
+    """None (the hub's pretrained weights), "random", or an existing local file (absolute)."""
+    if value is None or value == RANDOM_WEIGHTS:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise MgrError(f"weights file {value!r} not found (use a file path or 'random')")
+    return str(path.resolve())
+
+
+def _describe(dataset: str, root: Path | None) -> tuple[list[str], str | None]:
+    from manager.datasets import describe  # imports torch: only when a task is added
+
+    class_names, found = describe(dataset, root)
+    where = found if found is not None else root
+    return list(class_names), (str(Path(where).expanduser().resolve()) if where else None)
+
+
+@command.command("add")
+@click.argument("name")
+@click.option("--dataset", required=True, help="flowers102, pets, vtab1k, imagefolder, synthetic.")
+@click.option("--root", type=click.Path(path_type=Path), help="Where the data set is (or goes).")
+@click.option(
+    "--backbone",
+    default=task_ops.DEFAULT_BACKBONE,
+    show_default=True,
+    help="timm model, optionally with arguments: NAME[:key=value,...].",
+)
+@click.option("--weights", help="Backbone weights: a local file, or 'random'. [default: hub]")
+@click.option("--budget", help="Storage budget for the task's adapter versions, e.g. 300KB.")
+@json_option
+@pass_app
+def add(
+    app: App,
+    name: str,
+    dataset: str,
+    root: Path | None,
+    backbone: str,
+    weights: str | None,
+    budget: str | None,
+    as_json: bool,
+) -> None:
+    """Register task NAME; its classes come from the data set."""
+    # Cheap checks first, so a bad command touches nothing.
+    validate_task_name(name)
+    budget_bytes = parse_size(budget) if budget is not None else None
+    split_spec(backbone)
+    weights = _weights(weights)
+    with app.session(write=False) as s:
+        if task_ops.find_task(s, name) is not None:
+            raise MgrError(f"task {name!r} already exists")
+    class_names, data_root = _describe(dataset, root)
+
+    if backbone != task_ops.DEFAULT_BACKBONE:  # the default always builds; skip timm's import
+        from manager.catalog.paramcount import param_info
+
+        param_info(backbone, app.home.cache)  # timm must build it; caches the count for storage
+    with app.session() as s:
+        task = task_ops.add_task(
+            s,
+            name=name,
+            dataset=dataset,
+            class_names=class_names,
+            data_root=data_root,
+            backbone_spec=backbone,
+            weights=weights,
+            budget_bytes=budget_bytes,
+        )
+        out = task_dict(s, task, full=True)
+    if as_json:
+        echo_json(out)
+    else:
+        click.echo(
+            f"added task {name!r}: {dataset}, {task.num_classes} classes, backbone {backbone}"
+            + (f", budget {format_size(budget_bytes)}" if budget_bytes is not None else "")
+        )
+
+
+@command.command("list")
+@json_option
+@pass_app
+def list_(app: App, as_json: bool) -> None:
+    """List tasks."""
+    with app.session(write=False) as s:
+        rows = [task_dict(s, t) for t in task_ops.list_tasks(s)]
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no tasks (add one with 'mgr task add NAME --dataset ...')")
+        return
+    from rich.table import Table
+
+    table = Table("task", "data set", "classes", "backbone", "versions", "active", "used", "budget")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["dataset"],
+            str(r["num_classes"]),
+            r["backbone_spec"],
+            str(r["versions"]),
+            f"v{r['active_version']}" if r["active_version"] else "-",
+            format_size(r["used_bytes"]),
+            format_size(r["budget_bytes"]),
+        )
+    console().print(table)
+
+
+@command.command("show")
+@click.argument("name")
+@json_option
+@pass_app
+def show(app: App, name: str, as_json: bool) -> None:
+    """Show a task, its budget and its adapter versions."""
+    with app.session(write=False) as s:
+        out = task_dict(s, task_ops.get_task(s, name), full=True)
+    if as_json:
+        echo_json(out)
+        return
+    from rich.table import Table
+
+    names = out["class_names"]
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    budget = format_size(out["budget_bytes"]) if out["budget_bytes"] is not None else "none"
+    click.echo(f"task      {out['name']}")
+    click.echo(
+        f"data set  {out['dataset']}" + (f"  ({out['data_root']})" if out["data_root"] else "")
+    )
+    click.echo(f"classes   {out['num_classes']}: {shown}")
+    click.echo(f"backbone  {out['backbone_spec']}  weights: {out['weights'] or 'hub'}")
+    click.echo(f"budget    {budget}, used {format_size(out['used_bytes'])}")
+    active = out["active_version"]
+    click.echo(f"active    {f'v{active}' if active else '-'}")
+    if not out["versions"]:
+        click.echo("versions  none (train one with 'mgr train NAME')")
+        return
+    table = Table("version", "method", "status", "bytes", "created")
+    for v in out["versions"]:
+        mark = " *" if v["number"] == active else ""
+        size = format_size(v["bytes"]) if v["status"] != VERSION_DELETED else "-"
+        table.add_row(f"v{v['number']}{mark}", v["method"], v["status"], size, v["created_at"])
+    console().print(table)
+
+
+@command.command("remove")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Remove even if the task is live in the deployment.")
+@pass_app
+def remove(app: App, name: str, yes: bool, force: bool) -> None:
+    """Remove a task, its adapter versions, budget and artifact files."""
+    validate_task_name(name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise MgrError(f"removing task {name!r} needs confirmation: add --yes")
+        click.confirm(f"remove task {name!r} and all its adapter versions?", abort=True)
+    with app.session() as s:
+        task_ops.remove_task(s, name, force=force)
+    # After the commit: a failure here leaves only unreferenced files, never dangling rows.
+    folder = app.home.task_dir(name)
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        click.echo(f"warning: could not remove {folder}: {exc}", err=True)
+    click.echo(f"removed task {name!r}")

@@ -1,0 +1,210 @@
+"""Catalog operations in process, on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import TINY_SPEC
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from manager.catalog import budgets, events, open_catalog, storage, tasks, versions
+from manager.catalog.deployment import get_deployment
+from manager.catalog.models import AdapterVersion, Budget, Deployment, Event
+from manager.catalog.paramcount import ParamInfo, param_info
+from manager.errors import MgrError
+from manager.home import Home
+
+
+@pytest.fixture
+def catalog(home: Path, monkeypatch):
+    monkeypatch.delenv("MGR_DB_URL", raising=False)
+    cat = open_catalog(Home(home))
+    yield cat
+    cat.close()
+
+
+def _add(s, name: str = "pets", n: int = 3, **kw):
+    return tasks.add_task(
+        s, name=name, dataset="synthetic", class_names=[f"c{i}" for i in range(n)], **kw
+    )
+
+
+def _version(s, task, home: Home, size: int, **kw) -> AdapterVersion:
+    number = versions.next_version_number(s, task)
+    path = home.task_dir(task.name) / f"v{number}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * size)
+    return versions.add_version(
+        s,
+        task,
+        method="consolidator",
+        structure=[[384, False]],
+        bytes=size,
+        content_hash="0" * 64,
+        path=home.rel(path),
+        **kw,
+    )
+
+
+def test_sqlite_connection_settings(catalog) -> None:
+    with catalog.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+
+
+def test_write_sessions_begin_immediate(catalog, home: Path) -> None:
+    """A write session holds the write lock from its first statement, readers still read."""
+    other = sqlite3.connect(home / "catalog.db", timeout=0, isolation_level=None)
+    with catalog.session() as s:
+        s.execute(select(Event)).all()  # only a read so far, yet the lock is taken
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        assert other.execute("SELECT count(*) FROM tasks").fetchone() == (0,)  # WAL: reads go on
+    with catalog.session(write=False) as s:
+        s.execute(select(Event)).all()
+        other.execute("BEGIN IMMEDIATE")  # a read session does not block writers
+        other.execute("ROLLBACK")
+    other.close()
+
+
+def test_add_list_get_and_duplicate(catalog) -> None:
+    with catalog.session() as s:
+        t = _add(s, budget_bytes=1000)
+        assert t.num_classes == 3 and t.class_names == ["c0", "c1", "c2"]
+        assert t.backbone_spec == tasks.DEFAULT_BACKBONE
+    with catalog.session() as s:
+        assert [t.name for t in tasks.list_tasks(s)] == ["pets"]
+        assert budgets.get_budget(s, tasks.get_task(s, "pets")) == 1000
+        assert [e.kind for e in events.list_events(s)] == ["task_added", "budget_set"]
+    with pytest.raises(MgrError, match="already exists"), catalog.session() as s:
+        _add(s)
+    with pytest.raises(MgrError, match="unknown task"), catalog.session() as s:
+        tasks.get_task(s, "nope")
+    with pytest.raises(MgrError, match="bad task name"), catalog.session() as s:
+        _add(s, name="Bad Name")
+
+
+def test_versions_numbering_and_promotion(catalog) -> None:
+    with catalog.session() as s:
+        t = _add(s)
+        v1 = _version(s, t, catalog.home, 100)
+        v2 = _version(s, t, catalog.home, 200, parent_id=v1.id)
+        assert (v1.number, v2.number) == (1, 2)
+        versions.promote(s, t, v2)
+    with catalog.session() as s:
+        t = tasks.get_task(s, "pets")
+        assert t.active_version.number == 2
+        assert versions.get_version(s, t, 2).parent.number == 1
+        with pytest.raises(MgrError, match="no version 9"):
+            versions.get_version(s, t, 9)
+        kinds = [e.kind for e in events.list_events(s, "pets")]
+        assert kinds == ["task_added", "version_created", "version_created", "promoted"]
+
+
+def test_budgets_used_headroom_and_fits(catalog) -> None:
+    with catalog.session() as s:
+        a, b = _add(s, "a", budget_bytes=1000), _add(s, "b")
+        _version(s, a, catalog.home, 600)
+        _version(s, b, catalog.home, 300)
+        deleted = _version(s, b, catalog.home, 5000)
+        deleted.status = "deleted"
+    with catalog.session() as s:
+        a, b = tasks.get_task(s, "a"), tasks.get_task(s, "b")
+        assert budgets.used_bytes(s, a) == 600 and budgets.used_bytes(s) == 900
+        assert budgets.headroom(s, a) == 400 and budgets.headroom(s, b) is None
+        budgets.check_fits(s, a, 400)
+        with pytest.raises(MgrError, match=r"its budget is 1\.00 KB with 600 B used"):
+            budgets.check_fits(s, a, 401)
+        budgets.set_budget(s, 1000)  # global
+        assert budgets.headroom(s, b) == 100
+        with pytest.raises(MgrError, match="global budget"):
+            budgets.check_fits(s, b, 101)
+        assert budgets.set_budget(s, 2000) == 1000  # update returns the previous value
+        assert budgets.set_budget(s, None, a) == 1000  # clear
+        assert budgets.get_budget(s, a) is None and budgets.get_budget(s) == 2000
+
+
+def test_one_global_budget_row(catalog) -> None:
+    with pytest.raises(IntegrityError), catalog.session() as s:
+        s.add_all([Budget(scope="global", max_bytes=1), Budget(scope="global", max_bytes=2)])
+        s.flush()
+    with pytest.raises(IntegrityError), catalog.session() as s:  # check: NULL task => global
+        s.add(Budget(scope="task:1", task_id=None, max_bytes=1))
+        s.flush()
+
+
+def test_single_deployment_row(catalog) -> None:
+    with catalog.session() as s:
+        dep = get_deployment(s)
+        assert (dep.id, dep.state, dep.task_id) == (1, "idle", None)
+    with pytest.raises(IntegrityError), catalog.session() as s:
+        s.add(Deployment(id=2, state="idle"))
+        s.flush()
+
+
+def test_remove_cascades_and_history_survives(catalog) -> None:
+    with catalog.session() as s:
+        t = _add(s, budget_bytes=5000)
+        v = _version(s, t, catalog.home, 100)
+        versions.promote(s, t, v)
+        dep = get_deployment(s)
+        dep.task_id, dep.version_id = t.id, v.id
+    with pytest.raises(MgrError, match="live"), catalog.session() as s:
+        tasks.remove_task(s, "pets")
+    with catalog.session() as s:
+        tasks.remove_task(s, "pets", force=True)
+    with catalog.session() as s:
+        assert tasks.list_tasks(s) == []
+        assert s.scalars(select(AdapterVersion)).all() == []
+        assert s.scalars(select(Budget)).all() == []
+        dep = get_deployment(s)
+        assert (dep.task_id, dep.version_id) == (None, None)
+        kinds = [e.kind for e in events.list_events(s, "pets")]
+        assert kinds[-1] == "task_removed" and "version_created" in kinds
+
+
+def test_storage_report(catalog, monkeypatch) -> None:
+    info = ParamInfo(params=1_000_000, num_features=100)
+    monkeypatch.setattr(storage, "param_info", lambda spec, cache: info)
+    with catalog.session() as s:
+        empty = storage.storage_report(s, catalog.home)
+        assert empty["tasks"] == [] and empty["totals"]["adapter_bytes"] == 0
+        a = _add(s, "a", n=10, budget_bytes=100_000)
+        _add(s, "b", n=5)
+        v = _version(s, a, catalog.home, 40_000)
+        versions.promote(s, a, v)
+        budgets.set_budget(s, 1_000_000)
+    (catalog.home.root / v.path).unlink()  # a missing artifact is reported, not fatal
+    with catalog.session(write=False) as s:
+        report = storage.storage_report(s, catalog.home)
+    ra, rb = report["tasks"]
+    assert ra["backbone_bytes"] == 4_000_000
+    assert ra["versions"][0]["pct_of_backbone"] == pytest.approx(1.0)
+    assert ra["versions"][0]["active"] and ra["versions"][0]["missing"]
+    assert ra["budget_used_pct"] == pytest.approx(40.0)
+    assert ra["full_finetune_bytes"] == 4_000_000 + 10 * 101 * 4
+    assert rb["versions"] == [] and rb["used_bytes"] == 0 and rb["budget_used_pct"] is None
+    tot = report["totals"]
+    assert tot["versions"] == 1 and tot["adapter_bytes"] == 40_000
+    assert tot["global_budget_used_pct"] == pytest.approx(4.0)
+    assert tot["backbone_bytes"] == 4_000_000  # one shared backbone
+    assert tot["full_finetune_bytes"] == 2 * 4_000_000 + (10 + 5) * 101 * 4
+    assert tot["saved_bytes"] == tot["full_finetune_bytes"] - 4_040_000
+    json.dumps(report)
+
+
+def test_param_info_real_timm_and_cache(tmp_path: Path, monkeypatch) -> None:
+    info = param_info(TINY_SPEC, tmp_path)
+    assert info.num_features == 192 and info.params > 0
+    from manager.catalog import paramcount
+
+    monkeypatch.setattr(paramcount, "_count", lambda spec: pytest.fail("cache not used"))
+    assert param_info(TINY_SPEC, tmp_path) == info
+    with pytest.raises(MgrError, match="cannot be built"):
+        monkeypatch.undo()
+        param_info("no_such_model_xyz", tmp_path)
