@@ -1,0 +1,169 @@
+"""Data-set registry: name -> kind, like timm's `create_model`, plus roots and known definitions."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+import manager
+from manager.errors import MgrError
+from manager.specs import split_spec
+
+DATA_DIR = Path(manager.__file__).resolve().parents[1] / "data"
+
+_REGISTRY: dict[str, type[DatasetKind]] = {}
+K = TypeVar("K", bound="type[DatasetKind]")
+
+
+class DatasetKind:
+    """One registered kind of data set; subclasses say how to find, describe and open it.
+
+    A kind is stateless: ``locate`` finds it on disk, ``classes`` names its classes, ``build``
+    opens one split. Options from the spec string (``name:key=value``) arrive as ``**options``.
+    """
+
+    name: str = ""
+    splits: tuple[str, ...] = ("train", "val", "test", "trainval")
+
+    def locate(self, root: Path | None, **options: Any) -> Path | None:
+        """Where the data set is on disk under ``root`` (None: not there)."""
+        return None
+
+    def classes(self, found: Path | None, **options: Any) -> list[str]:
+        """Class names in label order, from disk when ``found`` else the known definition."""
+        known = known_definition(self.name)
+        if known is None:
+            raise MgrError(f"{self.name}: class names need the data set on disk; pass --root")
+        return list(known["classes"])
+
+    def build(
+        self,
+        root: str | os.PathLike[str] | None,
+        split: str,
+        transform: Callable | None,
+        download: bool,
+        **options: Any,
+    ) -> Dataset:
+        """One split; ``root`` None means `default_root`. Missing data raises `MgrError`."""
+        raise NotImplementedError
+
+
+def register_dataset(name: str) -> Callable[[K], K]:
+    """Class decorator: make a `DatasetKind` available to `create_dataset` under ``name``."""
+
+    def wrap(cls: K) -> K:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    """Registered data-set names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _kind(spec: str) -> tuple[DatasetKind, dict[str, Any]]:
+    name, options = split_spec(spec)
+    if name not in _REGISTRY:
+        raise MgrError(f"unknown data set {name!r}; known: {', '.join(list_datasets())}")
+    return _REGISTRY[name](), options
+
+
+def default_root() -> Path:
+    """Where data sets are found or downloaded: ``$MGR_DATA_ROOT``, else the project's ``data/``."""
+    env = os.environ.get("MGR_DATA_ROOT")
+    return Path(env).expanduser() if env else DATA_DIR
+
+
+def resolve_root(root: str | os.PathLike[str] | None) -> Path:
+    return Path(root).expanduser() if root is not None else default_root()
+
+
+@cache
+def known_definition(name: str) -> dict[str, Any] | None:
+    """The definition shipped in ``data/<name>.json`` (class names etc.), or None."""
+    path = DATA_DIR / f"{name}.json"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def create_dataset(
+    name: str,
+    root: str | os.PathLike[str] | None,
+    split: str,
+    transform: Callable | None = None,
+    *,
+    download: bool = False,
+    **options: Any,
+) -> Dataset:
+    """Open one split of a data set; the result has ``.classes`` and ``.targets``.
+
+    ``name`` may carry options, ``"synthetic:num_classes=4"``; keyword ``options`` override them.
+    Items are ``(image, label)`` with the PIL image passed through ``transform``.
+    """
+    kind, spec_options = _kind(name)
+    if split not in kind.splits:
+        raise MgrError(f"{kind.name}: no split {split!r}; splits: {', '.join(kind.splits)}")
+    return kind.build(root, split, transform, download, **{**spec_options, **options})
+
+
+def describe(
+    name: str, root: str | os.PathLike[str] | None = None, **options: Any
+) -> tuple[list[str], Path | None]:
+    """Class names and where the data set was found (None: not on disk, known names used).
+
+    ``root`` None looks in `default_root`. Reads no images, so it is cheap and works offline.
+    """
+    kind, spec_options = _kind(name)
+    options = {**spec_options, **options}
+    found = kind.locate(resolve_root(root), **options)
+    return kind.classes(found, **options), found
+
+
+class Labeled(Dataset):
+    """A subset or concatenation of data sets that keeps ``.classes`` and ``.targets``."""
+
+    def __init__(self, base: Dataset, classes: Sequence[str], targets: Sequence[int]):
+        self.base, self.classes, self.targets = base, list(classes), list(targets)
+
+    @classmethod
+    def subset(cls, ds: Dataset, indices: Sequence[int]) -> Labeled:
+        targets = ds.targets  # type: ignore[attr-defined]
+        return cls(Subset(ds, list(indices)), ds.classes, [targets[i] for i in indices])  # type: ignore[attr-defined]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Dataset]) -> Labeled:
+        targets = [t for p in parts for t in p.targets]  # type: ignore[attr-defined]
+        return cls(ConcatDataset(parts), parts[0].classes, targets)  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        return self.base[index]
+
+
+def every_kth(targets: Sequence[int], k: int, picks: Sequence[int]) -> list[int]:
+    """Indices whose rank within their own class, modulo ``k``, is in ``picks``.
+
+    A deterministic, class-stratified split that needs no random state: with ``k=5`` and
+    ``picks=(4,)`` every fifth image of each class is chosen.
+    """
+    seen: dict[int, int] = {}
+    out = []
+    for i, t in enumerate(targets):
+        rank = seen.get(t, 0)
+        seen[t] = rank + 1
+        if rank % k in picks:
+            out.append(i)
+    return out
