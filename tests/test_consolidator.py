@@ -1,0 +1,227 @@
+"""The adapter: config parsing, layer math, injection, trainable groups, merge equivalence."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_vit
+from torch import nn
+
+from manager.adapters import (
+    METHOD_GROUPS,
+    Branch,
+    ConsolidatorConfig,
+    ConsolidatorLinear,
+    inject_consolidator,
+    mark_trainable,
+    target_linears,
+    unwrap,
+)
+from manager.adapters.consolidator import branch_forward
+from manager.adapters.inject import select_params
+from manager.delta import apply, consolidate
+from manager.errors import MgrError
+
+
+def test_parse():
+    assert ConsolidatorConfig.parse("384,192").branches == (Branch(384), Branch(192))
+    assert ConsolidatorConfig.parse("384,192", shuffle=True).branches == (
+        Branch(384, True),
+        Branch(192, True),
+    )
+    cfg = ConsolidatorConfig.parse("96, 96s", drop_path=0.2)
+    assert cfg.branches == (Branch(96), Branch(96, True)) and cfg.drop_path == 0.2
+    assert str(cfg) == "96,96s"
+    assert ConsolidatorConfig.from_json(cfg.to_json()) == cfg
+    for bad in ("", "0", "x", "12,,3", "-4"):
+        with pytest.raises(MgrError):
+            ConsolidatorConfig.parse(bad)
+    with pytest.raises(MgrError, match="drop_path"):
+        ConsolidatorConfig((Branch(4),), drop_path=1.0)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_branch_is_reorder_then_block_diagonal(shuffle):
+    g, o, c = 4, 3, 6
+    w = torch.randn(g, o, c, dtype=torch.float64)
+    x = torch.randn(5, 7, g * c, dtype=torch.float64)
+    xp = x.view(5, 7, g, c).transpose(-1, -2).reshape(5, 7, g * c) if shuffle else x
+    expected = xp @ torch.block_diag(*w).T
+    assert torch.allclose(branch_forward(x, w, shuffle), expected)
+
+
+def test_layer_init_and_divisibility():
+    lin = nn.Linear(12, 8)
+    layer = ConsolidatorLinear(lin, ConsolidatorConfig((Branch(4), Branch(2, True))))
+    assert layer.weight is lin.weight and layer.bias is lin.bias
+    assert [tuple(w.shape) for w in layer.branches] == [(4, 2, 3), (2, 4, 6)]
+    for w in layer.branches:
+        assert 0 < w.abs().max() <= 1e-3
+    with pytest.raises(MgrError, match=r"blocks.3.mlp.fc1: weight of shape 8x12 .* g=3"):
+        ConsolidatorLinear(lin, ConsolidatorConfig((Branch(3),)), name="blocks.3.mlp.fc1")
+
+
+def test_targets_and_refusals():
+    model = tiny_vit()
+    names = [n for n, _ in target_linears(model)]
+    assert names == [
+        f"blocks.{i}.{t}" for i in range(2) for t in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    ]
+    with pytest.raises(MgrError, match="no ViT blocks"):
+        target_linears(nn.Sequential(nn.Linear(2, 2)))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(MgrError, match="g=7"):
+        inject_consolidator(model, ConsolidatorConfig((Branch(7),)))
+    assert all(type(m) is nn.Linear for _, m in target_linears(model))  # left untouched
+    assert model.state_dict().keys() == before.keys()
+    inject_consolidator(model, ConsolidatorConfig((Branch(8),)))
+    with pytest.raises(MgrError, match="already adapted"):
+        inject_consolidator(model, ConsolidatorConfig((Branch(8),)))
+
+
+def test_trainable_groups():
+    model = inject_consolidator(tiny_vit(num_classes=4), ConsolidatorConfig((Branch(8),)))
+    chosen = mark_trainable(model, METHOD_GROUPS["consolidator"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(chosen)
+    expected = set()
+    for i in range(2):
+        for t in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            expected |= {f"blocks.{i}.{t}.bias", f"blocks.{i}.{t}.branches.0"}
+        expected |= {f"blocks.{i}.norm{j}.{p}" for j in (1, 2) for p in ("weight", "bias")}
+    expected |= {"norm.weight", "norm.bias", "head.weight", "head.bias"}
+    assert trainable == expected
+    plain = tiny_vit()
+    assert set(mark_trainable(plain, METHOD_GROUPS["linear"])) == {"head.weight", "head.bias"}
+    bitfit = set(mark_trainable(plain, METHOD_GROUPS["bitfit"]))
+    assert len(bitfit) == 8 + 2 and "blocks.0.attn.qkv.bias" in bitfit
+    assert len(mark_trainable(plain, METHOD_GROUPS["bitfit_ln"])) == 8 + 10 + 2
+    assert all(p.requires_grad for p in mark_trainable(plain, ("all",)).values())
+    with pytest.raises(MgrError, match="unknown parameter group"):
+        mark_trainable(plain, ("nope",))
+
+
+def _perturb(model: nn.Module, seed: int = 1) -> None:
+    """Trained-looking values: branches ~1e-2, biases/LayerNorms/head moved."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in select_params(model, METHOD_GROUPS["consolidator"]).values():
+            p.add_(torch.randn(p.shape, generator=gen) * 1e-2)
+
+
+STRUCTURES = [
+    ((8, False),),
+    ((4, True),),
+    ((8, False), (4, True)),  # different g, with and without reorder
+    ((8, False), (4, False)),  # nested supports
+    ((4, False), (4, True)),  # partial overlap
+    ((3, True), (16, False), (2, True)),  # reorder without a single view (c=64, g=3 on 192)
+]
+
+
+@pytest.mark.parametrize("branches", STRUCTURES)
+def test_adapted_equals_merged(branches):
+    cfg = ConsolidatorConfig(tuple(Branch(g, s) for g, s in branches), drop_path=0.5)
+    base = tiny_vit(num_classes=6, seed=0)
+    adapted = inject_consolidator(copy.deepcopy(base), cfg)
+    _perturb(adapted)
+    adapted.eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = adapted(x)
+        delta = consolidate(adapted, backbone_name="tiny", backbone_hash="h")
+        # stage 2 on a fresh plain model
+        live = dict(base.named_parameters())
+        w0 = {n: t.detach().clone() for n, t in live.items()}
+        apply(live, w0, delta)
+        got = base(x)
+        merged = unwrap(copy.deepcopy(adapted))  # the in-memory merge agrees too
+        assert all(type(m) is nn.Linear for _, m in target_linears(merged))
+        got2 = merged(x)
+    scale = want.abs().max()
+    assert (got - want).abs().max() <= 1e-5 * scale
+    assert (got2 - want).abs().max() <= 1e-5 * scale
+    assert (want - w0_logits(base, w0, x)).abs().max() > 1e-3 * scale  # the delta matters
+
+
+def w0_logits(model: nn.Module, w0: dict, x: torch.Tensor) -> torch.Tensor:
+    m = copy.deepcopy(model)
+    m.load_state_dict(w0, strict=False)
+    with torch.no_grad():
+        return m(x)
+
+
+def test_drop_path_is_per_sample_in_training():
+    cfg = ConsolidatorConfig((Branch(8),), drop_path=0.5)
+    layer = ConsolidatorLinear(nn.Linear(16, 16), cfg).train()
+    with torch.no_grad():
+        layer.branches[0].fill_(1.0)
+    x = torch.randn(64, 5, 16)
+    y = layer(x)
+    plain = nn.functional.linear(x, layer.weight, layer.bias)
+    dropped = (y - plain).abs().amax(dim=(1, 2)) < 1e-6
+    assert 0 < int(dropped.sum()) < 64  # some samples lost the branch, others kept it
+
+
+def test_backward_reaches_branches():
+    model = inject_consolidator(tiny_vit(), ConsolidatorConfig((Branch(8), Branch(4, True))))
+    mark_trainable(model, METHOD_GROUPS["consolidator"])
+    model.train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    layer = model.blocks[0].attn.qkv
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in layer.branches)
+    assert layer.weight.grad is None
+
+
+@pytest.mark.parametrize(
+    "branches", [((8, False),), ((4, True), (8, False)), ((3, True), (2, False))]
+)
+def test_training_kernel_matches_reference(branches):
+    """The merged-weight autograd path gives the reference branch sum's outputs and gradients."""
+    cfg = ConsolidatorConfig(tuple(Branch(g, s) for g, s in branches))
+    torch.manual_seed(0)
+    layer = ConsolidatorLinear(nn.Linear(48, 96), cfg).train()
+    with torch.no_grad():
+        for w in layer.branches:
+            w.normal_(0, 1e-2)
+    layer.weight.requires_grad_(False)
+    x = torch.randn(4, 5, 48, dtype=torch.float64).float().requires_grad_()
+    gy = torch.randn(4, 5, 96)
+
+    def grads(y):
+        params = [x, layer.bias, *layer.branches]
+        return [y, *torch.autograd.grad(y, params, gy)]
+
+    got = grads(layer(x))
+    ref = nn.functional.linear(x, layer.weight, layer.bias)
+    for b, w in zip(layer.structure, layer.branches, strict=True):
+        ref = ref + branch_forward(x, w, b.shuffle)
+    for a, b in zip(got, grads(ref), strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_drop_path_scales_kept_branches():
+    """Per sample and per branch: a branch is either dropped or kept and scaled by 1/keep."""
+    cfg = ConsolidatorConfig((Branch(8), Branch(4, True)), drop_path=0.5)
+    layer = ConsolidatorLinear(nn.Linear(16, 16), cfg).train()
+    x = torch.randn(64, 3, 16)
+    with torch.no_grad():
+        for w in layer.branches:
+            w.normal_(0, 1.0)
+        y = layer(x)
+        base = nn.functional.linear(x, layer.weight, layer.bias)
+        pairs = zip(layer.structure, layer.branches, strict=True)
+        parts = [branch_forward(x, w, b.shuffle) for b, w in pairs]
+    seen = set()
+    for n in range(64):
+        options = {
+            (k0, k1): base[n] + 2 * k0 * parts[0][n] + 2 * k1 * parts[1][n]
+            for k0 in (0, 1)
+            for k1 in (0, 1)
+        }
+        match = [k for k, v in options.items() if torch.allclose(y[n], v, atol=1e-5)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) == 4
