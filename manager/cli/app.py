@@ -26,6 +26,13 @@ class App:
     def catalog(self) -> Catalog:
         if self._catalog is None:
             self._catalog = open_catalog(self.home)
+            # A switch killed half-way is finished (or rolled back) before anything else runs;
+            # when the deployment is idle this costs one SELECT.
+            from manager.switch.recovery import recover_if_needed
+
+            recover_if_needed(
+                self.home, self._catalog, warn=lambda m: click.echo(f"note: {m}", err=True)
+            )
         return self._catalog
 
     @contextmanager
@@ -49,10 +56,11 @@ def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
 
 
-def console():  # rich is imported here so commands that only print JSON skip it
+def console(stderr: bool = False):  # rich is imported here so JSON-only commands skip it
     import sys
 
     from rich.console import Console
 
+    stream = sys.stderr if stderr else sys.stdout
     # Piped output has no terminal width; do not cut task names to rich's default 80 columns.
-    return Console() if sys.stdout.isatty() else Console(width=200)
+    return Console(stderr=stderr) if stream.isatty() else Console(stderr=stderr, width=200)

@@ -1,0 +1,249 @@
+"""``mgr train TASK``: train an adapter, consolidate it, record a new version."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.units import format_size, parse_size
+
+METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full")
+# Picked by measurement on DeiT-tiny / Flowers-102 (BENCHMARKS.md): see `bench/accuracy.py`.
+DEFAULT_DROP_PATH = 0.2
+
+
+@click.command("train")
+@click.argument("task")
+@click.option(
+    "--method",
+    type=click.Choice(METHOD_CHOICES),
+    default="consolidator",
+    show_default=True,
+    help="Consolidator, or a baseline trained the same way.",
+)
+@click.option(
+    "--groups",
+    default="",
+    help="Consolidator branches: g per branch, e.g. '384' or '384,192'; a trailing 's' "
+    "reorders that branch's input channels ('96,96s'). [default: two input "
+    "channels per group: 384 on ViT-B, 96 on DeiT-tiny]",
+)
+@click.option("--shuffle", is_flag=True, help="Reorder the input channels of every branch.")
+@click.option(
+    "--drop-path",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=DEFAULT_DROP_PATH,
+    show_default=True,
+    help="DropPath on each branch's output (the paper tunes 0, 0.2, 0.5, 0.8).",
+)
+@click.option(
+    "--lora-rank",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Rank of the LoRA baseline.",
+)
+@click.option("--budget", help="Refuse (or with --fit-budget, fit) above this size, e.g. 300KB.")
+@click.option(
+    "--fit-budget", is_flag=True, help="Pick the finest one-branch structure that fits the budgets."
+)
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--warmup-epochs", type=click.IntRange(0), help="[default: 10% of --epochs]")
+@click.option(
+    "--lr",
+    type=click.FloatRange(0, min_open=True),
+    help="Peak learning rate. [default: 1e-3; 1e-4 for full fine-tuning]",
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(0),
+    default=1e-4,
+    show_default=True,
+    help="AdamW weight decay (never on biases and norms).",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--img-size",
+    type=click.IntRange(16),
+    help="Input size (bicubic resize). [default: the backbone's own]",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--dtype",
+    "storage_dtype",
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Storage dtype of the artifact.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--train-split", help="[default: the official training split: train, or trainval]")
+@click.option(
+    "--eval-split",
+    default="test",
+    show_default=True,
+    help="Split the reported accuracy is measured on.",
+)
+@click.option("--resume", is_flag=True, help="Continue from the task's last epoch checkpoint.")
+@click.option(
+    "--no-promote",
+    is_flag=True,
+    help="Keep the task's active version; do not make the new one active.",
+)
+@json_option
+@pass_app
+def command(
+    app: App,
+    task: str,
+    method: str,
+    groups: str,
+    shuffle: bool,
+    drop_path: float,
+    lora_rank: int,
+    budget: str | None,
+    fit_budget: bool,
+    epochs: int,
+    warmup_epochs: int | None,
+    lr: float | None,
+    weight_decay: float,
+    batch_size: int,
+    img_size: int | None,
+    seed: int,
+    storage_dtype: str,
+    device: str,
+    resume: bool,
+    train_split: str | None,
+    eval_split: str,
+    no_promote: bool,
+    as_json: bool,
+) -> None:
+    """Train TASK's adapter, consolidate it and record a new adapter version.
+
+    The paper's recipe by default: AdamW, batch 64, 100 epochs, cosine schedule with 10%
+    warm-up, no weight decay on biases and norms, bicubic resize, no augmentation. The
+    projected artifact size is checked against the task's and the global budget before any
+    training. Each epoch leaves a checkpoint; after a kill, rerun with --resume.
+
+    \b
+    Examples:
+      mgr train flowers102 --epochs 20
+      mgr train pets --groups 96,96s --drop-path 0.5
+      mgr train pets --method lora --lr 3e-3
+    """
+    from manager.train.config import TrainConfig
+    from manager.train.run import train_task
+
+    budget_bytes = parse_size(budget) if budget is not None else None
+    cfg = TrainConfig(
+        method=method,
+        groups=groups,
+        shuffle=shuffle,
+        drop_path=drop_path,
+        lora_rank=lora_rank,
+        epochs=epochs,
+        warmup_epochs=warmup_epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        img_size=img_size,
+        seed=seed,
+        storage_dtype=storage_dtype,
+    )
+    err = console(stderr=True)
+    progress = _progress(err, epochs) if err.is_terminal else _epoch_lines
+    log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    out = train_task(
+        app.home,
+        app.catalog,
+        task,
+        cfg,
+        device=device,
+        resume=resume,
+        fit_budget=fit_budget,
+        budget_bytes=budget_bytes,
+        promote=not no_promote,
+        train_split=train_split,
+        eval_split=eval_split,
+        progress=progress,
+        log=log,
+    )
+    if as_json:
+        echo_json(
+            {
+                "task": out.task,
+                "version": out.number,
+                "method": out.method,
+                "structure": out.structure,
+                "bytes": out.bytes,
+                "backbone_bytes": out.backbone_bytes,
+                "metrics": out.metrics,
+                "seconds": round(out.seconds, 1),
+                "path": str(out.path),
+            }
+        )
+        return
+    m = out.metrics
+    pct = 100.0 * out.bytes / out.backbone_bytes if out.backbone_bytes else 0.0
+    shape = ",".join(f"{g}{'s' if s else ''}" for g, s in out.structure or [])
+    click.echo(
+        f"{out.task} v{out.number} ({out.method}{' g=' + shape if shape else ''})"
+        f": top-1 {m['top1']:.1f}%  top-5 {m['top5']:.1f}% on {m['eval_images']} images\n"
+        f"  stored {format_size(out.bytes)} ({pct:.2f}% of the backbone's "
+        f"{format_size(out.backbone_bytes)})\n"
+        f"  trained {m['train_images']} images x {epochs} epochs at "
+        f"{m['train_images_per_s']:.0f} img/s in {out.seconds:.0f} s\n"
+        f"  artifact {out.path}"
+    )
+
+
+def _epoch_lines(event: dict) -> None:
+    if event["kind"] == "epoch":
+        click.echo(
+            f"epoch {event['epoch']}/{event['epochs']}  loss {event['loss']:.4f}  "
+            f"lr {event['lr']:.2e}  {event['images_per_s']:.0f} img/s",
+            err=True,
+        )
+        sys.stderr.flush()
+
+
+def _progress(err, epochs: int):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("epoch {task.fields[epoch]}/" + str(epochs)),
+        BarColumn(),
+        TextColumn(
+            "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.0f} img/s"
+        ),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+    state = {"id": None}
+
+    def update(event: dict) -> None:
+        if state["id"] is None:
+            bar.start()
+            state["id"] = bar.add_task(
+                "train", total=None, epoch=1, loss=float("nan"), lr=0.0, ips=0.0
+            )
+        tid = state["id"]
+        if event["kind"] == "step":
+            bar.update(
+                tid,
+                total=event["steps"],
+                completed=event["step"],
+                epoch=event["epoch"] + 1,
+                loss=event["loss"],
+                lr=event["lr"],
+            )
+        else:
+            bar.update(tid, ips=event["images_per_s"])
+            if event["epoch"] == event["epochs"]:
+                bar.stop()
+
+    return update

@@ -1,0 +1,1 @@
+"""The trainer: one loop for Consolidator and its baselines, with resumable checkpoints."""

@@ -1,0 +1,35 @@
+"""Hyper-parameters of one training run, as recorded in the catalog."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """The paper's recipe by default: AdamW, batch 64, 100 epochs, cosine with 10 warm-up epochs."""
+
+    method: str = "consolidator"
+    groups: str = ""  # consolidator branches, e.g. "384,192" or "96,96s"; "" = the default
+    shuffle: bool = False  # reorder the input channels of every branch
+    drop_path: float = 0.0
+    lora_rank: int = 8
+    epochs: int = 100
+    warmup_epochs: int | None = None  # None = 10% of the epochs, as the paper (10 of 100)
+    lr: float | None = None  # None = the method's default
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    img_size: int | None = None  # None = the backbone's own size
+    seed: int = 0
+    storage_dtype: str = "float32"
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must match to be resumed (everything but the epoch count)."""
+        d = self.to_json()
+        d.pop("epochs", None)
+        return json.dumps(d, sort_keys=True)

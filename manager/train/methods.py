@@ -1,0 +1,155 @@
+"""The methods one trainer runs: Consolidator and its baselines, each a recipe of two steps.
+
+``prepare`` turns a plain backbone (with the task's head) into the trainable model: it injects the
+method's layers and freezes all else. ``export`` turns the trained model into the ``Delta`` the
+method must store, so ``mgr storage`` shows every method's true cost on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from manager.adapters import ConsolidatorConfig, inject_consolidator, mark_trainable
+from manager.adapters.inject import METHOD_GROUPS, select_params, target_modules
+from manager.adapters.lora import LoRALinear
+from manager.delta.consolidate import consolidate, num_classes_of
+from manager.delta.delta import DTYPES, Delta, DeltaMeta, LoRALayer
+from manager.errors import MgrError
+from manager.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    default_lr: float
+    prepare: Callable[[nn.Module, TrainConfig], None]
+    export: Callable[[nn.Module, DeltaMeta], Delta]
+
+
+def default_structure(model: nn.Module) -> str:
+    """The paper's released ratio, two input channels per group: g=384 on ViT-B, 96 on DeiT-tiny."""
+    dims = {d for _, m in target_modules(model) for d in (m.in_features, m.out_features)}
+    return str(min(dims) // 2)
+
+
+def consolidator_config(model: nn.Module, cfg: TrainConfig) -> ConsolidatorConfig:
+    return ConsolidatorConfig.parse(
+        cfg.groups or default_structure(model), shuffle=cfg.shuffle, drop_path=cfg.drop_path
+    )
+
+
+def _prepare_consolidator(model: nn.Module, cfg: TrainConfig) -> None:
+    inject_consolidator(model, consolidator_config(model, cfg))
+    mark_trainable(model, METHOD_GROUPS["consolidator"])
+
+
+def _export_consolidator(model: nn.Module, meta: DeltaMeta) -> Delta:
+    delta = consolidate(
+        model, backbone_name=meta.backbone, backbone_hash=meta.backbone_hash, dtype=meta.dtype
+    )
+    return delta
+
+
+def _groups_method(name: str) -> tuple[Callable, Callable]:
+    groups = METHOD_GROUPS[name]
+
+    def prepare(model: nn.Module, cfg: TrainConfig) -> None:
+        mark_trainable(model, groups)
+
+    def export(model: nn.Module, meta: DeltaMeta) -> Delta:
+        whole = {
+            n: p.detach().to("cpu", meta.dtype).clone()
+            for n, p in select_params(model, groups).items()
+        }
+        return Delta(
+            {},
+            whole,
+            DeltaMeta(name, meta.backbone, meta.backbone_hash, meta.dtype, num_classes_of(model)),
+        )
+
+    return prepare, export
+
+
+def _prepare_lora(model: nn.Module, cfg: TrainConfig) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, module in target_modules(model):
+        parent, _, leaf = name.rpartition(".")
+        setattr(
+            model.get_submodule(parent),
+            leaf,
+            LoRALinear(module, r=cfg.lora_rank, alpha=cfg.lora_rank),
+        )
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_(True)
+    for p in select_params(model, ("head",)).values():
+        p.requires_grad_(True)
+
+
+def _export_lora(model: nn.Module, meta: DeltaMeta) -> Delta:
+    layers = {}
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            a = m.lora_A.detach().to("cpu", meta.dtype).clone()
+            b = (m.lora_B.detach() * m.scale).to("cpu", meta.dtype)
+            layers[f"{name}.weight"] = LoRALayer((m.out_features, m.in_features), a, b)
+    whole = {
+        n: p.detach().to("cpu", meta.dtype).clone()
+        for n, p in select_params(model, ("head",)).items()
+    }
+    return Delta(
+        layers,
+        whole,
+        DeltaMeta("lora", meta.backbone, meta.backbone_hash, meta.dtype, num_classes_of(model)),
+    )
+
+
+def _method(name: str, summary: str, lr: float) -> Method:
+    prepare, export = _groups_method(name)
+    return Method(name, summary, lr, prepare, export)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "consolidator",
+            "grouped-connection branches + biases + LayerNorms + head",
+            1e-3,
+            _prepare_consolidator,
+            _export_consolidator,
+        ),
+        _method("linear", "linear probe: the head alone", 1e-3),
+        _method("bitfit", "BitFit: the blocks' biases + head", 1e-3),
+        _method(
+            "bitfit_ln", "BitFit with LayerNorms: biases + LayerNorms + head (no branches)", 1e-3
+        ),
+        Method(
+            "lora",
+            "LoRA rank r on qkv/proj/fc1/fc2 (mergeable) + head",
+            1e-3,
+            _prepare_lora,
+            _export_lora,
+        ),
+        _method("full", "full fine-tuning: every weight", 1e-4),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise MgrError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def storage_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise MgrError(f"unknown storage dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
