@@ -24,7 +24,9 @@ import timm
 import torch
 
 from manager.adapters import Branch, ConsolidatorConfig, inject_consolidator, unwrap
-from manager.delta import Delta, SupportCache, apply, consolidate, switch
+from manager.delta.apply import SupportCache, apply, switch
+from manager.delta.consolidate import consolidate
+from manager.delta.delta import Delta
 from manager.delta.structure import positions, scatter_union
 
 

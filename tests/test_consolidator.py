@@ -21,7 +21,8 @@ from manager.adapters import (
 )
 from manager.adapters.consolidator import branch_forward
 from manager.adapters.inject import select_params
-from manager.delta import apply, consolidate
+from manager.delta.apply import apply
+from manager.delta.consolidate import consolidate
 from manager.errors import MgrError
 
 

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from manager.adapters import ConsolidatorConfig, inject_consolidator
 from manager.adapters.consolidator import Branch
-from manager.delta import Delta, consolidate
+from manager.delta.consolidate import consolidate
+from manager.delta.delta import Delta
 from manager.delta.sizing import (
     finest_fitting,
     projected_bytes,

@@ -12,15 +12,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from manager.adapters import Branch, ConsolidatorConfig, inject_consolidator
 from manager.adapters.inject import METHOD_GROUPS, select_params
-from manager.delta import (
-    Delta,
-    SupportCache,
-    apply,
-    check_compatible,
-    consolidate,
-    restore,
-    switch,
-)
+from manager.delta.apply import SupportCache, apply, check_compatible, restore, switch
+from manager.delta.consolidate import consolidate
+from manager.delta.delta import Delta
 from manager.delta.structure import covers, scatter_union
 from manager.errors import MgrError
 
@@ -202,7 +196,7 @@ def test_covers():
 
 def test_dense_and_lora_kinds(tmp_path):
     """Other layer kinds share the file format and the write-only switching."""
-    from manager.delta import DeltaMeta, DenseLayer, LoRALayer
+    from manager.delta.delta import DeltaMeta, DenseLayer, LoRALayer
 
     gen = torch.Generator().manual_seed(0)
     w0 = {"a.weight": torch.randn(6, 4, generator=gen)}

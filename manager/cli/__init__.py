@@ -32,9 +32,25 @@ def main(ctx: click.Context, home: Path | None) -> None:
 
 
 def _register() -> None:
-    from manager.cli import budget, db, history, storage, task
+    from manager.cli import (
+        budget,
+        db,
+        demo,
+        gc,
+        history,
+        predict,
+        status,
+        storage,
+        switch,
+        task,
+        train,
+        verify,
+        versions,
+    )
 
-    for module in (task, budget, storage, history, db):
+    for module in (task, train, versions, budget, storage, history, db, demo):
+        main.add_command(module.command)
+    for module in (switch, predict, status, verify, gc):
         main.add_command(module.command)
 
 

@@ -36,8 +36,10 @@ def _get(tensors: Mapping[str, Tensor], name: str, what: str) -> Tensor:
     return t
 
 
-def _check(live: Mapping[str, Tensor], base: Mapping[str, Tensor], delta: Delta) -> None:
-    """Validate every target before writing anything."""
+def _check(
+    live: Mapping[str, Tensor], base: Mapping[str, Tensor], delta: Delta, restoring: bool = False
+) -> None:
+    """Validate every target before writing anything (restoring: only what restore touches)."""
     for name, lay in delta.layers.items():
         for what, t in (("live", _get(live, name, "live")), ("base", _get(base, name, "base"))):
             if tuple(t.shape) != tuple(lay.shape):
@@ -48,6 +50,8 @@ def _check(live: Mapping[str, Tensor], base: Mapping[str, Tensor], delta: Delta)
             if not t.is_contiguous():
                 raise MgrError(f"the {what} weight {name} is not contiguous")
     for name, t in delta.whole.items():
+        if restoring and name not in base:
+            continue  # restore leaves tensors without a base value (a task head) to the caller
         lt = _get(live, name, "live")
         if lt.shape != t.shape:
             raise MgrError(
@@ -137,7 +141,7 @@ def restore(
 ) -> None:
     """``W[supp] = W0[supp]`` on every layer; whole tensors set back from ``base`` where it has
     them."""
-    _check(live, base, delta)
+    _check(live, base, delta, restoring=True)
     for name, lay in delta.layers.items():
         _write_layer(name, live[name], base[name], lay, False, cache)
     for name in delta.whole:

@@ -234,6 +234,7 @@ def train_task(
             number = versions.next_version_number(s, task)
             path = artifact_path(home, task_name, number)
             os.replace(tmp, path)
+            tmp = path  # from here a failed commit must not leave an unrecorded v<N> behind
             version = versions.add_version(
                 s,
                 task,
@@ -249,8 +250,9 @@ def train_task(
             )
             if promote or task.active_version_id is None:
                 versions.promote(s, task, version)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     return TrainOutcome(
         task_name,

@@ -1,0 +1,49 @@
+"""``mgr status``: what is live, and whether the live files are exactly what the catalog says."""
+
+from __future__ import annotations
+
+import click
+
+from manager.cli.app import App, echo_json, json_option, pass_app
+
+
+@click.command("status")
+@click.option(
+    "--no-verify", is_flag=True, help="Skip the bit-for-bit check of the live files (O(backbone))."
+)
+@json_option
+@pass_app
+def command(app: App, no_verify: bool, as_json: bool) -> None:
+    """Show the live task and version and verify the live files against the catalog.
+
+    Verified means: the live weights equal a fresh merge of W0 and the active delta bit for bit
+    (every tensor compared), the head file holds the delta's head, and the backbone and artifact
+    files hash to what the catalog recorded. Exits 1 if that check fails.
+    """
+    from manager.switch.check import live_status
+
+    st = live_status(app.home, app.catalog, verify=not no_verify)
+    if as_json:
+        echo_json(st)
+    else:
+        click.echo(render(st))
+    if st["verified"] is False:
+        click.get_current_context().exit(1)
+
+
+def render(st: dict) -> str:
+    live = f"{st['task']}@{st['version']} ({st['method']})" if st["task"] else "the backbone alone"
+    lines = [f"live:      {live}"]
+    if st["backbone"]:
+        bb = st["backbone"]
+        lines.append(f"backbone:  {bb['spec']} (weights {bb['content_hash'][:12]})")
+    lines.append(f"state:     {st['state']}" + (f" -> {st['pending']}" if st["pending"] else ""))
+    lines.append(f"files:     {st['live_file']} + head.safetensors")
+    if st["verified"] is None:
+        lines.append(f"verified:  not checked ({st['verification']})")
+    elif st["verified"]:
+        lines.append(f"verified:  yes: {st['verification']}")
+    else:
+        lines.append("verified:  NO")
+        lines += [f"  problem: {p}" for p in st["problems"]]
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""``mgr switch TASK[@VERSION]``: hot-swap a task's delta onto the live backbone file."""
+
+from __future__ import annotations
+
+import click
+
+from manager.cli.app import App, echo_json, json_option, pass_app
+from manager.errors import MgrError
+
+
+@click.command("switch")
+@click.argument("target", required=False, metavar="TASK[@VERSION]")
+@click.option("--none", "to_none", is_flag=True, help="Serve the backbone alone (no task live).")
+@json_option
+@pass_app
+def command(app: App, target: str | None, to_none: bool, as_json: bool) -> None:
+    """Make TASK's adapter live in <home>/live/ (default: its active version).
+
+    The artifact is checked first (bytes, sha256, backbone); then only the supports of the old
+    and the new delta are rewritten in place in live/backbone.safetensors, by exact writes
+    (W[supp] = W0[supp] + dW, never a subtraction), and the task's head goes to
+    live/head.safetensors. A switch killed half-way is finished or rolled back by the next mgr
+    command.
+
+    \b
+    Examples:
+      mgr switch pets          # pets' active version
+      mgr switch pets@2        # a given version
+      mgr switch --none        # the backbone alone
+    """
+    from manager.switch.artifacts import parse_target
+
+    if (target is None) == (not to_none):
+        raise MgrError("name one TASK[@VERSION], or --none for the backbone alone")
+    task, number = parse_target(target) if target is not None else (None, None)
+    from manager.switch.live import switch_live
+
+    report = switch_live(app.home, app.catalog, task, number)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    click.echo(describe(report))
+
+
+def label(task: str | None, version: int | None) -> str:
+    return f"{task}@{version}" if task is not None else "the backbone alone"
+
+
+def describe(report) -> str:
+    """One line (plus notes) saying what a `SwitchReport` did."""
+    now = label(report.task, report.version)
+    if not report.changed:
+        return f"{now} is already live"
+    was = label(report.previous_task, report.previous_version)
+    line = (
+        f"switched to {now} (was {was}) in {report.seconds * 1000:.1f} ms: wrote "
+        f"{report.values_written:,} weight values (old restored + new applied) of the "
+        f"backbone's {report.values_total:,}"
+    )
+    return "\n".join([line, *(f"  note: {n}" for n in report.notes)])

@@ -1,0 +1,46 @@
+"""``mgr verify``: every file on record against the catalog; exits 1 if anything is wrong."""
+
+from __future__ import annotations
+
+import click
+
+from manager.cli.app import App, echo_json, json_option, pass_app
+from manager.units import format_size
+
+
+@click.command("verify")
+@json_option
+@pass_app
+def command(app: App, as_json: bool) -> None:
+    """Check every adapter artifact (bytes, sha256), backbone file (content hash), the files
+    under artifacts/ against the catalog's byte totals, and the live files (see 'mgr status')."""
+    from manager.switch.check import verify_all
+
+    rep = verify_all(app.home, app.catalog)
+    if as_json:
+        echo_json(rep)
+    else:
+        for v in rep["versions"]:
+            detail = f"  ({v['detail']})" if v["detail"] else ""
+            click.echo(f"{v['status'].upper():<9} {v['task']}@{v['version']}  {v['path']}{detail}")
+        for b in rep["backbones"]:
+            detail = f"  ({b['detail']})" if b["detail"] else ""
+            click.echo(f"{b['status'].upper():<9} backbone {b['spec']}  {b['path']}{detail}")
+        for u in rep["untracked"]:
+            click.echo(f"{'UNTRACKED':<9} {u}  (a file the catalog does not know)")
+        tot = rep["totals"]
+        same = "==" if tot["catalog_bytes"] == tot["disk_bytes"] else "!="
+        click.echo(
+            f"bytes: catalog {format_size(tot['catalog_bytes'])} {same} "
+            f"on disk {format_size(tot['disk_bytes'])}"
+        )
+        live = rep["live"]
+        if live["verified"] is None:
+            click.echo("live files: none yet")
+        else:
+            click.echo(f"live files: {'OK' if live['verified'] else 'WRONG'}")
+            for p in live["problems"]:
+                click.echo(f"  problem: {p}")
+        click.echo("all OK" if rep["ok"] else f"{rep['problems']} problem(s)")
+    if not rep["ok"]:
+        click.get_current_context().exit(1)

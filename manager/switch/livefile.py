@@ -1,0 +1,118 @@
+"""A safetensors file opened for writing in place.
+
+safetensors lays every tensor out contiguously at a fixed offset after a JSON header, so a
+memory map of the file gives tensors whose in-place writes land directly in the file: a switch
+then rewrites only the bytes of the two supports, never the whole backbone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from manager.errors import MgrError
+
+_DTYPES = {
+    "F32": (np.float32, torch.float32),
+    "F16": (np.float16, torch.float16),
+    "F64": (np.float64, torch.float64),
+    "I64": (np.int64, torch.int64),
+    "I32": (np.int32, torch.int32),
+    "BF16": (np.int16, torch.bfloat16),  # numpy has no bfloat16: map the bits, view in torch
+}
+
+
+def read_header(path: Path) -> tuple[int, dict]:
+    """The safetensors header: (offset of the data section, {name: entry}).
+
+    The ``__metadata__`` entry, if any, stays in the mapping (see `read_metadata`).
+    """
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise MgrError(f"{path}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000:
+            raise MgrError(f"{path}: not a safetensors file (bad header length)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise MgrError(f"{path}: not a safetensors file (bad header)") from None
+    if not isinstance(header, dict):
+        raise MgrError(f"{path}: not a safetensors file (bad header)")
+    return 8 + n, header
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The file's ``__metadata__`` (string to string), empty if it has none."""
+    meta = read_header(path)[1].get("__metadata__") or {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def layout(path: Path) -> dict[str, tuple[str, tuple[int, ...], tuple[int, int]]]:
+    """``{name: (dtype, shape, data_offsets)}``: two files with equal layouts hold the same
+    tensors at the same byte positions."""
+    _, header = read_header(path)
+    return {
+        k: (e["dtype"], tuple(e["shape"]), tuple(e["data_offsets"]))
+        for k, e in header.items()
+        if k != "__metadata__"
+    }
+
+
+class LiveFile:
+    """Tensors of a safetensors file, memory-mapped read-write; ``flush`` makes writes durable.
+
+    ``readonly=True`` maps the file copy-on-write (``MAP_PRIVATE``): pages are read lazily from the
+    file and a stray write lands in private memory, never in the file. That is how W0 is read
+    without loading a whole backbone for a switch that touches 0.4% of it.
+    """
+
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        offset, header = read_header(self.path)
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        size = self.path.stat().st_size
+        end = max((e["data_offsets"][1] for e in header.values()), default=0)
+        if offset + end > size:
+            raise MgrError(f"{path}: truncated ({size} bytes, the header needs {offset + end})")
+        # lives as long as the map
+        self._file = open(self.path, "rb" if readonly else "r+b")  # noqa: SIM115
+        access = mmap.ACCESS_COPY if readonly else mmap.ACCESS_WRITE
+        self._mmap = mmap.mmap(self._file.fileno(), 0, access=access)
+        self.tensors: dict[str, torch.Tensor] = {}
+        for name, entry in header.items():
+            if entry["dtype"] not in _DTYPES:
+                raise MgrError(f"{path}: unsupported dtype {entry['dtype']} for {name}")
+            np_dtype, torch_dtype = _DTYPES[entry["dtype"]]
+            start, end = entry["data_offsets"]
+            count = (end - start) // np.dtype(np_dtype).itemsize
+            arr = np.frombuffer(self._mmap, dtype=np_dtype, count=count, offset=offset + start)
+            self.tensors[name] = torch.from_numpy(arr).view(torch_dtype).view(entry["shape"])
+
+    def flush(self) -> None:
+        if self.readonly:
+            return
+        self._mmap.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self.tensors.clear()  # views must go before the map can close
+        # A caller may still hold a view; the OS then closes the map at exit.
+        with contextlib.suppress(BufferError):
+            self._mmap.close()
+        self._file.close()
+
+    def __enter__(self) -> LiveFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
