@@ -61,6 +61,10 @@ class Home:
         """``<home>/artifacts/<task>/``; the name must already be validated."""
         return self.artifacts / task_name
 
+    def checkpoint(self, task_name: str) -> Path:
+        """``<home>/runs/<task>/checkpoint.pt``: the epoch checkpoint of the task's training run."""
+        return self.root / "runs" / task_name / "checkpoint.pt"
+
     def rel(self, path: str | os.PathLike[str]) -> str:
         """`path` relative to the home, as stored in the catalog (POSIX separators)."""
         return Path(path).resolve().relative_to(self.root).as_posix()

@@ -6,7 +6,9 @@ import sys
 
 import click
 
+from manager.catalog import tasks as task_ops
 from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.errors import MgrError
 from manager.units import format_size, parse_size
 
 METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full")
@@ -134,10 +136,16 @@ def command(
       mgr train pets --groups 96,96s --drop-path 0.5
       mgr train pets --method lora --lr 3e-3
     """
+    # Cheap checks before the heavy imports, so a typo fails in a fraction of a second.
+    budget_bytes = parse_size(budget) if budget is not None else None
+    with app.session(write=False) as s:
+        task_ops.get_task(s, task)
+    if resume and not app.home.checkpoint(task).exists():
+        raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {task!r}")
+
     from manager.train.config import TrainConfig
     from manager.train.run import train_task
 
-    budget_bytes = parse_size(budget) if budget is not None else None
     cfg = TrainConfig(
         method=method,
         groups=groups,

@@ -145,8 +145,8 @@ def train_task(
     torch.manual_seed(cfg.seed)
     with catalog.session(write=False) as s:
         info = _task_info(tasks.get_task(s, task_name))
-    run_dir = home.root / "runs" / task_name
-    if resume and not (run_dir / "checkpoint.pt").exists():
+    checkpoint = home.checkpoint(task_name)
+    if resume and not checkpoint.exists():
         raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {task_name!r}")
 
     model, backbone = build_model(home, catalog, info, cfg.img_size)
@@ -209,7 +209,7 @@ def train_task(
         mean=mean,
         std=std,
         device=dev,
-        checkpoint=run_dir / "checkpoint.pt",
+        checkpoint=checkpoint,
         resume=resume,
         progress=progress,
     )
@@ -253,7 +253,7 @@ def train_task(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
     return TrainOutcome(
         task_name,
         number,
