@@ -105,6 +105,13 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--configs", default="", help="comma-separated row numbers (default: all)")
     ap.add_argument("--no-sweep", action="store_true", help="use each method's default lr")
+    ap.add_argument(
+        "--lr",
+        action="append",
+        default=[],
+        metavar="METHOD=LR",
+        help="fix a method's learning rate instead of sweeping it (repeatable)",
+    )
     ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, no sweep")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = ap.parse_args()
@@ -130,7 +137,9 @@ def main() -> None:
             flush=True,
         )
         # One sweep per method; the consolidator's runs on its first row's structure.
-        best_lr: dict[str, float] = {}
+        best_lr: dict[str, float] = {
+            m: float(v) for m, v in (item.split("=", 1) for item in args.lr)
+        }
         for label, method, over in configs:
             key = method
             if key in best_lr:

@@ -12,8 +12,9 @@ from manager.errors import MgrError
 from manager.units import format_size, parse_size
 
 METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full")
-# Picked by measurement on DeiT-tiny / Flowers-102 (BENCHMARKS.md): see `bench/accuracy.py`.
-DEFAULT_DROP_PATH = 0.2
+# Picked by measurement (BENCHMARKS.md, bench/accuracy.py): on DeiT-tiny, Flowers-102 and the Pet
+# sample, 0 and 0.5 tie within the seeds' spread, and 0 trains about a quarter faster.
+DEFAULT_DROP_PATH = 0.0
 
 
 @click.command("train")
@@ -38,7 +39,9 @@ DEFAULT_DROP_PATH = 0.2
     type=click.FloatRange(0, 1, max_open=True),
     default=DEFAULT_DROP_PATH,
     show_default=True,
-    help="DropPath on each branch's output (the paper tunes 0, 0.2, 0.5, 0.8).",
+    help="DropPath on each branch's output. 0 by default: measured on DeiT-tiny with "
+    "Flowers-102 and Pets (5 epochs, 3 seeds), 0 and 0.5 tie and 0 trains ~25% faster. "
+    "For long schedules try 0.2-0.8 (the paper used 0.8 on Flowers and Pets at 100 epochs).",
 )
 @click.option(
     "--lora-rank",
