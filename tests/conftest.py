@@ -71,6 +71,17 @@ class CLI:
             )
         return proc
 
+    def popen(self, *args: str) -> subprocess.Popen:
+        """Start `mgr ARGS` without waiting (for concurrency and kill tests)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "manager", *args],
+            env=self.env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def json(self, *args: str, **env: str):
         return json.loads(self(*args, "--json", **env).stdout)
 

@@ -29,17 +29,6 @@ def _dump(home: Path) -> list[str]:
         con.close()
 
 
-def _popen(mgr: CLI, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "manager", *args],
-        env=mgr.env(),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_task_lifecycle(mgr: CLI, home: Path) -> None:
     added = mgr.json(
         "task", "add", "shapes", "--dataset", "synthetic", "--backbone", TINY_SPEC,
@@ -127,7 +116,7 @@ def test_errors_are_one_line_and_change_nothing(mgr: CLI, home: Path) -> None:
         ("task", "add", "--dataset", "synthetic"),  # click usage error: missing NAME
     ]
     # Started together: they are independent, and it checks that failing readers coexist.
-    procs = [_popen(mgr, *args) for args in bad]
+    procs = [mgr.popen(*args) for args in bad]
     for args, p in zip(bad, procs, strict=True):
         out, err = p.communicate(timeout=300)
         assert_clean_error(subprocess.CompletedProcess(args, p.returncode, out, err))
@@ -139,7 +128,7 @@ def test_errors_are_one_line_and_change_nothing(mgr: CLI, home: Path) -> None:
 def test_two_adds_at_once_on_a_fresh_home(mgr: CLI, home: Path) -> None:
     """Both processes migrate-or-wait and insert; neither sees 'database is locked'."""
     cmds = [("flowers", "flowers102"), ("shapes", "synthetic")]
-    procs = [_popen(mgr, "task", "add", name, "--dataset", ds) for name, ds in cmds]
+    procs = [mgr.popen("task", "add", name, "--dataset", ds) for name, ds in cmds]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err

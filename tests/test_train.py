@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLI, ROOT, TINY_SPEC, assert_clean_error
+from conftest import CLI, TINY_SPEC, assert_clean_error
 from safetensors import safe_open
 
 SMALL = "synthetic:per_class=12"
@@ -89,21 +87,10 @@ def test_fit_budget_picks_the_finest_structure_that_fits(mgr):
     assert not shuffle
 
 
-def _popen(mgr, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "manager", *args],
-        env=mgr.env(),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_resume_after_kill_matches_a_straight_run(mgr, home, tmp_path):
     args = ["--epochs", "8", "--batch-size", "16", "--drop-path", "0.2", "--seed", "3"]
     add_task(mgr, "resume", "synthetic:per_class=16")
-    proc = _popen(mgr, "train", "resume", *args)
+    proc = mgr.popen("train", "resume", *args)
     ckpt = home / "runs" / "resume" / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not ckpt.exists():
