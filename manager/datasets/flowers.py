@@ -9,20 +9,18 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from torchvision.datasets import Flowers102
 
-from manager.datasets.registry import DatasetKind, Labeled, register_dataset, resolve_root
+from manager.datasets.registry import (
+    DatasetKind,
+    Labeled,
+    dataset_folder,
+    first_missing,
+    register_dataset,
+    resolve_root,
+)
 from manager.errors import MgrError
 
 FOLDER = "flowers-102"
 REQUIRED = ("jpg", "imagelabels.mat", "setid.mat")
-
-
-def _base(root: Path) -> Path:
-    # Accept both the parent (torchvision's root) and the flowers-102 folder itself.
-    return root if root.name == FOLDER and not (root / FOLDER).is_dir() else root / FOLDER
-
-
-def _missing(base: Path) -> Path | None:
-    return next((base / f for f in REQUIRED if not (base / f).exists()), None)
 
 
 @register_dataset("flowers102")
@@ -32,8 +30,8 @@ class Flowers(DatasetKind):
     def locate(self, root: Path | None, **options) -> Path | None:
         if root is None:
             return None
-        base = _base(root)
-        return base if _missing(base) is None else None
+        base = dataset_folder(root, FOLDER)
+        return base if first_missing(base, REQUIRED) is None else None
 
     def classes(self, found: Path | None, **options) -> list[str]:
         # cat_to_name.json (keys "1".."102") is the common source of the real names.
@@ -57,13 +55,13 @@ class Flowers(DatasetKind):
         if split == "trainval":
             parts = [self.build(root, s, transform, download) for s in ("train", "val")]
             return Labeled.concat(parts)
-        base = _base(resolve_root(root))
+        base = dataset_folder(resolve_root(root), FOLDER)
         if download:
             try:
                 Flowers102(base.parent, split=split, download=True)
             except Exception as e:  # network and archive errors alike: one clear line
                 raise MgrError(f"flowers102: download to {base} failed: {e}") from None
-        missing = _missing(base)
+        missing = first_missing(base, REQUIRED)
         if missing is not None:
             raise MgrError(
                 f"flowers102: missing {missing} (expected torchvision's Flowers102 layout; "

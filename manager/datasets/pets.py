@@ -11,7 +11,9 @@ from torchvision.datasets import OxfordIIITPet
 from manager.datasets.registry import (
     DatasetKind,
     Labeled,
+    dataset_folder,
     every_kth,
+    first_missing,
     register_dataset,
     resolve_root,
 )
@@ -19,14 +21,6 @@ from manager.errors import MgrError
 
 FOLDER = "oxford-iiit-pet"
 REQUIRED = ("images", "annotations/trainval.txt", "annotations/test.txt")
-
-
-def _base(root: Path) -> Path:
-    return root if root.name == FOLDER and not (root / FOLDER).is_dir() else root / FOLDER
-
-
-def _missing(base: Path) -> Path | None:
-    return next((base / f for f in REQUIRED if not (base / f).exists()), None)
 
 
 def _breeds(base: Path) -> list[str]:
@@ -58,8 +52,8 @@ class Pets(DatasetKind):
     def locate(self, root: Path | None, **options) -> Path | None:
         if root is None:
             return None
-        base = _base(root)
-        return base if _missing(base) is None else None
+        base = dataset_folder(root, FOLDER)
+        return base if first_missing(base, REQUIRED) is None else None
 
     def classes(self, found: Path | None, **options) -> list[str]:
         return _breeds(found) if found else super().classes(None)
@@ -69,13 +63,13 @@ class Pets(DatasetKind):
     ) -> Dataset:
         if options:
             raise MgrError(f"pets: unknown options {sorted(options)}")
-        base = _base(resolve_root(root))
+        base = dataset_folder(resolve_root(root), FOLDER)
         if download:
             try:
                 OxfordIIITPet(base.parent, split="test", download=True)
             except Exception as e:  # network and archive errors alike: one clear line
                 raise MgrError(f"pets: download to {base} failed: {e}") from None
-        missing = _missing(base)
+        missing = first_missing(base, REQUIRED)
         if missing is not None:
             raise MgrError(
                 f"pets: missing {missing} (expected torchvision's OxfordIIITPet layout; "

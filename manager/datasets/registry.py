@@ -167,3 +167,13 @@ def every_kth(targets: Sequence[int], k: int, picks: Sequence[int]) -> list[int]
         if rank % k in picks:
             out.append(i)
     return out
+
+
+def dataset_folder(root: Path, folder: str) -> Path:
+    """``root/folder``, or ``root`` itself when it already is that folder (torchvision layouts)."""
+    return root if root.name == folder and not (root / folder).is_dir() else root / folder
+
+
+def first_missing(base: Path, required: Sequence[str]) -> Path | None:
+    """The first of ``required`` (paths under ``base``) that does not exist, or None."""
+    return next((base / f for f in required if not (base / f).exists()), None)

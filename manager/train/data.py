@@ -48,12 +48,6 @@ class ImageTensors:
             labels.append(torch.as_tensor(y))
         return cls(torch.cat(images), torch.cat(labels).long())
 
-    def subset(self, n: int, seed: int = 0) -> ImageTensors:
-        """A class-stratified-ish random subset of ``n`` items (deterministic by seed)."""
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(self), generator=g)[:n].sort().values
-        return ImageTensors(self.images[idx], self.labels[idx])
-
     def batches(
         self,
         batch_size: int,

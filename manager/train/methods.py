@@ -49,10 +49,9 @@ def _prepare_consolidator(model: nn.Module, cfg: TrainConfig) -> None:
 
 
 def _export_consolidator(model: nn.Module, meta: DeltaMeta) -> Delta:
-    delta = consolidate(
+    return consolidate(
         model, backbone_name=meta.backbone, backbone_hash=meta.backbone_hash, dtype=meta.dtype
     )
-    return delta
 
 
 def _groups_method(name: str) -> tuple[Callable, Callable]:
