@@ -21,7 +21,6 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from manager.atomic import atomic_path
 from manager.errors import MgrError
 from manager.specs import split_spec
 
@@ -225,17 +224,18 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not _is_head(n, heads))
 
 
-def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> str:
-    """Write the backbone tensors (no head) to a safetensors file atomically; returns its hash."""
+def backbone_file_bytes(model: nn.Module) -> tuple[bytes, str]:
+    """The backbone tensors (no head) as safetensors bytes, and their content hash.
+
+    The caller writes them (``Store.write_bytes``): this module never touches the home.
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in backbone_state(model).items()}
     digest = content_hash(state)
     meta = {"format": "mgr-backbone", "content_hash": digest}
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     if arch:
         meta["architecture"] = str(arch)
-    with atomic_path(path) as tmp:
-        safetensors.torch.save_file(state, str(tmp), metadata=meta)
-    return digest
+    return safetensors.torch.save(state, metadata=meta), digest
 
 
 def load_backbone_file(

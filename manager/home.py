@@ -1,5 +1,8 @@
 """The manager's home: where the catalog, backbones and adapter artifacts live.
 
+This module only says where the home is; every path inside it is built, confined and written by
+``manager.store.fs.Store``.
+
 Resolution order: an explicit path (the CLI's ``--home``) > ``MGR_HOME`` > ``~/.mgr``.
 The catalog URL is ``MGR_DB_URL`` when set (any SQLAlchemy URL), else a SQLite file in the home.
 """
@@ -39,36 +42,3 @@ class Home:
     def db_url(self) -> str:
         """``MGR_DB_URL`` if set, else ``sqlite:///<home>/catalog.db``."""
         return os.environ.get("MGR_DB_URL") or f"sqlite:///{self.root / 'catalog.db'}"
-
-    @property
-    def migrate_lock(self) -> Path:
-        """File lock serialising migrations of processes that start at the same moment."""
-        return self.root / ".migrate.lock"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "artifacts"
-
-    @property
-    def backbones(self) -> Path:
-        return self.root / "backbones"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    def task_dir(self, task_name: str) -> Path:
-        """``<home>/artifacts/<task>/``; the name must already be validated."""
-        return self.artifacts / task_name
-
-    def checkpoint(self, task_name: str) -> Path:
-        """``<home>/runs/<task>/checkpoint.pt``: the epoch checkpoint of the task's training run."""
-        return self.root / "runs" / task_name / "checkpoint.pt"
-
-    def rel(self, path: str | os.PathLike[str]) -> str:
-        """`path` relative to the home, as stored in the catalog (POSIX separators)."""
-        return Path(path).resolve().relative_to(self.root).as_posix()
-
-    def abs(self, rel: str) -> Path:
-        """An absolute path from a catalog path relative to the home."""
-        return self.root / rel

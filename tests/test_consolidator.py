@@ -22,7 +22,7 @@ from manager.adapters import (
 from manager.adapters.consolidator import branch_forward
 from manager.adapters.inject import select_params
 from manager.delta.apply import apply
-from manager.delta.consolidate import consolidate
+from manager.adapters.consolidate import consolidate
 from manager.errors import MgrError
 
 

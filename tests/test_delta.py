@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from manager.adapters import ConsolidatorConfig, inject_consolidator
 from manager.adapters.consolidator import Branch
-from manager.delta.consolidate import consolidate
+from manager.adapters.consolidate import consolidate
 from manager.delta.delta import Delta
-from manager.delta.sizing import (
+from manager.adapters.sizing import (
     finest_fitting,
     projected_bytes,
     projected_tensor_bytes,

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from manager.adapters import Branch, ConsolidatorConfig, inject_consolidator
 from manager.adapters.inject import METHOD_GROUPS, select_params
 from manager.delta.apply import SupportCache, apply, check_compatible, restore, switch
-from manager.delta.consolidate import consolidate
+from manager.adapters.consolidate import consolidate
 from manager.delta.delta import Delta
 from manager.delta.structure import covers, scatter_union
 from manager.errors import MgrError

@@ -1,12 +1,9 @@
-"""Sizes, task names and atomic writes: pure functions, in process."""
+"""Sizes and task names: pure functions, in process."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from manager.atomic import atomic_path, atomic_write_bytes
 from manager.errors import MgrError
 from manager.names import validate_task_name
 from manager.units import format_size, parse_optional_size, parse_size
@@ -78,23 +75,3 @@ def test_good_names(name: str) -> None:
 def test_bad_names(name: str) -> None:
     with pytest.raises(MgrError, match="bad task name"):
         validate_task_name(name)
-
-
-def test_atomic_write_replaces(tmp_path) -> None:
-    target = tmp_path / "sub" / "file.bin"
-    atomic_write_bytes(target, b"one")
-    atomic_write_bytes(target, b"two")
-    assert target.read_bytes() == b"two"
-    assert os.listdir(target.parent) == ["file.bin"]  # no temp files left behind
-    assert (target.stat().st_mode & 0o777) == 0o644
-
-
-def test_atomic_path_failure_keeps_old_file(tmp_path) -> None:
-    target = tmp_path / "file.bin"
-    target.write_bytes(b"old")
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        assert tmp.parent == target.parent
-        tmp.write_bytes(b"half-written")
-        raise RuntimeError("crash while writing")
-    assert target.read_bytes() == b"old"
-    assert os.listdir(tmp_path) == ["file.bin"]

@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
+from manager.delta.structure import check_divisible, positions, scatter_branches, support_view
 from manager.errors import MgrError
-
-# manager.delta imports this module (consolidate, sizing): import its structure helpers lazily.
 
 
 @dataclass(frozen=True)
@@ -106,8 +105,6 @@ def _reorder(x2: Tensor, g: int, shuffle: bool) -> Tensor:
 
 def _merged_weight(weight: Tensor, structure, scales, ws) -> Tensor:
     """``W0 + sum_i s_i P_i(BD_i)`` (dense, per forward: cheap next to the matmul it feeds)."""
-    from manager.delta.structure import positions, support_view
-
     w_eff = weight.detach().clone()
     for b, s, w in zip(structure, scales, ws, strict=True):
         if s == 0:
@@ -190,8 +187,6 @@ class ConsolidatorLinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, config: ConsolidatorConfig, name: str = "layer"):
-        from manager.delta.structure import check_divisible
-
         super().__init__()
         out, in_ = base.weight.shape
         for b in config.branches:
@@ -238,8 +233,6 @@ class ConsolidatorLinear(nn.Module):
 
     def delta_weight(self) -> Tensor:
         """Dense ``dW = sum_i P_i(BD_i)`` (out x in), float32 at least; offline use only."""
-        from manager.delta.structure import scatter_branches
-
         dtype = torch.promote_types(self.weight.dtype, torch.float32)
         ws = [w.detach().to(dtype) for w in self.branches]
         return scatter_branches((self.out_features, self.in_features), self.structure, ws)

@@ -19,6 +19,7 @@ from manager.catalog.db import make_engine, session_scope
 from manager.catalog.migrate import ensure_current
 from manager.errors import MgrError
 from manager.home import Home
+from manager.store.fs import Store
 
 
 @dataclass
@@ -47,7 +48,7 @@ def open_catalog(home: Home, url: str | None = None, migrate: bool = True) -> Ca
     engine = make_engine(url or home.db_url)
     if migrate:
         try:
-            ensure_current(engine, home.migrate_lock)
+            ensure_current(engine, Store.of(home))
         except OperationalError as exc:
             engine.dispose()
             raise MgrError(f"cannot open the catalog at {engine.url!r}: {exc.orig}") from exc

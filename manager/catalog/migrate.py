@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -16,6 +12,7 @@ from sqlalchemy import Engine
 
 from manager.catalog.db import reader
 from manager.errors import MgrError
+from manager.store.fs import Store
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -56,26 +53,14 @@ def downgrade(engine: Engine, revision: str) -> None:
     command.downgrade(alembic_config(engine), revision)
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path`, held for the block (released if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock
-
-
-def ensure_current(engine: Engine, lock_path: Path) -> None:
+def ensure_current(engine: Engine, store: Store) -> None:
     """Migrate to head on first use; safe when several processes start at the same moment.
 
     The check and the upgrade run under one file lock, so a fresh home is migrated by exactly
     one process while the others wait and then find it current.
     """
     head = head_revision()
-    with file_lock(lock_path):
+    with store.lock(store.migrate_lock_file):
         current = current_revision(engine)
         if current == head:
             return

@@ -64,6 +64,9 @@ class Backbone(Base):
     param_count: Mapped[int] = mapped_column(BigInteger)
     bytes: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(String(1000))
+    # st_mtime_ns of the file when it was written or last hash-checked: a switch compares size and
+    # mtime (cheap) and re-hashes the file only when they differ.
+    file_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -195,3 +198,21 @@ class Budget(Base):
     )
 
     task: Mapped[Task | None] = relationship()
+
+
+class Reservation(Base):
+    """Bytes a running training has claimed against the budgets before it writes its artifact.
+
+    Budget pre-checks count these, so trainings started together cannot all pass a check that
+    only one of them fits. A row is removed when its run records a version or fails; one whose
+    process is gone (``host``, ``pid``) is stale and ignored, then removed by the next writer.
+    """
+
+    __tablename__ = "reservations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

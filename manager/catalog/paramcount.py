@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from manager.atomic import atomic_write_text
 from manager.errors import MgrError
 from manager.specs import split_spec
+from manager.store.fs import Store
 
 FLOAT32_BYTES = 4
 _CACHE_FILE = "param_counts.json"
@@ -53,9 +52,12 @@ def _count(spec: str) -> ParamInfo:
     return ParamInfo(params=int(params), num_features=int(getattr(model, "num_features", 0)))
 
 
-def param_info(spec: str, cache_dir: Path | None = None) -> ParamInfo:
-    """Parameter count of `spec`'s headless backbone; MgrError if timm cannot build it."""
-    cache_file = cache_dir / _CACHE_FILE if cache_dir is not None else None
+def param_info(spec: str, store: Store | None = None) -> ParamInfo:
+    """Parameter count of `spec`'s headless backbone; MgrError if timm cannot build it.
+
+    With a ``store``, counts are cached in ``<home>/cache/param_counts.json``.
+    """
+    cache_file = store.cache / _CACHE_FILE if store is not None else None
     cache: dict[str, Any] = {}
     if cache_file is not None and cache_file.exists():
         try:
@@ -67,5 +69,5 @@ def param_info(spec: str, cache_dir: Path | None = None) -> ParamInfo:
     info = _count(spec)
     if cache_file is not None:
         cache[spec] = asdict(info)
-        atomic_write_text(cache_file, json.dumps(cache, indent=1, sort_keys=True))
+        store.write_bytes(cache_file, json.dumps(cache, indent=1, sort_keys=True).encode())
     return info

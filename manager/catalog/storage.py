@@ -12,6 +12,7 @@ from manager.catalog.paramcount import FLOAT32_BYTES, ParamInfo, param_info
 from manager.catalog.tasks import list_tasks
 from manager.errors import MgrError
 from manager.home import Home
+from manager.store.fs import Store
 
 
 def _pct(part: int | None, whole: int | None) -> float | None:
@@ -21,14 +22,17 @@ def _pct(part: int | None, whole: int | None) -> float | None:
 
 
 def _on_disk(home: Home, rel: str) -> int | None:
-    path = home.abs(rel)
+    try:
+        path = Store.of(home).resolve(rel)
+    except MgrError:  # a path outside the home is never looked at
+        return None
     return path.stat().st_size if path.is_file() else None
 
 
 def _backbone(task: Task, home: Home) -> tuple[int | None, ParamInfo | None]:
     """(backbone float32 bytes, param info of the spec) for a task; None where unknown."""
     try:
-        info = param_info(task.backbone_spec, home.cache)
+        info = param_info(task.backbone_spec, Store.of(home))
     except MgrError:
         info = None
     if task.backbone is not None:  # bound at training: the materialised backbone is the truth

@@ -7,6 +7,7 @@ import click
 from manager.catalog import open_catalog
 from manager.catalog.migrate import current_revision, ensure_current, head_revision
 from manager.cli.app import App, echo_json, json_option, pass_app
+from manager.store.fs import Store
 
 
 @click.group("db")
@@ -20,7 +21,7 @@ def upgrade(app: App) -> None:
     """Migrate the catalog to the newest schema revision."""
     catalog = open_catalog(app.home, migrate=False)
     try:
-        ensure_current(catalog.engine, app.home.migrate_lock)
+        ensure_current(catalog.engine, Store.of(app.home))
         click.echo(f"catalog at revision {current_revision(catalog.engine)} (head)")
     finally:
         catalog.close()

@@ -80,8 +80,9 @@ def add(
 
     if backbone != task_ops.DEFAULT_BACKBONE:  # the default always builds; skip timm's import
         from manager.catalog.paramcount import param_info
+        from manager.store.fs import Store
 
-        param_info(backbone, app.home.cache)  # timm must build it; caches the count for storage
+        param_info(backbone, Store.of(app.home))  # timm must build it; caches the count for storage
     with app.session() as s:
         task = task_ops.add_task(
             s,

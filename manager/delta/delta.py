@@ -29,7 +29,6 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from manager.atomic import atomic_write_bytes
 from manager.delta.structure import Structure, normalize, support_numel, union_plan
 from manager.errors import MgrError
 
@@ -195,6 +194,15 @@ class Delta:
         n = sum(t.numel() for lay in self.layers.values() for t in lay.tensors().values())
         return n + sum(t.numel() for t in self.whole.values())
 
+    def nonfinite(self) -> list[str]:
+        """Names of the stored tensors holding a NaN or an infinity (empty: the delta is finite).
+
+        Checked in the storage dtype, so a value that overflows on the cast counts too. A delta
+        with any is never written, recorded or applied.
+        """
+        tensors, _ = self.state()
+        return sorted(k for k, t in tensors.items() if not bool(torch.isfinite(t).all()))
+
     def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
         """The safetensors tensors and metadata of this delta."""
         tensors: dict[str, Tensor] = {}
@@ -223,12 +231,6 @@ class Delta:
     def to_bytes(self) -> bytes:
         tensors, meta = self.state()
         return st_save(tensors, metadata=meta)
-
-    def save(self, path: str | os.PathLike[str]) -> int:
-        """Write atomically (temp file, fsync, rename); returns the bytes written."""
-        data = self.to_bytes()
-        atomic_write_bytes(path, data)
-        return len(data)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Delta:

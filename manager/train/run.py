@@ -134,7 +134,7 @@ def train_task(
 ) -> TrainOutcome:
     from manager.datasets import create_dataset
     from manager.datasets.transforms import data_config
-    from manager.delta.sizing import finest_fitting, single_branch_candidates
+    from manager.adapters.sizing import finest_fitting, single_branch_candidates
     from manager.train.data import ImageTensors, decode_transform
     from manager.train.evaluate import evaluate
 

@@ -1,4 +1,4 @@
-"""The home as a store of files: materialised backbones and adapter artifacts.
+"""Materialised backbones: W0 written once under the home and recorded with its hash.
 
 A backbone is written once under ``<home>/backbones/`` as safetensors and recorded with its
 content hash, so W0 is always on local disk, checkable, and the same for every later version.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +16,7 @@ from torch import nn
 from manager.catalog.models import Backbone
 from manager.errors import MgrError
 from manager.home import Home
+from manager.store.fs import Store
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -27,24 +27,19 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def artifact_path(home: Home, task_name: str, number: int) -> Path:
-    """``<home>/artifacts/<task>/v<N>.safetensors`` (the task name is validated at creation)."""
-    return home.task_dir(task_name) / f"v{number}.safetensors"
-
-
 def materialise_backbone(
     s: Session, home: Home, model: nn.Module, spec: str, weights: str | None
 ) -> Backbone:
     """The catalog row of ``model``'s backbone weights, writing them under the home once."""
-    from manager.backbone import backbone_state, content_hash, param_count, save_backbone
+    from manager.backbone import backbone_file_bytes, param_count
 
-    digest = content_hash(backbone_state(model))
+    store = Store.of(home)
+    data, digest = backbone_file_bytes(model)
     row = s.scalar(select(Backbone).where(Backbone.content_hash == digest))
-    if row is not None and home.abs(row.path).is_file():
+    if row is not None and store.resolve(row.path).is_file():
         return row
-    path = home.backbones / f"{digest[:16]}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_backbone(model, path)
+    path = store.backbone_file(digest)
+    store.write_bytes(path, data)
     if row is None:
         name = spec.split(":", 1)[0]
         row = Backbone(
@@ -54,7 +49,7 @@ def materialise_backbone(
             content_hash=digest,
             param_count=param_count(model),
             bytes=path.stat().st_size,
-            path=home.rel(path),
+            path=store.rel(path),
         )
         s.add(row)
         s.flush()
@@ -65,7 +60,7 @@ def load_backbone(home: Home, row: Backbone, num_classes: int = 0) -> nn.Module:
     """Re-create a materialised backbone, its content hash checked against the catalog."""
     from manager.backbone import load_backbone_file
 
-    path = home.abs(row.path)
+    path = Store.of(home).resolve(row.path)
     if not path.is_file():
         raise MgrError(f"backbone file missing: {path} (recorded for {row.spec})")
     return load_backbone_file(path, row.spec, num_classes, expected_hash=row.content_hash)

@@ -1,0 +1,277 @@
+"""The one module that touches the filesystem under a home: it builds, confines and mutates paths.
+
+Every path ``mgr`` writes, renames or deletes is built here and resolved (symlinks followed) before
+use; anything that does not land under the home (or a configured artifact root) is refused with an
+`MgrError`, so a planted symlink or a catalog row such as ``../victim`` can never make ``mgr``
+write or delete outside. Paths read from the catalog are relative and go through `Store.resolve`.
+
+Temporary files carry their writer's pid (``.<name>.tmp-<pid>-<rnd>``, ``.pending-<pid>-<rnd>``),
+which is how `mgr gc` tells a running writer's file from an orphan left by a killed one.
+
+No other module calls ``unlink``, ``rmtree``, ``os.replace``, ``open(..., "w")`` and the like on a
+home path; ``tests/test_layout.py`` checks that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from manager.errors import MgrError
+from manager.home import Home
+
+ARTIFACT_ROOT_ENV = "MGR_ARTIFACT_ROOT"
+
+# ".<name>.tmp-<pid>-<rnd>" (atomic writes) and ".pending-<pid>-<rnd>.safetensors" (a trainer's
+# artifact before it has a version number).
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
+_PENDING = re.compile(r"^\.pending-(\d+)-[0-9a-f]+\.safetensors$")
+
+
+def temp_owner(path: str | os.PathLike[str]) -> int | None:
+    """The pid that owns a temporary file of ours (by its name), else None."""
+    name = Path(path).name
+    m = _TEMP.match(name) or _PENDING.match(name)
+    return int(m.group(1)) if m else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a reused pid keeps a file: the safe side)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Not every platform lets a directory be opened for fsync; the rename is still atomic.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class Store:
+    """The file store of one home: every path it hands out is confined under its roots."""
+
+    home: Home
+    artifact_root: Path | None = None
+
+    @classmethod
+    def of(cls, home: Home) -> Store:
+        """The home's store; ``MGR_ARTIFACT_ROOT`` adds a shared folder artifacts may live in."""
+        extra = os.environ.get(ARTIFACT_ROOT_ENV)
+        return cls(home, Path(extra).expanduser().resolve() if extra else None)
+
+    # -- confinement -------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        return Path(os.path.realpath(self.home.root))
+
+    def _roots(self) -> list[Path]:
+        roots = [self.root]
+        if self.artifact_root is not None:
+            roots.append(Path(os.path.realpath(self.artifact_root)))
+        return roots
+
+    def confine(self, path: str | os.PathLike[str]) -> Path:
+        """``path`` with every symlink resolved, if that lies under the home; else MgrError."""
+        real = Path(os.path.realpath(path))
+        for root in self._roots():
+            if real == root or root in real.parents:
+                return real
+        raise MgrError(
+            f"refusing to touch {path}: it resolves to {real}, outside the manager home "
+            f"{self.root} (a symbolic link or a bad catalog path?)"
+        )
+
+    def resolve(self, rel: str) -> Path:
+        """An absolute, confined path from a path recorded in the catalog (relative, no '..')."""
+        p = Path(rel) if isinstance(rel, str) and rel else None
+        if p is None or p.is_absolute() or ".." in p.parts or "\x00" in rel:
+            raise MgrError(f"the catalog holds a bad path {rel!r}: it must be relative to the home")
+        return self.confine(self.root / p)
+
+    def rel(self, path: str | os.PathLike[str]) -> str:
+        """``path`` relative to the home, as the catalog records it (POSIX separators)."""
+        return self.confine(path).relative_to(self.root).as_posix()
+
+    # -- where things live ---------------------------------------------------------------------
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def backbones(self) -> Path:
+        return self.root / "backbones"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def live(self) -> Path:
+        return self.root / "live"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def task_dir(self, task: str) -> Path:
+        """``<home>/artifacts/<task>/`` (the name is validated when the task is created)."""
+        return self.confine(self.artifacts / task)
+
+    def artifact(self, task: str, number: int) -> Path:
+        return self.confine(self.artifacts / task / f"v{number}.safetensors")
+
+    def pending_artifact(self, task: str) -> Path:
+        """A fresh name for a trainer's artifact before it is numbered (owned by this pid)."""
+        name = f".pending-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
+        return self.confine(self.artifacts / task / name)
+
+    def run_dir(self, task: str) -> Path:
+        return self.confine(self.runs / task)
+
+    def checkpoint(self, task: str) -> Path:
+        """``<home>/runs/<task>/checkpoint.pt``: the epoch checkpoint of the task's training run."""
+        return self.confine(self.runs / task / "checkpoint.pt")
+
+    def backbone_file(self, digest: str) -> Path:
+        return self.confine(self.backbones / f"{digest[:16]}.safetensors")
+
+    @property
+    def live_weights(self) -> Path:
+        return self.confine(self.live / "backbone.safetensors")
+
+    @property
+    def live_head(self) -> Path:
+        return self.confine(self.live / "head.safetensors")
+
+    @property
+    def live_lock_file(self) -> Path:
+        return self.confine(self.live / ".lock")
+
+    @property
+    def migrate_lock_file(self) -> Path:
+        return self.confine(self.root / ".migrate.lock")
+
+    # -- mutations -----------------------------------------------------------------------------
+
+    def mkdir(self, path: str | os.PathLike[str]) -> Path:
+        """Create a folder (and its parents) under the home."""
+        real = self.confine(path)
+        try:
+            real.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MgrError(f"cannot create {real}: {exc.strerror or exc}") from None
+        return self.confine(real)  # a parent may have been a link made meanwhile
+
+    @contextlib.contextmanager
+    def atomic(self, path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[Path]:
+        """Yield a temporary path next to ``path``; on success it replaces ``path``.
+
+        Write the temporary file by any means (e.g. ``safetensors.torch.save_file``); it is
+        fsynced, renamed over ``path`` and the folder fsynced, so readers see the old file or the
+        new one, never a torn one. On error the temporary file is removed.
+        """
+        dest = self.confine(path)
+        self.mkdir(dest.parent)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        try:
+            yield tmp
+            os.chmod(tmp, mode)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.confine(dest))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        _fsync_dir(dest.parent)
+
+    def write_bytes(self, path: str | os.PathLike[str], data: bytes) -> int:
+        """Write ``data`` to ``path`` atomically; returns the byte count."""
+        with self.atomic(path) as tmp:
+            tmp.write_bytes(data)
+        return len(data)
+
+    def copy(self, src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+        """Copy a file to ``dest`` (under the home) atomically; ``src`` is only read."""
+        with self.atomic(dest) as tmp:
+            shutil.copyfile(src, tmp)
+
+    def replace(self, src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+        """Rename ``src`` over ``dest`` (both under the home); returns the destination."""
+        a, b = self.confine(src), self.confine(dest)
+        os.replace(a, b)
+        _fsync_dir(b.parent)
+        return b
+
+    def unlink(self, path: str | os.PathLike[str]) -> bool:
+        """Delete a file under the home; False if it was not there."""
+        p = Path(path)
+        if p.is_symlink():
+            # A link is removed as a link: never the file it points to.
+            self.confine(p.parent)
+            p.unlink()
+            return True
+        real = self.confine(p)
+        try:
+            real.unlink()
+        except FileNotFoundError:
+            return False
+        except IsADirectoryError:
+            raise MgrError(f"refusing to delete {real}: it is a folder") from None
+        return True
+
+    def rmtree(self, path: str | os.PathLike[str]) -> bool:
+        """Delete a folder under the home and what is in it (links inside are removed as links)."""
+        p = Path(path)
+        if p.is_symlink():
+            self.confine(p.parent)
+            p.unlink()
+            return True
+        real = self.confine(p)
+        if real == self.root:
+            raise MgrError(f"refusing to delete the manager home {real}")
+        if not real.exists():
+            return False
+        shutil.rmtree(real)
+        return True
+
+    def open_update(self, path: str | os.PathLike[str]) -> IO[bytes]:
+        """An existing file under the home opened for in-place writes (``r+b``)."""
+        return open(self.confine(path), "r+b")
+
+    @contextlib.contextmanager
+    def lock(self, path: str | os.PathLike[str], shared: bool = False) -> Iterator[None]:
+        """An flock on a lock file under the home; the kernel drops it if the process dies."""
+        real = self.confine(path)
+        self.mkdir(real.parent)
+        fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)

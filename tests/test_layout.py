@@ -1,0 +1,194 @@
+"""The layout enforces its own rules: one module owns the filesystem, and imports only go down.
+
+Both checks read the source (every import, lazy ones inside functions too), so a change that breaks
+a rule fails here rather than in review.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "manager"
+FS_OWNER = "manager/store/fs.py"
+
+# The layers, top to bottom: a module may import its own layer's and lower layers' modules only.
+LAYERS: list[tuple[str, ...]] = [
+    ("manager.cli", "manager.__main__"),
+    ("manager.serve", "manager.switch", "manager.train"),
+    ("manager.store", "manager.catalog", "manager.datasets", "manager.backbone"),
+    ("manager.adapters",),
+    ("manager.delta",),
+    ("manager.errors", "manager.home", "manager.units", "manager.names", "manager.specs",
+     "manager.device", "manager"),
+]  # fmt: skip
+# Within the middle layers, neighbours that must not know each other.
+FORBIDDEN = {
+    "manager.switch": ("manager.train",),
+    "manager.train": ("manager.switch", "manager.serve"),
+    "manager.catalog": ("manager.store.backbones", "manager.store.record",
+                        "manager.store.maintenance", "manager.datasets"),
+}  # fmt: skip
+
+# Calls that write, rename or delete files. Only FS_OWNER may make them.
+MUTATING_ATTRS = {
+    "unlink", "rmdir", "rmtree", "write_bytes", "write_text", "rename", "touch", "save_file",
+    "copyfile", "copy2", "copytree", "move", "symlink_to", "hardlink_to", "chmod",
+}  # fmt: skip
+MUTATING_OS = {"replace", "rename", "remove", "unlink", "rmdir", "open", "makedirs", "symlink"}
+MKDIR_ALLOWED = {FS_OWNER, "manager/home.py"}  # the home creates its own root, nothing inside
+
+
+def _modules() -> list[tuple[str, str, ast.AST]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        name = rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        out.append((rel, name, ast.parse(path.read_text(), filename=rel)))
+    return out
+
+
+def _layer(module: str) -> int:
+    best, rank = -1, len(LAYERS)
+    for i, names in enumerate(LAYERS):
+        for n in names:
+            if (module == n or module.startswith(n + ".")) and len(n) > best:
+                best, rank = len(n), i
+    return rank
+
+
+def _imports(tree: ast.AST, module: str) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the importing package
+                parts = module.split(".")[: -node.level]
+                base = ".".join([*parts, base] if base else parts)
+            found += [(node.lineno, f"{base}.{a.name}") for a in node.names]
+            found.append((node.lineno, base))
+    return [(ln, n) for ln, n in found if n == "manager" or n.startswith("manager.")]
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent / name.replace(".", "/")
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def test_imports_only_go_down() -> None:
+    bad = []
+    for rel, module, tree in _modules():
+        own = _layer(module)
+        for line, target in _imports(tree, module):
+            if not _is_module(target):
+                continue  # a name imported from a module; the module itself is checked
+            if _layer(target) < own:
+                bad.append(f"{rel}:{line} imports {target} (a higher layer)")
+            for prefix, banned in FORBIDDEN.items():
+                if module.startswith(prefix) and any(
+                    target == b or target.startswith(b + ".") for b in banned
+                ):
+                    bad.append(f"{rel}:{line} imports {target} (a neighbour it must not know)")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    bad = []
+    for rel, _module, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("manager"):
+                bad += [
+                    f"{rel}:{node.lineno} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert not bad, "\n".join(bad)
+
+
+def _mutations(rel: str, tree: ast.AST) -> list[str]:
+    bad = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        where = f"{rel}:{node.lineno}"
+        if isinstance(f, ast.Attribute):
+            owner = f.value.id if isinstance(f.value, ast.Name) else None
+            if owner == "os" and f.attr in MUTATING_OS:
+                bad.append(f"{where} os.{f.attr}")
+            elif owner == "torch" and f.attr == "save":
+                bad.append(f"{where} torch.save")
+            elif f.attr in MUTATING_ATTRS and owner not in ("self", "store", "Store"):
+                bad.append(f"{where} .{f.attr}()")
+            elif f.attr == "mkdir" and rel not in MKDIR_ALLOWED and owner != "store":
+                bad.append(f"{where} .mkdir()")
+        elif isinstance(f, ast.Name) and f.id == "open":
+            mode = node.args[1] if len(node.args) > 1 else None
+            for kw in node.keywords:
+                if kw.arg == "mode":
+                    mode = kw.value
+            text = mode.value if isinstance(mode, ast.Constant) else "r"
+            if not isinstance(text, str) or set(text) & set("wax+"):
+                bad.append(f"{where} open(..., {text!r})")
+        elif isinstance(f, ast.Name) and f.id in {"save_file", "rmtree", "copyfile", "copy2"}:
+            bad.append(f"{where} {f.id}()")
+    return bad
+
+
+def test_one_module_owns_the_filesystem() -> None:
+    bad = []
+    for rel, _module, tree in _modules():
+        if rel != FS_OWNER:
+            bad += _mutations(rel, tree)
+    assert not bad, "only manager/store/fs.py may write, rename or delete files:\n" + "\n".join(bad)
+
+
+def test_the_scan_is_not_vacuous() -> None:
+    tree = ast.parse(
+        "import os, shutil, torch\n"
+        "p.unlink()\nshutil.rmtree(p)\nos.replace(a, b)\nopen(p, 'w')\nopen(p, mode='ab')\n"
+        "torch.save(x, p)\np.write_bytes(b)\nopen(p)\nopen(p, 'rb')\nstore.unlink(p)\n"
+    )
+    assert len(_mutations("x.py", tree)) == 7
+
+
+@pytest.mark.parametrize(
+    "modules",
+    [
+        ("manager.delta.apply", "manager.delta.delta", "manager.delta.structure"),
+        ("manager.switch.live", "manager.switch.livefile", "manager.store.fs"),
+    ],
+)
+def test_the_switch_path_imports_neither_timm_nor_torchvision(modules: tuple[str, ...]) -> None:
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_delta_is_a_torch_only_leaf() -> None:
+    for rel, module, tree in _modules():
+        if not module.startswith("manager.delta"):
+            continue
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for n in names:
+                top = n.split(".")[0]
+                assert top in {"torch", "safetensors", "numpy", "manager", "__future__"} or (
+                    top in sys.stdlib_module_names
+                ), f"{rel} imports {n}"
+                if top == "manager":
+                    assert n.startswith(("manager.delta", "manager.errors")), f"{rel} imports {n}"
