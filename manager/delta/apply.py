@@ -36,7 +36,7 @@ def _get(tensors: Mapping[str, Tensor], name: str, what: str) -> Tensor:
     return t
 
 
-def _check(
+def check_targets(
     live: Mapping[str, Tensor], base: Mapping[str, Tensor], delta: Delta, restoring: bool = False
 ) -> None:
     """Validate every target before writing anything (restoring: only what restore touches)."""
@@ -124,7 +124,7 @@ def apply(
     cache: SupportCache | None = None,
 ) -> None:
     """``W[supp] = W0[supp] + dW`` on every layer; whole tensors set. Idempotent."""
-    _check(live, base, delta)
+    check_targets(live, base, delta)
     for name, lay in delta.layers.items():
         _write_layer(name, live[name], base[name], lay, True, cache)
     for name, t in delta.whole.items():
@@ -141,7 +141,7 @@ def restore(
 ) -> None:
     """``W[supp] = W0[supp]`` on every layer; whole tensors set back from ``base`` where it has
     them."""
-    _check(live, base, delta, restoring=True)
+    check_targets(live, base, delta, restoring=True)
     for name, lay in delta.layers.items():
         _write_layer(name, live[name], base[name], lay, False, cache)
     for name in delta.whole:
@@ -172,9 +172,9 @@ def switch(
     first: the result is the same, for half the memory traffic.
     """
     if new is not None:
-        _check(live, base, new)  # refuse before touching anything
+        check_targets(live, base, new)  # refuse before touching anything
     if old is not None:
-        _check(live, base, old)
+        check_targets(live, base, old)
         with torch.no_grad():
             for name, lay in old.layers.items():
                 if not _overwritten(lay, new.layers.get(name) if new is not None else None):
