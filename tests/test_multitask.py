@@ -1,0 +1,80 @@
+"""Mixed-task batches (``manager.adapters.multitask``): each sample's logits equal its task's merged
+model's, for Consolidator structures with and without shuffle, overlaps, and whole-only deltas."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_vit
+from test_fused_switch import _delta
+
+from manager.adapters.multitask import MultiTaskModel, branch_blocks
+from manager.delta.apply import apply
+from manager.delta.delta import ConsolidatorLayer
+from manager.delta.structure import scatter_branches, scatter_union, support_numel
+from manager.errors import MgrError
+
+# (structure or None for a whole-only delta, classes)
+TASKS = [(((4, False),), 3), (((4, False), (8, True)), 5), (((3, True),), 2), (None, 4)]
+
+
+def _task_delta(model, structure, classes: int, seed: int):
+    m = copy.deepcopy(model)
+    m.reset_classifier(classes)
+    kind = "consolidator" if structure is not None else "bitfit"
+    d = _delta(m, kind, structure, 2 * seed + 1)  # odd seed: with whole tensors (head included)
+    if structure is None:
+        d.layers.clear()
+    return d
+
+
+def _merged_logits(model, delta, classes: int, x: torch.Tensor) -> torch.Tensor:
+    m = copy.deepcopy(model)
+    m.reset_classifier(classes)
+    base = {n: p.detach().clone() for n, p in m.named_parameters()}
+    with torch.no_grad():
+        apply(dict(m.named_parameters()), base, delta)
+        return m.eval()(x)
+
+
+def test_branch_blocks_sum_to_the_stored_delta() -> None:
+    shape = (96, 48)
+    for structure in (((4, False), (8, True)), ((16, False), (2, True)), ((3, True),)):
+        gen = torch.Generator().manual_seed(0)
+        values = torch.randn(support_numel(shape, structure), generator=gen)
+        lay = ConsolidatorLayer(shape, structure, values)
+        blocks = branch_blocks(lay)
+        keys = list(blocks)
+        dense = scatter_branches(shape, keys, [blocks[k] for k in keys])
+        assert torch.equal(dense, scatter_union(values, shape, structure))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mixed_batch_equals_each_tasks_merged_model(dtype: torch.dtype) -> None:
+    model = tiny_vit(num_classes=0).eval()
+    deltas = [_task_delta(model, s, c, i) for i, (s, c) in enumerate(TASKS)]
+    x = torch.randn(10, 3, 32, 32)
+    ids = torch.tensor([0, 1, 2, 3, 1, 0, 3, 2, 2, 1])
+    multi = MultiTaskModel(copy.deepcopy(model).to(dtype), deltas)
+    got = multi(x.to(dtype), ids).float()
+    assert got.shape == (10, max(c for _, c in TASKS))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for t, (_, classes) in enumerate(TASKS):
+        rows = (ids == t).nonzero().flatten()
+        want = _merged_logits(model.to(dtype), deltas[t], classes, x[rows].to(dtype)).float()
+        scale = want.abs().max().clamp_min(1.0)
+        assert (got[rows, :classes] - want).abs().max() <= tol * scale
+        assert torch.isinf(got[rows, classes:]).all()  # padding: probability 0 after softmax
+    model.float()
+
+
+def test_refusals() -> None:
+    model = tiny_vit(num_classes=0)
+    lora = _delta(model, "lora", None, 1)
+    with pytest.raises(MgrError, match="unmerged"):
+        MultiTaskModel(copy.deepcopy(model), [lora])
+    multi = MultiTaskModel(copy.deepcopy(model), [_task_delta(model, ((4, False),), 3, 0)])
+    with pytest.raises(MgrError, match="task ids"):
+        multi(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
