@@ -14,7 +14,15 @@ from manager.catalog.db import reader
 from manager.errors import MgrError
 from manager.store.fs import Store
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+def _migrations_dir() -> Path:
+    """migrations/ as installed from a wheel (manager/_migrations), else the checkout's."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_migrations"
+    return installed if installed.is_dir() else package.parent / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -15,7 +15,10 @@ import manager
 from manager.errors import MgrError
 from manager.specs import split_spec
 
-DATA_DIR = Path(manager.__file__).resolve().parents[1] / "data"
+_PACKAGE = Path(manager.__file__).resolve().parent
+# data/ ships in a wheel as manager/_data; in a checkout (editable install) it is the repo's data/.
+INSTALLED = (_PACKAGE / "_data").is_dir()
+DATA_DIR = _PACKAGE / "_data" if INSTALLED else _PACKAGE.parent / "data"
 
 _REGISTRY: dict[str, type[DatasetKind]] = {}
 K = TypeVar("K", bound="type[DatasetKind]")
@@ -78,9 +81,20 @@ def _kind(spec: str) -> tuple[DatasetKind, dict[str, Any]]:
 
 
 def default_root() -> Path:
-    """Where data sets are found or downloaded: ``$MGR_DATA_ROOT``, else the project's ``data/``."""
+    """Where data sets are found or downloaded: ``$MGR_DATA_ROOT``, else the checkout's ``data/``.
+
+    An installed package is never written to: there the default is ``<home>/cache/datasets``
+    (the home from ``MGR_HOME``, else ``~/.mgr``).
+    """
     env = os.environ.get("MGR_DATA_ROOT")
-    return Path(env).expanduser() if env else DATA_DIR
+    if env:
+        return Path(env).expanduser()
+    if not INSTALLED:
+        return DATA_DIR
+    from manager.home import Home
+    from manager.store.fs import Store
+
+    return Store.of(Home.resolve()).cache / "datasets"
 
 
 def resolve_root(root: str | os.PathLike[str] | None) -> Path:
