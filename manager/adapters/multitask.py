@@ -38,6 +38,10 @@ def branch_blocks(lay: ConsolidatorLayer) -> dict[tuple[int, bool], Tensor]:
     return blocks
 
 
+# Input channels per group up to which a branch is computed as c multiply-adds (see forward).
+SMALL_C = 8
+
+
 class _TaskIds:
     """The batch's task ids, shared by every wrapped layer during one forward."""
 
@@ -70,19 +74,33 @@ class MultiTaskLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         ids = self.ids.ids
-        y = F.linear(x, self.weight)
-        if self.bias_table is not None:
-            y = y + _per_sample(self.bias_table.to(y.dtype), ids, y)
         n, in_ = x.shape[0], x.shape[-1]
-        tokens = x.reshape(n, -1, in_)
+        y = F.linear(x, self.weight)
+        rows = y.view(n, -1, y.shape[-1])
+        # Low precision: bias and branches add up in float32 and round once onto y, as a merged
+        # layer's matmul accumulates in float32 (each in-place add would round again).
+        low = y.dtype != torch.float32
+        acc = torch.zeros(rows.shape, dtype=torch.float32, device=y.device) if low else rows
+        if self.bias_table is not None:
+            acc.add_(self.bias_table[ids].to(acc.dtype).unsqueeze(1))
+        tokens = x.reshape(n, -1, in_).to(acc.dtype)
         for i, (g, shuffle) in enumerate(self.keys):
-            w = getattr(self, f"branch_{i}")[ids].to(x.dtype)  # (N, g, o, c)
-            c = in_ // g
+            w = getattr(self, f"branch_{i}")[ids].to(acc.dtype)  # (N, g, o, c)
+            c, o = in_ // g, w.shape[2]
             xb = tokens.view(n, -1, g, c)
             if shuffle:  # x'[k*c + t] = x[(k*c + t) % g * c + (k*c + t) // g]
                 xb = xb.transpose(2, 3).reshape(xb.shape)
-            yb = torch.matmul(xb.transpose(1, 2), w.transpose(-1, -2))  # (N, g, L, o)
-            y = y + yb.transpose(1, 2).reshape(y.shape)
+            if c <= SMALL_C:
+                # A few multiply-adds per output: c fused passes beat a batched matmul of
+                # N*g tiny (L x c) @ (c x o) products.
+                out = acc.view(n, -1, g, o)
+                for t in range(c):
+                    out.addcmul_(xb[..., t : t + 1], w[:, None, :, :, t])
+            else:
+                yb = torch.matmul(xb.transpose(1, 2), w.transpose(-1, -2))  # (N, g, L, o)
+                acc.add_(yb.transpose(1, 2).reshape(acc.shape))
+        if low:
+            rows.add_(acc.to(y.dtype))
         return y
 
 
@@ -99,7 +117,7 @@ class MultiTaskLayerNorm(nn.Module):
         y = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
         ids = self.ids.ids
         w, b = self.weight_table.to(y.dtype), self.bias_table.to(y.dtype)
-        return y * _per_sample(w, ids, y) + _per_sample(b, ids, y)
+        return torch.addcmul(_per_sample(b, ids, y), y, _per_sample(w, ids, y))
 
 
 class MultiTaskModel(nn.Module):
