@@ -36,6 +36,8 @@ from manager.adapters.inject import delta_whole_params, target_linears
 from manager.delta.apply import apply, restore, switch
 from manager.delta.delta import ConsolidatorLayer, Delta, DeltaMeta
 from manager.delta.structure import scatter_union, support_numel
+from manager.home import Home
+from manager.store.fs import Store
 from manager.switch.livefile import LiveFile
 
 BRANCHES = ((384, False),)
@@ -145,7 +147,8 @@ def latency(model, base, a, b, tmp: Path, device, reps: int) -> dict[str, float]
     st.save_file(cpu_base, str(w0_file))
     st.save_file(cpu_base, str(live_file))
     del cpu_base
-    lf, bf = LiveFile(live_file), LiveFile(w0_file, readonly=True)
+    store = Store(Home(tmp.resolve()))  # the bench's scratch folder stands in for a home
+    lf, bf = LiveFile(live_file, store=store), LiveFile(w0_file, readonly=True)
     ca, cb = strip_head(a, bf.tensors), strip_head(b, bf.tensors)
     apply(lf.tensors, bf.tensors, ca)
     fstate = [ca, cb]

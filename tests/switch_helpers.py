@@ -192,9 +192,11 @@ def add_python_tasks(home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes") -
     from manager.backbone import new_head
     from manager.catalog import open_catalog, tasks, versions
     from manager.home import Home
-    from manager.store import artifact_path, file_sha256, load_backbone
+    from manager.store.backbones import file_sha256, load_backbone
+    from manager.store.fs import Store
 
     h = Home.resolve(home)
+    store = Store.of(h)
     cat = open_catalog(h)
     try:
         with cat.session() as s:
@@ -221,8 +223,8 @@ def add_python_tasks(home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes") -
                 with cat.session() as s:
                     t = tasks.get_task(s, name)
                     number = versions.next_version_number(s, t)
-                    path = artifact_path(h, name, number)
-                    size = delta.save(path)
+                    path = store.artifact(name, number)
+                    size = store.write_bytes(path, delta.to_bytes())
                     v = versions.add_version(
                         s,
                         t,
@@ -230,7 +232,7 @@ def add_python_tasks(home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes") -
                         structure=[list(b) for b in structure] if structure else None,
                         bytes=size,
                         content_hash=file_sha256(path),
-                        path=h.rel(path),
+                        path=store.rel(path),
                     )
                     versions.promote(s, t, v)
     finally:

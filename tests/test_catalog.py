@@ -17,6 +17,7 @@ from manager.catalog.models import AdapterVersion, Budget, Deployment, Event
 from manager.catalog.paramcount import ParamInfo, param_info
 from manager.errors import MgrError
 from manager.home import Home
+from manager.store.fs import Store
 
 
 @pytest.fixture
@@ -34,10 +35,10 @@ def _add(s, name: str = "pets", n: int = 3, **kw):
 
 
 def _version(s, task, home: Home, size: int, **kw) -> AdapterVersion:
+    store = Store.of(home)
     number = versions.next_version_number(s, task)
-    path = home.task_dir(task.name) / f"v{number}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\0" * size)
+    path = store.artifact(task.name, number)
+    store.write_bytes(path, b"\0" * size)
     return versions.add_version(
         s,
         task,
@@ -45,7 +46,7 @@ def _version(s, task, home: Home, size: int, **kw) -> AdapterVersion:
         structure=[[384, False]],
         bytes=size,
         content_hash="0" * 64,
-        path=home.rel(path),
+        path=store.rel(path),
         **kw,
     )
 
@@ -199,12 +200,13 @@ def test_storage_report(catalog, monkeypatch) -> None:
 
 
 def test_param_info_real_timm_and_cache(tmp_path: Path, monkeypatch) -> None:
-    info = param_info(TINY_SPEC, tmp_path)
+    store = Store(Home(tmp_path.resolve()))
+    info = param_info(TINY_SPEC, store)
     assert info.num_features == 192 and info.params > 0
     from manager.catalog import paramcount
 
     monkeypatch.setattr(paramcount, "_count", lambda spec: pytest.fail("cache not used"))
-    assert param_info(TINY_SPEC, tmp_path) == info
+    assert param_info(TINY_SPEC, store) == info
     with pytest.raises(MgrError, match="cannot be built"):
         monkeypatch.undo()
-        param_info("no_such_model_xyz", tmp_path)
+        param_info("no_such_model_xyz", store)

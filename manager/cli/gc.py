@@ -17,23 +17,29 @@ from manager.units import format_size
 @json_option
 @pass_app
 def command(app: App, keep: int, task: str | None, dry_run: bool, as_json: bool) -> None:
-    """Delete all but the newest --keep versions of each task.
+    """Delete all but the newest --keep versions of each task, and files nothing owns.
 
     A task's active version and the live (or pending) version are always kept. Rows are marked
-    deleted (history is kept) and their artifact files removed.
+    deleted (history is kept) and their artifact files removed. Files under artifacts/,
+    backbones/, runs/ and live/ that no catalog row or running process owns (a removed task's
+    files, a killed writer's temporary file) are removed too.
     """
-    from manager.switch.gc import collect_garbage
+    from manager.store.maintenance import collect_garbage
 
     rep = collect_garbage(app.home, app.catalog, keep=keep, task=task, dry_run=dry_run)
     if as_json:
-        echo_json(rep)
-        return
-    verb = "would delete" if dry_run else "deleted"
-    for d in rep["deleted"]:
-        click.echo(f"{verb} {d['task']}@{d['version']} ({format_size(d['bytes'])})")
-    for path in rep["leftover_files"]:
-        click.echo(f"{'would remove' if dry_run else 'removed'} leftover file {path}")
-    click.echo(
-        f"{verb} {len(rep['deleted'])} version(s), {format_size(rep['freed_bytes'])}; "
-        f"kept {len(rep['kept'])}"
-    )
+        echo_json(rep.to_dict())
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        for d in rep.deleted:
+            click.echo(f"{verb} {d.task}@{d.version} ({format_size(d.bytes)})")
+        for f in rep.leftovers:
+            gone = "would remove" if dry_run else "removed"
+            click.echo(f"{gone} leftover file {f.path} ({f.reason}, {format_size(f.bytes)})")
+        click.echo(
+            f"{verb} {len(rep.deleted)} version(s), {format_size(rep.freed_bytes)}; "
+            f"kept {len(rep.kept)}"
+            + (f"; {len(rep.leftovers)} leftover file(s)" if rep.leftovers else "")
+        )
+    for failure in rep.failed:
+        click.echo(f"warning: could not remove {failure}", err=True)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from manager.cli.app import App, echo_json, json_option, pass_app
+
+if TYPE_CHECKING:
+    from manager.switch.check import StatusReport
 
 
 @click.command("status")
@@ -24,26 +29,26 @@ def command(app: App, no_verify: bool, as_json: bool) -> None:
 
     st = live_status(app.home, app.catalog, verify=not no_verify)
     if as_json:
-        echo_json(st)
+        echo_json(st.to_dict())
     else:
         click.echo(render(st))
-    if st["verified"] is False:
+    if st.verified is False:
         click.get_current_context().exit(1)
 
 
-def render(st: dict) -> str:
-    live = f"{st['task']}@{st['version']} ({st['method']})" if st["task"] else "the backbone alone"
+def render(st: StatusReport) -> str:
+    live = f"{st.task}@{st.version} ({st.method})" if st.task else "the backbone alone"
     lines = [f"live:      {live}"]
-    if st["backbone"]:
-        bb = st["backbone"]
+    if st.backbone:
+        bb = st.backbone
         lines.append(f"backbone:  {bb['spec']} (weights {bb['content_hash'][:12]})")
-    lines.append(f"state:     {st['state']}" + (f" -> {st['pending']}" if st["pending"] else ""))
-    lines.append(f"files:     {st['live_file']} + head.safetensors")
-    if st["verified"] is None:
-        lines.append(f"verified:  not checked ({st['verification']})")
-    elif st["verified"]:
-        lines.append(f"verified:  yes: {st['verification']}")
+    lines.append(f"state:     {st.state}" + (f" -> {st.pending}" if st.pending else ""))
+    lines.append(f"files:     {st.live_file} + head.safetensors")
+    if st.verified is None:
+        lines.append(f"verified:  not checked ({st.verification})")
+    elif st.verified:
+        lines.append(f"verified:  yes: {st.verification}")
     else:
-        lines.append("verified:  NO")
-        lines += [f"  problem: {p}" for p in st["problems"]]
+        lines.append("verified:  NO ('mgr switch --repair' rebuilds the live files)")
+        lines += [f"  problem: {p}" for p in st.problems]
     return "\n".join(lines)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from manager.cli.app import App, echo_json, json_option, pass_app
 from manager.errors import MgrError
 
+if TYPE_CHECKING:
+    from manager.switch.live import SwitchReport
+
 
 @click.command("switch")
 @click.argument("target", required=False, metavar="TASK[@VERSION]")
 @click.option("--none", "to_none", is_flag=True, help="Serve the backbone alone (no task live).")
+@click.option(
+    "--repair", is_flag=True, help="Rebuild the live files from W0 (alone: for what is live now)."
+)
 @json_option
 @pass_app
-def command(app: App, target: str | None, to_none: bool, as_json: bool) -> None:
+def command(app: App, target: str | None, to_none: bool, repair: bool, as_json: bool) -> None:
     """Make TASK's adapter live in <home>/live/ (default: its active version).
 
     The artifact is checked first (bytes, sha256, backbone); then only the supports of the old
@@ -27,15 +35,21 @@ def command(app: App, target: str | None, to_none: bool, as_json: bool) -> None:
       mgr switch pets          # pets' active version
       mgr switch pets@2        # a given version
       mgr switch --none        # the backbone alone
+      mgr switch --repair      # rebuild the live files (e.g. after 'mgr status' says NO)
     """
     from manager.switch.artifacts import parse_target
 
-    if (target is None) == (not to_none):
+    if target is not None and to_none:
+        raise MgrError("name one TASK[@VERSION], or --none for the backbone alone, not both")
+    if target is None and not to_none and not repair:
         raise MgrError("name one TASK[@VERSION], or --none for the backbone alone")
     task, number = parse_target(target) if target is not None else (None, None)
-    from manager.switch.live import switch_live
+    from manager.switch.live import repair_live, switch_live
 
-    report = switch_live(app.home, app.catalog, task, number)
+    if repair and target is None and not to_none:
+        report = repair_live(app.home, app.catalog)
+    else:
+        report = switch_live(app.home, app.catalog, task, number, repair=repair)
     if as_json:
         echo_json(report.to_dict())
         return
@@ -46,15 +60,20 @@ def label(task: str | None, version: int | None) -> str:
     return f"{task}@{version}" if task is not None else "the backbone alone"
 
 
-def describe(report) -> str:
+def describe(report: SwitchReport) -> str:
     """One line (plus notes) saying what a `SwitchReport` did."""
     now = label(report.task, report.version)
     if not report.changed:
         return f"{now} is already live"
     was = label(report.previous_task, report.previous_version)
+    if report.full_restore:
+        how = "the live file reset from W0, then the new delta applied"
+    else:
+        how = "old restored + new applied"
+    what = f"rebuilt {now}" if was == now else f"switched to {now} (was {was})"
     line = (
-        f"switched to {now} (was {was}) in {report.seconds * 1000:.1f} ms: wrote "
-        f"{report.values_written:,} weight values (old restored + new applied) of the "
-        f"backbone's {report.values_total:,}"
+        f"{what} in {report.seconds * 1000:.1f} ms: wrote "
+        f"{report.values_written:,} weight values ({how}) of the backbone's "
+        f"{report.values_total:,}"
     )
     return "\n".join([line, *(f"  note: {n}" for n in report.notes)])

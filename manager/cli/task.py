@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -182,14 +181,46 @@ def remove(app: App, name: str, yes: bool, force: bool) -> None:
         if not sys.stdin.isatty():
             raise MgrError(f"removing task {name!r} needs confirmation: add --yes")
         click.confirm(f"remove task {name!r} and all its adapter versions?", abort=True)
-    with app.session() as s:
-        task_ops.remove_task(s, name, force=force)
-    # After the commit: a failure here leaves only unreferenced files, never dangling rows.
-    folder = app.home.task_dir(name)
-    try:
-        shutil.rmtree(folder)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        click.echo(f"warning: could not remove {folder}: {exc}", err=True)
+    if force:
+        _remove_forced(app, name)
+    else:  # remove_task refuses a live task, in the same transaction that would delete it
+        with app.session() as s:
+            task_ops.remove_task(s, name)
+    # After the commit: a failure here leaves only files nothing owns ('mgr gc' removes them),
+    # never rows without their files.
+    from manager.store.fs import Store
+
+    store = Store.of(app.home)
+    for folder in (store.artifacts / name, store.runs / name):
+        try:
+            store.rmtree(folder)
+        except (OSError, MgrError) as exc:
+            click.echo(f"warning: could not remove {folder}: {exc}", err=True)
     click.echo(f"removed task {name!r}")
+
+
+def _remove_forced(app: App, name: str) -> None:
+    """Remove a task that may be live: the live files go back to the backbone alone first.
+
+    The live lock is held from the check to the commit, so no switch to the task can start in
+    between, and the catalog never says "backbone alone" while the live files hold its delta.
+    """
+    from manager.cli.switch import describe
+    from manager.store.fs import Store
+    from manager.switch.live import switch_live_locked
+
+    store = Store.of(app.home)
+    with store.lock(store.live_lock_file):
+        with app.session(write=False) as s:
+            live = task_ops.is_live(s, task_ops.get_task(s, name))
+        if live:
+            try:
+                report = switch_live_locked(store, app.catalog, None, None)
+            except MgrError as exc:
+                raise MgrError(
+                    f"task {name!r} is live and the live files could not be restored to the "
+                    f"backbone alone ({exc}); nothing was removed"
+                ) from None
+            click.echo(describe(report))
+        with app.session() as s:
+            task_ops.remove_task(s, name, force=True)

@@ -12,35 +12,36 @@ from manager.units import format_size
 @json_option
 @pass_app
 def command(app: App, as_json: bool) -> None:
-    """Check every adapter artifact (bytes, sha256), backbone file (content hash), the files
-    under artifacts/ against the catalog's byte totals, and the live files (see 'mgr status')."""
-    from manager.switch.check import verify_all
+    """Check every adapter artifact (bytes, sha256, finite values), backbone file (content hash),
+    the files nothing owns (see 'mgr gc'), the files under artifacts/ against the catalog's byte
+    totals, and the live files (see 'mgr status')."""
+    from manager.store.maintenance import verify_all
+    from manager.switch.check import live_status
 
-    rep = verify_all(app.home, app.catalog)
+    rep = verify_all(app.home, app.catalog, live_status(app.home, app.catalog, verify=True))
     if as_json:
-        echo_json(rep)
+        echo_json(rep.to_dict())
     else:
-        for v in rep["versions"]:
-            detail = f"  ({v['detail']})" if v["detail"] else ""
-            click.echo(f"{v['status'].upper():<9} {v['task']}@{v['version']}  {v['path']}{detail}")
-        for b in rep["backbones"]:
-            detail = f"  ({b['detail']})" if b["detail"] else ""
-            click.echo(f"{b['status'].upper():<9} backbone {b['spec']}  {b['path']}{detail}")
-        for u in rep["untracked"]:
-            click.echo(f"{'UNTRACKED':<9} {u}  (a file the catalog does not know)")
-        tot = rep["totals"]
-        same = "==" if tot["catalog_bytes"] == tot["disk_bytes"] else "!="
+        for v in rep.versions:
+            detail = f"  ({v.detail})" if v.detail else ""
+            click.echo(f"{v.status.upper():<9} {v.task}@{v.version}  {v.path}{detail}")
+        for b in rep.backbones:
+            detail = f"  ({b.detail})" if b.detail else ""
+            click.echo(f"{b.status.upper():<9} backbone {b.spec}  {b.path}{detail}")
+        for f in rep.leftovers:
+            click.echo(f"{'UNTRACKED':<9} {f.path}  ({f.reason}; 'mgr gc' removes it)")
+        same = "==" if rep.catalog_bytes == rep.disk_bytes else "!="
         click.echo(
-            f"bytes: catalog {format_size(tot['catalog_bytes'])} {same} "
-            f"on disk {format_size(tot['disk_bytes'])}"
+            f"bytes: catalog {format_size(rep.catalog_bytes)} {same} "
+            f"on disk {format_size(rep.disk_bytes)}"
         )
-        live = rep["live"]
-        if live["verified"] is None:
+        live = rep.live
+        if live.verified is None:
             click.echo("live files: none yet")
         else:
-            click.echo(f"live files: {'OK' if live['verified'] else 'WRONG'}")
-            for p in live["problems"]:
+            click.echo(f"live files: {'OK' if live.verified else 'WRONG'}")
+            for p in live.problems:
                 click.echo(f"  problem: {p}")
-        click.echo("all OK" if rep["ok"] else f"{rep['problems']} problem(s)")
-    if not rep["ok"]:
+        click.echo("all OK" if rep.ok else f"{rep.problems} problem(s)")
+    if not rep.ok:
         click.get_current_context().exit(1)

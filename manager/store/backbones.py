@@ -1,22 +1,34 @@
 """Materialised backbones: W0 written once under the home and recorded with its hash.
 
 A backbone is written once under ``<home>/backbones/`` as safetensors and recorded with its
-content hash, so W0 is always on local disk, checkable, and the same for every later version.
+content hash, byte size and ``st_mtime_ns``, so W0 is always on local disk and checkable. A switch
+reads a few tensors of W0 and must not hash the whole file each time: `checked_backbone_file`
+compares size and mtime with the record (two syscalls) and re-hashes only when they differ.
+
+This module imports neither timm nor torchvision unless a model is built (`materialise_backbone`,
+`load_backbone`): the switch path uses only `checked_backbone_file`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from torch import nn
 
 from manager.catalog.models import Backbone
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from manager.catalog import Catalog
+    from manager.catalog.refs import BackboneRef
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -24,6 +36,24 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def file_content_hash(path: str | os.PathLike[str]) -> str:
+    """The content hash (`manager.backbone.content_hash`) of a backbone file's tensors.
+
+    The same digest over names, dtypes, shapes and bytes in name order, read one tensor at a time
+    without building a model (and without importing timm).
+    """
+    import torch
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        for name in sorted(f.keys()):
+            t = f.get_tensor(name).contiguous()
+            h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -40,6 +70,7 @@ def materialise_backbone(
         return row
     path = store.backbone_file(digest)
     store.write_bytes(path, data)
+    st = path.stat()
     if row is None:
         name = spec.split(":", 1)[0]
         row = Backbone(
@@ -48,12 +79,62 @@ def materialise_backbone(
             weights_source=str(weights) if weights is not None else "hub",
             content_hash=digest,
             param_count=param_count(model),
-            bytes=path.stat().st_size,
+            bytes=st.st_size,
             path=store.rel(path),
+            file_mtime_ns=st.st_mtime_ns,
         )
         s.add(row)
-        s.flush()
+    else:  # the file had been lost: written again, recorded again
+        row.path, row.bytes, row.file_mtime_ns = store.rel(path), st.st_size, st.st_mtime_ns
+    s.flush()
     return row
+
+
+def check_backbone_file(store: Store, ref: BackboneRef) -> tuple[Path, int | None]:
+    """``(path, mtime to record)`` of a backbone file that matches the catalog, else MgrError.
+
+    Size and ``st_mtime_ns`` equal to the record: trusted as written (no read). Otherwise (or
+    with no mtime recorded, a row from before it was) the tensors are hashed once; on a match
+    the new mtime is returned for the caller to record, so the next check is cheap again.
+    """
+    path = store.resolve(ref.path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MgrError(
+            f"backbone file missing: {path} (recorded for {ref.spec}; the task's versions "
+            "cannot be switched without it)"
+        ) from None
+    except OSError as exc:
+        raise MgrError(f"cannot read backbone file {path}: {exc.strerror or exc}") from None
+    if st.st_size != ref.bytes:
+        raise MgrError(
+            f"backbone file {path} is corrupt: {st.st_size} bytes on disk, the catalog "
+            f"recorded {ref.bytes}"
+        )
+    if ref.file_mtime_ns is not None and st.st_mtime_ns == ref.file_mtime_ns:
+        return path, None
+    try:
+        got = file_content_hash(path)
+    except Exception as exc:  # safetensors raises several kinds on a damaged file
+        raise MgrError(f"backbone file {path} is corrupt: {exc}") from None
+    if got != ref.content_hash:
+        raise MgrError(
+            f"backbone file {path} is corrupt: content hash {got[:12]}, the catalog recorded "
+            f"{ref.content_hash[:12]} (the file changed since it was written)"
+        )
+    return path, st.st_mtime_ns
+
+
+def checked_backbone_file(store: Store, catalog: Catalog, ref: BackboneRef) -> Path:
+    """`check_backbone_file`, recording the file's mtime when it had to be re-hashed."""
+    path, mtime = check_backbone_file(store, ref)
+    if mtime is not None:
+        with catalog.session() as s:
+            row = s.get(Backbone, ref.id)
+            if row is not None and row.content_hash == ref.content_hash:
+                row.file_mtime_ns = mtime
+    return path
 
 
 def load_backbone(home: Home, row: Backbone, num_classes: int = 0) -> nn.Module:

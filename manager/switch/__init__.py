@@ -12,7 +12,7 @@ _LAZY = {
     "Switcher": "manager.switch.switcher",
     "switch_live": "manager.switch.live",
     "recover": "manager.switch.live",
-    "LivePaths": "manager.switch.live",
+    "repair_live": "manager.switch.live",
 }
 
 

@@ -13,11 +13,15 @@ import mmap
 import os
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from manager.errors import MgrError
+
+if TYPE_CHECKING:
+    from manager.store.fs import Store
 
 _DTYPES = {
     "F32": (np.float32, torch.float32),
@@ -73,10 +77,15 @@ class LiveFile:
     ``readonly=True`` maps the file copy-on-write (``MAP_PRIVATE``): pages are read lazily from the
     file and a stray write lands in private memory, never in the file. That is how W0 is read
     without loading a whole backbone for a switch that touches 0.4% of it.
+
+    A writable map needs the home's ``store``: the file is opened through `Store.open_update`,
+    which refuses a path (or a symbolic link) that leads outside the home.
     """
 
-    def __init__(self, path: Path, readonly: bool = False):
-        self.path = Path(path)
+    def __init__(self, path: Path, readonly: bool = False, *, store: Store | None = None):
+        if not readonly and store is None:
+            raise ValueError("a writable LiveFile is opened through the home's Store")
+        self.path = store.confine(path) if store is not None else Path(path)
         self.readonly = readonly
         offset, header = read_header(self.path)
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
@@ -85,7 +94,7 @@ class LiveFile:
         if offset + end > size:
             raise MgrError(f"{path}: truncated ({size} bytes, the header needs {offset + end})")
         # lives as long as the map
-        self._file = open(self.path, "rb" if readonly else "r+b")  # noqa: SIM115
+        self._file = open(self.path, "rb") if readonly else store.open_update(self.path)  # noqa: SIM115
         access = mmap.ACCESS_COPY if readonly else mmap.ACCESS_WRITE
         self._mmap = mmap.mmap(self._file.fileno(), 0, access=access)
         self.tensors: dict[str, torch.Tensor] = {}

@@ -19,7 +19,8 @@ from manager.catalog import Catalog
 from manager.catalog.deployment import get_deployment
 from manager.errors import MgrError
 from manager.home import Home
-from manager.switch.live import LivePaths, _applied_id, live_lock, read_head_meta
+from manager.store.fs import Store
+from manager.switch.live import live_head, live_problem, live_weights
 
 
 @dataclass
@@ -49,8 +50,8 @@ def load_live_model(home: Home, catalog: Catalog, device: str = "cpu") -> LiveMo
     from manager.backbone import build_backbone, head_names
     from manager.datasets.transforms import data_config, eval_transform
 
-    paths = LivePaths.of(home)
-    with live_lock(home, shared=True):
+    store = Store.of(home)
+    with store.lock(store.live_lock_file, shared=True):
         with catalog.session(write=False) as s:
             dep = get_deployment(s)
             if dep.version is None:
@@ -58,10 +59,14 @@ def load_live_model(home: Home, catalog: Catalog, device: str = "cpu") -> LiveMo
             task, version = dep.version.task.name, dep.version.number
             class_names = list(dep.version.task.class_names)
             version_id, spec = dep.version_id, dep.backbone.spec
-        if _applied_id(read_head_meta(home)) != version_id:
-            raise MgrError("the live files do not match the deployment; see 'mgr status'")
-        head = load_file(str(paths.head))
-        model = build_backbone(spec, paths.weights, num_classes=len(class_names))
+            base = store.resolve(dep.backbone.path)
+        # Cheap (stats and headers): a live file changed since its switch is never served.
+        problem = live_problem(store, base, version_id)
+        if problem is not None:
+            raise MgrError(f"{problem}; run 'mgr switch --repair' to rebuild the live files")
+        weights, head_path = live_weights(store), live_head(store)
+        head = load_file(str(head_path))
+        model = build_backbone(spec, weights, num_classes=len(class_names))
     heads = set(head_names(model))
     expected = {n for n in model.state_dict() if n.split(".")[0] in heads}
     if set(head) != expected or any(

@@ -12,54 +12,24 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from sqlalchemy.orm import Session
 from torch import Tensor, nn
 
-from manager.catalog import Catalog, open_catalog, tasks, versions
-from manager.catalog.models import VERSION_READY, Backbone
+from manager.catalog import Catalog, open_catalog, tasks
+from manager.catalog.models import Backbone
+from manager.catalog.refs import BackboneRef, VersionRef, resolve_version
 from manager.delta.apply import switch as switch_delta
 from manager.delta.delta import Delta
 from manager.errors import MgrError
 from manager.home import Home
-from manager.switch.artifacts import VersionRef, load_verified, split_head
+from manager.store.fs import Store
+from manager.switch.artifacts import load_verified, split_head
 
 if TYPE_CHECKING:
     from PIL import Image
-
-
-@dataclass(frozen=True)
-class BackboneRef:
-    """The backbone row's identity, detached from any session."""
-
-    id: int
-    spec: str
-    content_hash: str
-    path: str
-
-    @classmethod
-    def of(cls, row: Backbone) -> BackboneRef:
-        return cls(row.id, row.spec, row.content_hash, row.path)
-
-
-def resolve_version(s: Session, task_name: str, number: int | None) -> VersionRef:
-    """The task's version ``number`` (None: its active version), which must be ready."""
-    task = tasks.get_task(s, task_name)
-    if number is None:
-        v = task.active_version
-        if v is None:
-            raise MgrError(f"task {task_name!r} has no active version; train it first")
-    else:
-        v = versions.get_version(s, task, number)
-    if v.status != VERSION_READY:
-        raise MgrError(f"version {v.number} of {task_name!r} is {v.status}")
-    if task.backbone_id is None:
-        raise MgrError(f"task {task_name!r} is not bound to a backbone (never trained)")
-    return VersionRef.of(v)
 
 
 class Switcher:
@@ -74,6 +44,7 @@ class Switcher:
         cache_size: int = 8,
     ):
         self.home = home if isinstance(home, Home) else Home.resolve(home)
+        self.store = Store.of(self.home)
         self._own_catalog = catalog is None
         self.catalog = catalog if catalog is not None else open_catalog(self.home)
         self.device = torch.device(device)
@@ -97,7 +68,7 @@ class Switcher:
                     "backbone, and all tasks switched here must share one"
                 )
             return
-        from manager.store import load_backbone
+        from manager.store.backbones import load_backbone
 
         with self.catalog.session(write=False) as s:
             row = s.get(Backbone, backbone_id)
@@ -119,7 +90,7 @@ class Switcher:
         assert self.backbone is not None
         shapes = {n: t.shape for n, t in self.base.items()}
         delta = load_verified(
-            self.home, ref, self.backbone.spec, self.backbone.content_hash, shapes
+            self.store, ref, self.backbone.spec, self.backbone.content_hash, shapes
         )
         self._cache[key] = delta
         while len(self._cache) > self._cache_size:

@@ -1,0 +1,82 @@
+"""Plain, session-free copies of the catalog rows a switch works with.
+
+A switch reads the catalog in one short transaction and then works for a while without one; these
+frozen copies carry what it needs, so no detached ORM object is touched after its session ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from manager.catalog import tasks, versions
+from manager.catalog.models import VERSION_READY, AdapterVersion, Backbone
+from manager.errors import MgrError
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """What a switch needs of a version row, detached from any session."""
+
+    id: int
+    task_id: int
+    task: str
+    number: int
+    method: str
+    path: str
+    bytes: int
+    content_hash: str
+    num_classes: int
+    backbone_id: int | None
+
+    @classmethod
+    def of(cls, v: AdapterVersion) -> VersionRef:
+        return cls(
+            v.id,
+            v.task_id,
+            v.task.name,
+            v.number,
+            v.method,
+            v.path,
+            v.bytes,
+            v.content_hash,
+            v.task.num_classes,
+            v.task.backbone_id,
+        )
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}@{self.number}"
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    """The backbone row's identity and file record, detached from any session."""
+
+    id: int
+    spec: str
+    content_hash: str
+    path: str
+    bytes: int
+    file_mtime_ns: int | None
+
+    @classmethod
+    def of(cls, row: Backbone) -> BackboneRef:
+        return cls(row.id, row.spec, row.content_hash, row.path, row.bytes, row.file_mtime_ns)
+
+
+def resolve_version(s: Session, task_name: str, number: int | None) -> VersionRef:
+    """The task's version ``number`` (None: its active version), which must be ready."""
+    task = tasks.get_task(s, task_name)
+    if number is None:
+        v = task.active_version
+        if v is None:
+            raise MgrError(f"task {task_name!r} has no active version; train it first")
+    else:
+        v = versions.get_version(s, task, number)
+    if v.status != VERSION_READY:
+        raise MgrError(f"version {v.number} of {task_name!r} is {v.status}")
+    if task.backbone_id is None:
+        raise MgrError(f"task {task_name!r} is not bound to a backbone (never trained)")
+    return VersionRef.of(v)
