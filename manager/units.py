@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from manager.errors import MgrError
+
+# Sizes and counts are stored as SQLite INTEGERs (signed 64-bit).
+MAX_INT64 = 2**63 - 1
+# More integer digits than this is above MAX_INT64 whatever the unit; checked before any
+# arithmetic so a 10,000-digit "size" costs nothing.
+_MAX_DIGITS = 20
 
 # KB/MB/GB are SI (1000-based), as disks and `ls -l --si` count; KiB/MiB/GiB are 1024-based.
 _UNITS = {
@@ -19,22 +26,37 @@ _UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+# ASCII digits only: \d alone would also take other scripts' digits ("٣").
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)", re.ASCII)
 
 # Words that mean "no limit" where a size is optional (e.g. clearing a budget).
 UNLIMITED = frozenset({"none", "unlimited", "off"})
 
 
 def parse_size(text: str) -> int:
-    """Parse "300KB", "1.5MiB", "2 GB", "1024" into a whole number of bytes."""
-    m = _SIZE.match(str(text))
+    """Parse "300KB", "1.5MiB", "2 GB", "1024" into a whole number of bytes (0..2**63-1)."""
+    # Stripped first: a pattern with \s* on both sides of an optional unit backtracks
+    # quadratically on a long run of spaces.
+    m = _SIZE.fullmatch(str(text).strip())
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _UNITS:
         raise MgrError(
-            f"bad size {text!r}: use a number with an optional unit "
+            f"bad size {_short(text)}: use a number with an optional unit "
             "(B, KB, MB, GB, TB; KiB, MiB, GiB, TiB), e.g. 300KB or 1.5MiB"
         )
-    return round(float(m.group(1)) * _UNITS[unit])
+    number = m.group(1)
+    too_big = len(number.partition(".")[0].lstrip("0")) > _MAX_DIGITS
+    # Decimal is exact where float would round "9223372036854775808" down into range.
+    value = None if too_big else round(Decimal(number) * _UNITS[unit])
+    if value is None or value > MAX_INT64:
+        raise MgrError(f"size {_short(text)} is too large: at most {MAX_INT64} bytes (8 EiB)")
+    return value
+
+
+def _short(text: object, limit: int = 40) -> str:
+    """``repr`` of user input, cut so a pasted megabyte does not become the error message."""
+    r = repr(str(text))
+    return r if len(r) <= limit else r[: limit - 4] + "...'"
 
 
 def parse_optional_size(text: str) -> int | None:

@@ -7,6 +7,7 @@ import click
 from manager.catalog import budgets
 from manager.catalog import tasks as task_ops
 from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.types import Size
 from manager.units import format_size, parse_optional_size
 
 
@@ -16,7 +17,7 @@ def command() -> None:
 
 
 @command.command("set")
-@click.argument("size")
+@click.argument("size", type=Size(allow_none=True))
 @click.option("--task", "task_name", help="The task's budget (default: the global budget).")
 @pass_app
 def set_(app: App, size: str, task_name: str | None) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from manager.cli.app import App, echo_json, json_option, pass_app
+from manager.cli.types import Int64
 from manager.units import format_size
 
 
 @click.command("gc")
 @click.option(
-    "--keep", type=click.IntRange(0), default=3, show_default=True, help="Newest versions per task."
+    "--keep", type=Int64(0), default=3, show_default=True, help="Newest versions per task."
 )
 @click.option("--task", help="Only this task's versions.")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")

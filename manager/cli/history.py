@@ -9,12 +9,13 @@ import click
 from manager.catalog.events import list_events
 from manager.catalog.views import event_dict
 from manager.cli.app import App, echo_json, json_option, pass_app
+from manager.cli.types import Int64
 from manager.names import validate_task_name
 
 
 @click.command("history")
 @click.option("--task", "task_name", help="Only events of this task (removed tasks too).")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the newest N events.")
+@click.option("--limit", type=Int64(1), help="Only the newest N events.")
 @json_option
 @pass_app
 def command(app: App, task_name: str | None, limit: int | None, as_json: bool) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from manager.cli.app import App, echo_json, json_option, pass_app
+from manager.cli.types import Int64, VersionRefType, device_option
 
 
 @click.command("predict")
@@ -14,13 +15,12 @@ from manager.cli.app import App, echo_json, json_option, pass_app
 @click.option(
     "--task",
     "target",
+    type=VersionRefType(),
     metavar="TASK[@VERSION]",
     help="Switch the live files to this task first if another one is live.",
 )
-@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@click.option("--top-k", type=Int64(1), default=5, show_default=True)
+@device_option
 @json_option
 @pass_app
 def command(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from manager.cli.app import App, echo_json, json_option, pass_app
+from manager.cli.types import VersionRefType
 from manager.errors import MgrError
 
 if TYPE_CHECKING:
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
 
 @click.command("switch")
-@click.argument("target", required=False, metavar="TASK[@VERSION]")
+@click.argument("target", required=False, type=VersionRefType(), metavar="TASK[@VERSION]")
 @click.option("--none", "to_none", is_flag=True, help="Serve the backbone alone (no task live).")
 @click.option(
     "--repair", is_flag=True, help="Rebuild the live files from W0 (alone: for what is live now)."

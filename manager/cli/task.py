@@ -11,6 +11,7 @@ from manager.catalog import tasks as task_ops
 from manager.catalog.models import VERSION_DELETED
 from manager.catalog.views import task_dict
 from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.types import BackboneSpec, DatasetSpec, Size
 from manager.errors import MgrError
 from manager.names import validate_task_name
 from manager.specs import split_spec
@@ -44,16 +45,24 @@ def _describe(dataset: str, root: Path | None) -> tuple[list[str], str | None]:
 
 @command.command("add")
 @click.argument("name")
-@click.option("--dataset", required=True, help="flowers102, pets, vtab1k, imagefolder, synthetic.")
+@click.option(
+    "--dataset",
+    required=True,
+    type=DatasetSpec(),
+    help="flowers102, pets, vtab1k, imagefolder, synthetic; NAME[:key=value,...].",
+)
 @click.option("--root", type=click.Path(path_type=Path), help="Where the data set is (or goes).")
 @click.option(
     "--backbone",
+    type=BackboneSpec(),
     default=task_ops.DEFAULT_BACKBONE,
     show_default=True,
     help="timm model, optionally with arguments: NAME[:key=value,...].",
 )
 @click.option("--weights", help="Backbone weights: a local file, or 'random'. [default: hub]")
-@click.option("--budget", help="Storage budget for the task's adapter versions, e.g. 300KB.")
+@click.option(
+    "--budget", type=Size(), help="Storage budget for the task's adapter versions, e.g. 300KB."
+)
 @json_option
 @pass_app
 def add(

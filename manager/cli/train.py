@@ -8,13 +8,12 @@ import click
 
 from manager.catalog import tasks as task_ops
 from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.types import MAX_EPOCHS, SEED, FiniteFloat, Groups, Int64, Size, device_option
 from manager.errors import MgrError
+from manager.train.config import TrainConfig
 from manager.units import format_size, parse_size
 
 METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full")
-# Picked by measurement (BENCHMARKS.md, bench/accuracy.py): on DeiT-tiny, Flowers-102 and the Pet
-# sample, 0 and 0.5 tie within the seeds' spread, and 0 trains about a quarter faster.
-DEFAULT_DROP_PATH = 0.0
 
 
 @click.command("train")
@@ -22,13 +21,14 @@ DEFAULT_DROP_PATH = 0.0
 @click.option(
     "--method",
     type=click.Choice(METHOD_CHOICES),
-    default="consolidator",
+    default=TrainConfig.method,
     show_default=True,
     help="Consolidator, or a baseline trained the same way.",
 )
 @click.option(
     "--groups",
-    default="",
+    type=Groups(),
+    default=TrainConfig.groups,
     help="Consolidator branches: g per branch, e.g. '384' or '384,192'; a trailing 's' "
     "reorders that branch's input channels ('96,96s'). [default: two input "
     "channels per group: 384 on ViT-B, 96 on DeiT-tiny]",
@@ -36,8 +36,8 @@ DEFAULT_DROP_PATH = 0.0
 @click.option("--shuffle", is_flag=True, help="Reorder the input channels of every branch.")
 @click.option(
     "--drop-path",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=DEFAULT_DROP_PATH,
+    type=FiniteFloat(0, 1, max_open=True),
+    default=TrainConfig.drop_path,
     show_default=True,
     help="DropPath on each branch's output. 0 by default: measured on DeiT-tiny with "
     "Flowers-102 and Pets (5 epochs, 3 seeds), 0 and 0.5 tie and 0 trains ~25% faster. "
@@ -45,47 +45,56 @@ DEFAULT_DROP_PATH = 0.0
 )
 @click.option(
     "--lora-rank",
-    type=click.IntRange(1),
-    default=8,
+    type=Int64(1, 4096),
+    default=TrainConfig.lora_rank,
     show_default=True,
     help="Rank of the LoRA baseline.",
 )
-@click.option("--budget", help="Refuse (or with --fit-budget, fit) above this size, e.g. 300KB.")
+@click.option(
+    "--budget", type=Size(), help="Refuse (or with --fit-budget, fit) above this size, e.g. 300KB."
+)
 @click.option(
     "--fit-budget", is_flag=True, help="Pick the finest one-branch structure that fits the budgets."
 )
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--warmup-epochs", type=click.IntRange(0), help="[default: 10% of --epochs]")
+@click.option("--epochs", type=Int64(1, MAX_EPOCHS), default=TrainConfig.epochs, show_default=True)
+@click.option(
+    "--warmup-epochs",
+    type=Int64(0, MAX_EPOCHS),
+    default=TrainConfig.warmup_epochs,
+    help="[default: 10% of --epochs]",
+)
 @click.option(
     "--lr",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
+    default=TrainConfig.lr,
     help="Peak learning rate. [default: 1e-3; 1e-4 for full fine-tuning]",
 )
 @click.option(
     "--weight-decay",
-    type=click.FloatRange(0),
-    default=1e-4,
+    type=FiniteFloat(0),
+    default=TrainConfig.weight_decay,
     show_default=True,
     help="AdamW weight decay (never on biases and norms).",
 )
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--batch-size", type=Int64(1, 65536), default=TrainConfig.batch_size, show_default=True
+)
 @click.option(
     "--img-size",
-    type=click.IntRange(16),
+    type=Int64(16, 8192),
+    default=TrainConfig.img_size,
     help="Input size (bicubic resize). [default: the backbone's own]",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option(
     "--dtype",
     "storage_dtype",
     type=click.Choice(["float32", "float16", "bfloat16"]),
-    default="float32",
+    default=TrainConfig.storage_dtype,
     show_default=True,
     help="Storage dtype of the artifact.",
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@device_option
 @click.option("--train-split", help="[default: the official training split: train, or trainval]")
 @click.option(
     "--eval-split",

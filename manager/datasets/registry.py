@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
 
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 import manager
 from manager.errors import MgrError
-from manager.specs import split_spec
+from manager.specs import Option, check_options, split_spec
 
 _PACKAGE = Path(manager.__file__).resolve().parent
 # data/ ships in a wheel as manager/_data; in a checkout (editable install) it is the repo's data/.
@@ -28,11 +29,13 @@ class DatasetKind:
     """One registered kind of data set; subclasses say how to find, describe and open it.
 
     A kind is stateless: ``locate`` finds it on disk, ``classes`` names its classes, ``build``
-    opens one split. Options from the spec string (``name:key=value``) arrive as ``**options``.
+    opens one split. Options from the spec string (``name:key=value``) arrive as ``**options``,
+    already checked against ``options`` (type and range of each key; unknown keys refused).
     """
 
     name: str = ""
     splits: tuple[str, ...] = ("train", "val", "test", "trainval")
+    options: ClassVar[Mapping[str, Option | type]] = {}
 
     def locate(self, root: Path | None, **options: Any) -> Path | None:
         """Where the data set is on disk under ``root`` (None: not there)."""
@@ -57,6 +60,11 @@ class DatasetKind:
         raise NotImplementedError
 
 
+def known_options(**options: Option | type) -> Mapping[str, Option | type]:
+    """A kind's ``options``, read-only: ``known_options(task=str)`` or ``Option(int, 6, 2, 12)``."""
+    return MappingProxyType(options)
+
+
 def register_dataset(name: str) -> Callable[[K], K]:
     """Class decorator: make a `DatasetKind` available to `create_dataset` under ``name``."""
 
@@ -73,11 +81,24 @@ def list_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _kind(spec: str) -> tuple[DatasetKind, dict[str, Any]]:
+def _kind(spec: str, **overrides: Any) -> tuple[DatasetKind, dict[str, Any]]:
     name, options = split_spec(spec)
     if name not in _REGISTRY:
-        raise MgrError(f"unknown data set {name!r}; known: {', '.join(list_datasets())}")
-    return _REGISTRY[name](), options
+        shown = name if len(name) <= 40 else name[:36] + "..."
+        raise MgrError(f"unknown data set {shown!r}; known: {', '.join(list_datasets())}")
+    kind = _REGISTRY[name]()
+    return kind, check_options(name, {**options, **overrides}, kind.options)
+
+
+def validate_dataset_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"synthetic:seed=3"`` -> ``("synthetic", {"seed": 3})``, or MgrError for an unknown data
+    set, an unknown option (the known ones are listed) or a value of the wrong type or range.
+
+    Cheap (nothing is read from disk), so ``mgr task add`` refuses a bad spec before it records
+    anything that would only fail later in ``mgr train``.
+    """
+    kind, options = _kind(spec)
+    return kind.name, options
 
 
 def default_root() -> Path:
@@ -125,10 +146,10 @@ def create_dataset(
     ``name`` may carry options, ``"synthetic:num_classes=4"``; keyword ``options`` override them.
     Items are ``(image, label)`` with the PIL image passed through ``transform``.
     """
-    kind, spec_options = _kind(name)
+    kind, options = _kind(name, **options)
     if split not in kind.splits:
         raise MgrError(f"{kind.name}: no split {split!r}; splits: {', '.join(kind.splits)}")
-    return kind.build(root, split, transform, download, **{**spec_options, **options})
+    return kind.build(root, split, transform, download, **options)
 
 
 def describe(
@@ -138,8 +159,7 @@ def describe(
 
     ``root`` None looks in `default_root`. Reads no images, so it is cheap and works offline.
     """
-    kind, spec_options = _kind(name)
-    options = {**spec_options, **options}
+    kind, options = _kind(name, **options)
     found = kind.locate(resolve_root(root), **options)
     return kind.classes(found, **options), found
 

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from manager.datasets.registry import DatasetKind, register_dataset
-from manager.errors import MgrError
+from manager.datasets.registry import DatasetKind, known_options, register_dataset
+from manager.specs import Option, check_options
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {
@@ -29,7 +29,15 @@ COLOURS = {
 TEXTURES = ("solid", "stripes", "dots")
 MAX_CLASSES = 12  # (k%4, k%5, k%3) stays distinct far beyond; 12 keeps the set small
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-DEFAULTS = {"num_classes": 6, "per_class": 32, "img_size": 32, "seed": 0}
+# The caps keep a typo from asking for terabytes: 12 x 10,000 images of 1024 px is already a lot
+# for a generated set. Seeds span numpy's and torch's (non-negative int64).
+OPTIONS = known_options(
+    num_classes=Option(int, 6, 2, MAX_CLASSES),
+    per_class=Option(int, 32, 1, 10_000),
+    img_size=Option(int, 32, 8, 1024),
+    seed=Option(int, 0, 0, 2**63 - 1),
+)
+DEFAULTS = {k: o.default for k, o in OPTIONS.items()}
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -99,10 +107,16 @@ class SyntheticShapes(Dataset):
         img_size: int = 32,
         seed: int = 0,
     ):
-        if not 2 <= num_classes <= MAX_CLASSES:
-            raise MgrError(f"synthetic: num_classes must be 2..{MAX_CLASSES}, got {num_classes}")
-        if per_class < 1 or img_size < 8:
-            raise MgrError("synthetic: per_class must be >= 1 and img_size >= 8")
+        check_options(
+            "synthetic",
+            {
+                "num_classes": num_classes,
+                "per_class": per_class,
+                "img_size": img_size,
+                "seed": seed,
+            },
+            OPTIONS,
+        )
         # trainval is train followed by val, item for item.
         self.parts = ("train", "val") if split == "trainval" else (split,)
         self.split, self.transform, self.seed = split, transform, seed
@@ -125,14 +139,13 @@ class SyntheticShapes(Dataset):
 
 @register_dataset("synthetic")
 class Synthetic(DatasetKind):
-    """Generated shapes; options ``num_classes`` (6), ``per_class`` (32), ``img_size`` (32),
-    ``seed`` (0). Needs no root and nothing on disk."""
+    """Generated shapes; options ``num_classes`` (6, 2..12), ``per_class`` (32), ``img_size``
+    (32), ``seed`` (0). Needs no root and nothing on disk."""
+
+    options = OPTIONS
 
     def classes(self, found, **options) -> list[str]:
         return self.build(None, "train", None, False, **options).classes
 
     def build(self, root, split: str, transform, download: bool, **options) -> Dataset:
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise MgrError(f"synthetic: unknown options {unknown}; known: {', '.join(DEFAULTS)}")
-        return SyntheticShapes(split, transform, **options)
+        return SyntheticShapes(split, transform, **check_options("synthetic", options, OPTIONS))

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import default_loader
 
-from manager.datasets.registry import DatasetKind, register_dataset, resolve_root
+from manager.datasets.registry import DatasetKind, known_options, register_dataset, resolve_root
 from manager.errors import MgrError
 
 LIST_FILES = {
@@ -59,6 +59,8 @@ class VTAB1k(DatasetKind):
     """One VTAB-1k task folder: ``train800val200.txt`` and ``test.txt`` (plus ``train800.txt`` and
     ``val200.txt`` when present). Option ``task=NAME`` looks in ``<root>/NAME`` and
     ``<root>/vtab-1k/NAME``. Classes are ``class_<k>`` unless the folder has ``classes.txt``."""
+
+    options = known_options(task=str)
 
     def locate(self, root: Path | None, task: str | None = None, **options) -> Path | None:
         if root is None:
