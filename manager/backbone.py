@@ -6,11 +6,12 @@ tensors in a checkpoint are dropped and never enter the content hash.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
 import pickle
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ from manager.specs import split_spec
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 DEFAULT_HEADS = ("head", "head_dist")  # timm ViT/DeiT classifier names
 SEED = 0  # `--weights random` and every new head are initialised under this seed
+# One request decides whether the hub is reachable; a dead network fails within this time.
+HUB_PROBE_TIMEOUT_S = 5.0
+NO_HUB_HINT = "pass --weights PATH (.safetensors, .npz, .pth) or --weights random"
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -82,6 +86,77 @@ def new_head(model: nn.Module, num_classes: int) -> None:
                 nn.init.zeros_(head.bias)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    # huggingface_hub reads this flag on every request, so setting it here means "cache only".
+    import huggingface_hub.constants as hf
+
+    previous = hf.HF_HUB_OFFLINE
+    hf.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf.HF_HUB_OFFLINE = previous
+
+
+def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """None if the hub answers one request (any status) within `timeout` s, else why not."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:  # the hub's own client: its proxy and certificate settings apply
+        get_session().head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
+    except Exception as e:
+        return _first_line(e)
+    return None
+
+
+def _pretrained(spec: str) -> nn.Module:
+    """The pretrained model: from the local cache, else from the hub after one reachability probe.
+
+    huggingface_hub retries a failed request five times with back-off (about a minute with no
+    network); the cache is tried first without any request, then a single short probe decides
+    whether a download is worth trying at all. ``HF_HUB_OFFLINE=1`` makes no request.
+    """
+    import huggingface_hub.constants as hf
+
+    try:
+        with _hub_offline():
+            return _create(spec, pretrained=True)
+    except MgrError:
+        raise
+    except OSError:  # not in the local cache (huggingface_hub's and torch.hub's misses)
+        pass
+    except Exception as e:  # in the cache but unusable: the hub would not change that
+        raise MgrError(
+            f"cannot load the pretrained weights of {spec!r} ({_first_line(e)}); {NO_HUB_HINT}"
+        ) from None
+    if hf.HF_HUB_OFFLINE:
+        raise MgrError(
+            f"the pretrained weights of {spec!r} are not in the local Hugging Face cache and "
+            f"HF_HUB_OFFLINE is set; {NO_HUB_HINT}"
+        )
+    why = _hub_unreachable()
+    if why is not None:
+        raise MgrError(
+            f"cannot reach the Hugging Face hub at {hf.ENDPOINT} ({why}) for the pretrained "
+            f"weights of {spec!r}; offline? {NO_HUB_HINT}"
+        )
+    try:
+        return _create(spec, pretrained=True)
+    except MgrError:
+        raise
+    except Exception as e:  # hub, network and cache errors all mean the same to the user
+        raise MgrError(
+            f"cannot get pretrained weights for {spec!r} ({_first_line(e)}); {NO_HUB_HINT}"
+        ) from None
+
+
 def build_backbone(
     spec: str, weights: str | os.PathLike[str] | None, num_classes: int = 0
 ) -> nn.Module:
@@ -92,16 +167,7 @@ def build_backbone(
     (read with ``weights_only=True``). The head (``num_classes`` outputs, 0 = none) is new.
     """
     if weights is None:
-        try:
-            model = _create(spec, pretrained=True)
-        except MgrError:
-            raise
-        except Exception as e:  # hub, network and cache errors all mean the same to the user
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise MgrError(
-                f"cannot get pretrained weights for {spec!r} ({type(e).__name__}: {msg}); "
-                "offline? pass --weights PATH (.safetensors, .npz, .pth) or --weights random"
-            ) from None
+        model = _pretrained(spec)
     else:
         model = _create(spec)
         if str(weights) != "random":

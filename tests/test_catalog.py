@@ -173,7 +173,7 @@ def test_storage_report(catalog, monkeypatch) -> None:
     info = ParamInfo(params=1_000_000, num_features=100)
     monkeypatch.setattr(storage, "param_info", lambda spec, cache: info)
     with catalog.session() as s:
-        empty = storage.storage_report(s, catalog.home)
+        empty = storage.storage_report(s, catalog.home).to_dict()
         assert empty["tasks"] == [] and empty["totals"]["adapter_bytes"] == 0
         a = _add(s, "a", n=10, budget_bytes=100_000)
         _add(s, "b", n=5)
@@ -182,7 +182,7 @@ def test_storage_report(catalog, monkeypatch) -> None:
         budgets.set_budget(s, 1_000_000)
     (catalog.home.root / v.path).unlink()  # a missing artifact is reported, not fatal
     with catalog.session(write=False) as s:
-        report = storage.storage_report(s, catalog.home)
+        report = storage.storage_report(s, catalog.home).to_dict()
     ra, rb = report["tasks"]
     assert ra["backbone_bytes"] == 4_000_000
     assert ra["versions"][0]["pct_of_backbone"] == pytest.approx(1.0)

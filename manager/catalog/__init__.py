@@ -10,12 +10,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
-from manager.catalog.db import make_engine, session_scope
+from manager.catalog.db import (
+    damaged_message,
+    inspect_sqlite_file,
+    is_damage,
+    make_engine,
+    session_scope,
+    sqlite_file,
+)
 from manager.catalog.migrate import ensure_current
 from manager.errors import MgrError
 from manager.home import Home
@@ -39,17 +47,50 @@ class Catalog:
         self.engine.dispose()
 
 
-def open_catalog(home: Home, url: str | None = None, migrate: bool = True) -> Catalog:
+def home_files(home: Home) -> list[Path]:
+    """Adapter artifacts and live files in `home`: only a catalog that once existed makes them."""
+    store = Store.of(home)
+    found: list[Path] = []
+    if store.live.is_dir():
+        found += sorted(store.live.glob("*.safetensors"))
+    if store.artifacts.is_dir():
+        found += sorted(p for p in store.artifacts.rglob("*") if p.is_file())
+    return found
+
+
+def _refuse_if_lost(home: Home, path: Path, state: str) -> None:
+    files = home_files(home)
+    if files:
+        raise MgrError(
+            f"the catalog {path} is {state} but the home holds {len(files)} artifact/live "
+            f"file(s) (e.g. {files[0]}): it was probably lost; restore it, or "
+            "'mgr db init --force' to start over with an empty catalog"
+        )
+
+
+def open_catalog(
+    home: Home, url: str | None = None, migrate: bool = True, allow_lost: bool = False
+) -> Catalog:
     """Open the catalog of `home` (URL: `url` > MGR_DB_URL > <home>/catalog.db).
 
-    Creates the home and, with `migrate`, brings the database to the newest revision.
+    Creates the home and, with `migrate`, brings the database to the newest revision. A damaged
+    SQLite file is reported and never written to; an empty or missing one next to artifacts or
+    live files (a lost catalog) is refused unless `allow_lost` (``mgr db init --force``).
     """
     home.ensure()
-    engine = make_engine(url or home.db_url)
+    url = url or home.db_url
+    path = sqlite_file(url)
+    if path is not None:
+        state = inspect_sqlite_file(path)
+        if state != "ok" and not allow_lost:
+            _refuse_if_lost(home, path, state)
+    engine = make_engine(url)
     if migrate:
         try:
             ensure_current(engine, Store.of(home))
-        except OperationalError as exc:
+        except DatabaseError as exc:
             engine.dispose()
+            if is_damage(exc):
+                raise MgrError(damaged_message(path or engine.url, exc)) from None
             raise MgrError(f"cannot open the catalog at {engine.url!r}: {exc.orig}") from exc
     return Catalog(home, engine)

@@ -6,6 +6,7 @@ of all versions of all tasks. Deleted versions do not count.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -102,13 +103,55 @@ def check_fits(s: Session, task: Task, projected_bytes: int) -> None:
             )
 
 
-def budget_report(s: Session) -> dict[str, Any]:
-    """The global budget and every task's, with the bytes each holds now (None: unlimited)."""
+class _Usage:
+    max_bytes: int | None
+    used_bytes: int
+
+    @property
+    def used_pct(self) -> float | None:
+        """Percent of the budget used (None: no budget, or a zero one)."""
+        return 100.0 * self.used_bytes / self.max_bytes if self.max_bytes else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass
+class BudgetUsage(_Usage):
+    """One budget (``max_bytes`` None: unlimited) and the bytes its scope holds now."""
+
+    max_bytes: int | None
+    used_bytes: int
+
+
+@dataclass
+class TaskBudget(_Usage):
+    """A task's budget and the bytes of its versions."""
+
+    task: str
+    max_bytes: int | None
+    used_bytes: int
+
+
+@dataclass
+class BudgetReport:
+    """``mgr budget show``: the global budget and every task's (``to_dict`` is the JSON)."""
+
+    global_budget: BudgetUsage
+    tasks: list[TaskBudget]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"global": self.global_budget.to_dict(), "tasks": [t.to_dict() for t in self.tasks]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BudgetReport:
+        return cls(BudgetUsage(**d["global"]), [TaskBudget(**t) for t in d["tasks"]])
+
+
+def budget_report(s: Session) -> BudgetReport:
+    """The global budget and every task's, with the bytes each holds now."""
     tasks = s.scalars(select(Task).order_by(Task.name)).all()
-    return {
-        "global": {"max_bytes": get_budget(s), "used_bytes": used_bytes(s)},
-        "tasks": [
-            {"task": t.name, "max_bytes": get_budget(s, t), "used_bytes": used_bytes(s, t)}
-            for t in tasks
-        ],
-    }
+    return BudgetReport(
+        BudgetUsage(get_budget(s), used_bytes(s)),
+        [TaskBudget(t.name, get_budget(s, t), used_bytes(s, t)) for t in tasks],
+    )

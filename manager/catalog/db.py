@@ -9,13 +9,16 @@ at once, busy timeout or not (SQLAlchemy's "sqlite_transactions" recipe: we emit
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from manager.errors import MgrError
@@ -27,6 +30,78 @@ BEGIN_OPTION = "mgr_sqlite_begin"
 
 def _is_memory(url_database: str | None) -> bool:
     return not url_database or url_database == ":memory:" or "mode=memory" in url_database
+
+
+# SQLite's result codes and messages for a file that is not (or no longer) a sound database.
+_DAMAGE_CODES = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+_DAMAGE_TEXT = (
+    "file is not a database",
+    "database disk image is malformed",
+    "malformed database schema",
+    "file is encrypted or is not a database",
+)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other back-ends and in-memory databases."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or _is_memory(parsed.database):
+        return None
+    if parsed.query.get("uri") or str(parsed.database).startswith("file:"):
+        return None  # a SQLite URI filename: leave its interpretation to SQLite
+    return Path(str(parsed.database)).expanduser().absolute()
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a (SQLAlchemy or sqlite3) error says the database file is damaged."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlite_errorname", None) in _DAMAGE_CODES:
+        return True
+    text = str(orig).lower()
+    return any(t in text for t in _DAMAGE_TEXT)
+
+
+def damaged_message(where: object, reason: object) -> str:
+    """The one line a damaged catalog is reported with: what, where, and what to do."""
+    reason = " ".join(str(getattr(reason, "orig", None) or reason).split())
+    return (
+        f"the catalog {where} is damaged ({reason}); mgr leaves it untouched: restore it from a "
+        f"backup, or move it aside (mv {where} {where}.damaged) to start a fresh catalog"
+    )
+
+
+def inspect_sqlite_file(path: Path) -> Literal["missing", "empty", "ok"]:
+    """Check a catalog file without writing to it: ``missing``, ``empty`` (no tables) or ``ok``.
+
+    Raises `MgrError` if the file is damaged. The check runs on a read-only connection, so
+    nothing (not even a WAL checkpoint on close) can write into a damaged file before the
+    read-write engine would have found out.
+    """
+    if not path.exists():
+        return "missing"
+    if not path.is_file():
+        raise MgrError(f"the catalog {path} is not a file")
+    wal = path.with_name(path.name + "-wal")
+    if path.stat().st_size == 0 and not (wal.is_file() and wal.stat().st_size > 0):
+        return "empty"
+    try:
+        with closing(
+            sqlite3.connect(
+                f"file:{quote(str(path))}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        ) as conn:
+            check = conn.execute("PRAGMA quick_check(1)").fetchone()
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        if is_damage(exc):
+            raise MgrError(damaged_message(path, exc)) from None
+        return "ok"  # e.g. busy or no permission: the read-write open reports it in its words
+    if check is None or check[0] != "ok":
+        raise MgrError(damaged_message(path, check[0] if check else "integrity check failed"))
+    return "ok" if tables else "empty"
 
 
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any, memory: bool) -> None:
@@ -77,5 +152,12 @@ def session_scope(engine: Engine, write: bool = True) -> Iterator[Session]:
     """
     bind = engine if write else reader(engine)
     factory = sessionmaker(bind=bind, expire_on_commit=False)
-    with factory() as session, session.begin():
-        yield session
+    try:
+        with factory() as session, session.begin():
+            yield session
+    except DatabaseError as exc:
+        # A file damaged while in use (or by another program) is not a bug in mgr.
+        if is_damage(exc):
+            where = sqlite_file(engine.url.render_as_string(hide_password=False))
+            raise MgrError(damaged_message(where or engine.url, exc)) from None
+        raise

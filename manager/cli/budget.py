@@ -43,15 +43,14 @@ def show(app: App, as_json: bool) -> None:
     with app.session(write=False) as s:
         report = budgets.budget_report(s)
     if as_json:
-        echo_json(report)
+        echo_json(report.to_dict())
         return
     from rich.table import Table
 
     table = Table("scope", "budget", "used", "used %")
-    for scope, row in [("global", report["global"])] + [
-        (f"task {r['task']}", r) for r in report["tasks"]
-    ]:
-        pct = f"{100 * row['used_bytes'] / row['max_bytes']:.1f}%" if row["max_bytes"] else "-"
-        max_text = format_size(row["max_bytes"]) if row["max_bytes"] is not None else "none"
-        table.add_row(scope, max_text, format_size(row["used_bytes"]), pct)
+    rows = [("global", report.global_budget)] + [(f"task {t.task}", t) for t in report.tasks]
+    for scope, row in rows:
+        pct = f"{row.used_pct:.1f}%" if row.used_pct is not None else "-"
+        max_text = format_size(row.max_bytes) if row.max_bytes is not None else "none"
+        table.add_row(scope, max_text, format_size(row.used_bytes), pct)
     console().print(table)

@@ -27,6 +27,30 @@ def upgrade(app: App) -> None:
         catalog.close()
 
 
+@command.command("init")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Start an empty catalog even though the home holds artifacts or live files "
+    "(after the old catalog was lost; the files are left where they are).",
+)
+@pass_app
+def init(app: App, force: bool) -> None:
+    """Create the catalog (a fresh home does this on first use anyway)."""
+    catalog = open_catalog(app.home, migrate=False, allow_lost=force)
+    try:
+        before = current_revision(catalog.engine)
+        ensure_current(catalog.engine, Store.of(app.home))
+        rev = current_revision(catalog.engine)
+        url = catalog.engine.url.render_as_string(hide_password=True)
+    finally:
+        catalog.close()
+    if before is not None:
+        click.echo(f"the catalog {url} already exists (revision {rev}); nothing changed")
+    else:
+        click.echo(f"created an empty catalog {url} at revision {rev}")
+
+
 @command.command("current")
 @json_option
 @pass_app

@@ -9,6 +9,9 @@ import click
 from manager.cli.app import App, echo_json, json_option, pass_app
 from manager.cli.types import Int64, VersionRefType, device_option
 
+# The predict command's default; kept here so `mgr --help` does not import PIL or torch.
+DEFAULT_MAX_PIXELS = 40_000_000
+
 
 @click.command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
@@ -21,18 +24,33 @@ from manager.cli.types import Int64, VersionRefType, device_option
 )
 @click.option("--top-k", type=Int64(1), default=5, show_default=True)
 @device_option
+@click.option(
+    "--max-pixels",
+    type=Int64(1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse images with more pixels than this (decompression bombs).",
+)
 @json_option
 @pass_app
 def command(
-    app: App, images: tuple[Path, ...], target: str | None, top_k: int, device: str, as_json: bool
+    app: App,
+    images: tuple[Path, ...],
+    target: str | None,
+    top_k: int,
+    device: str,
+    max_pixels: int,
+    as_json: bool,
 ) -> None:
     """Classify IMAGE files with the live task: top classes and probabilities."""
     from manager.catalog.deployment import get_deployment
     from manager.cli.switch import describe
     from manager.switch.artifacts import parse_target
     from manager.switch.live import switch_live
-    from manager.switch.serve import load_live_model, predict_files, resolve_device
+    from manager.switch.serve import load_live_model, predict_images, read_images, resolve_device
 
+    # Every image is decoded first: a bad one must not switch the live files or load a model.
+    decoded = read_images(images, max_pixels)
     if target is not None:
         task, number = parse_target(target)
         with app.session(write=False) as s:
@@ -43,11 +61,12 @@ def command(
             report = switch_live(app.home, app.catalog, task, number)
             click.echo(describe(report), err=True)
     model = load_live_model(app.home, app.catalog, str(resolve_device(device)))
-    results = predict_files(model, list(images), top_k)
+    results = predict_images(model, decoded, [str(p) for p in images], top_k)
     if as_json:
-        echo_json({"task": model.task, "version": model.version, "predictions": results})
+        predictions = [r.to_dict() for r in results]
+        echo_json({"task": model.task, "version": model.version, "predictions": predictions})
         return
     click.echo(f"task {model.task}@{model.version}")
     for r in results:
-        top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
-        click.echo(f"{r['image']}: {top}")
+        top = ", ".join(f"{t.name} {t.probability:.3f}" for t in r.top)
+        click.echo(f"{r.image}: {top}")

@@ -23,52 +23,50 @@ def command(app: App, as_json: bool) -> None:
     with app.session(write=False) as s:
         report = storage_report(s, app.home)
     if as_json:
-        echo_json(report)
+        echo_json(report.to_dict())
         return
     from rich.table import Table
 
     table = Table(
         "task / version", "bytes", "% backbone", "budget used", "full fine-tune", title="storage"
     )
-    for t in report["tasks"]:
+    for t in report.tasks:
         budget = (
-            f"{format_size(t['used_bytes'])} / {format_size(t['budget_bytes'])}"
-            f" ({_pct(t['budget_used_pct'])})"
-            if t["budget_bytes"] is not None
+            f"{format_size(t.used_bytes)} / {format_size(t.budget_bytes)}"
+            f" ({_pct(t.budget_used_pct)})"
+            if t.budget_bytes is not None
             else "no budget"
         )
         table.add_row(
-            f"[bold]{t['task']}[/bold]",
-            format_size(t["used_bytes"]),
-            _pct(t["pct_of_backbone"]),
+            f"[bold]{t.task}[/bold]",
+            format_size(t.used_bytes),
+            _pct(t.pct_of_backbone),
             budget,
-            format_size(t["full_finetune_bytes"]),
+            format_size(t.full_finetune_bytes),
         )
-        for v in t["versions"]:
-            flags = (
-                [v["method"], v["status"]] + ["active"] * v["active"] + ["MISSING"] * v["missing"]
-            )
+        for v in t.versions:
+            flags = [v.method, v.status] + ["active"] * v.active + ["MISSING"] * v.missing
             table.add_row(
-                f"  v{v['number']} ({', '.join(flags)})",
-                format_size(v["bytes"]),
-                _pct(v["pct_of_backbone"]),
+                f"  v{v.number} ({', '.join(flags)})",
+                format_size(v.bytes),
+                _pct(v.pct_of_backbone),
                 "",
                 "",
             )
     out = console()
     out.print(table)
-    tot = report["totals"]
+    tot = report.totals
     global_budget = (
-        f"{format_size(tot['global_budget_bytes'])} ({_pct(tot['global_budget_used_pct'])} used)"
-        if tot["global_budget_bytes"] is not None
+        f"{format_size(tot.global_budget_bytes)} ({_pct(tot.global_budget_used_pct)} used)"
+        if tot.global_budget_bytes is not None
         else "none"
     )
     out.print(
-        f"adapters: {format_size(tot['adapter_bytes'])} in {tot['versions']} version(s) of "
-        f"{tot['tasks']} task(s); global budget: {global_budget}"
+        f"adapters: {format_size(tot.adapter_bytes)} in {tot.versions} version(s) of "
+        f"{tot.tasks} task(s); global budget: {global_budget}"
     )
     out.print(
-        f"shared backbone(s) + adapters: {format_size(tot['with_adapters_bytes'])}; "
-        f"a full fine-tuned copy per task: {format_size(tot['full_finetune_bytes'])}"
-        + (f"; saved {format_size(tot['saved_bytes'])}" if tot["saved_bytes"] else "")
+        f"shared backbone(s) + adapters: {format_size(tot.with_adapters_bytes)}; "
+        f"a full fine-tuned copy per task: {format_size(tot.full_finetune_bytes)}"
+        + (f"; saved {format_size(tot.saved_bytes)}" if tot.saved_bytes else "")
     )

@@ -7,9 +7,10 @@ backbone's own inference cost.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -81,27 +82,72 @@ def load_live_model(home: Home, catalog: Catalog, device: str = "cpu") -> LiveMo
     )
 
 
-@torch.inference_mode()
-def predict_files(live: LiveModel, images: Sequence[Path], top_k: int = 5) -> list[dict]:
-    """Top-k classes and probabilities for each image file."""
-    from PIL import UnidentifiedImageError
+@dataclass
+class ClassScore:
+    """One class of a prediction (``name`` is ``"class"`` in the JSON)."""
 
-    batch = []
-    for path in images:
-        try:
-            with Image.open(path) as im:
-                batch.append(live.transform(im))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise MgrError(f"cannot read image {path}: {exc}") from None
+    name: str
+    index: int
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class": self.name, "index": self.index, "probability": self.probability}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassScore:
+        return cls(d["class"], d["index"], d["probability"])
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image, most probable first."""
+
+    image: str
+    top: list[ClassScore]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "top": [t.to_dict() for t in self.top]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Prediction:
+        return cls(d["image"], [ClassScore.from_dict(t) for t in d["top"]])
+
+
+def read_images(
+    paths: Sequence[str | os.PathLike[str]], max_pixels: int | None = None
+) -> list[Image.Image]:
+    """Decode image files to RGB; `MgrError` names the first unreadable or too large one."""
+    from manager.datasets.folder import DEFAULT_MAX_PIXELS, read_image
+
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    return [read_image(p, limit, hint="raise the limit with --max-pixels") for p in paths]
+
+
+@torch.inference_mode()
+def predict_images(
+    live: LiveModel, images: Sequence[Image.Image], names: Sequence[str], top_k: int = 5
+) -> list[Prediction]:
+    """Top-k classes and probabilities for decoded images (``names`` label the results)."""
+    batch = torch.stack([live.transform(im) for im in images])
     device = next(live.model.parameters()).device
-    probs = live.model(torch.stack(batch).to(device)).float().softmax(-1).cpu()
+    probs = live.model(batch.to(device)).float().softmax(-1).cpu()
     k = min(top_k, probs.shape[1])
     out = []
-    for path, p in zip(images, probs, strict=True):
+    for name, p in zip(names, probs, strict=True):
         values, idx = p.topk(k)
         top = [
-            {"class": live.class_names[i], "index": int(i), "probability": float(v)}
+            ClassScore(live.class_names[i], int(i), float(v))
             for v, i in zip(values.tolist(), idx.tolist(), strict=True)
         ]
-        out.append({"image": str(path), "top": top})
+        out.append(Prediction(str(name), top))
     return out
+
+
+def predict_files(
+    live: LiveModel,
+    images: Sequence[str | os.PathLike[str]],
+    top_k: int = 5,
+    max_pixels: int | None = None,
+) -> list[Prediction]:
+    """Top-k classes and probabilities for each image file (see `read_images` for the limit)."""
+    return predict_images(live, read_images(images, max_pixels), [str(p) for p in images], top_k)
