@@ -22,12 +22,11 @@ import torch
 
 from manager.backbone import backbone_state, build_backbone, content_hash
 from manager.datasets import create_dataset
-from manager.datasets.transforms import data_config
 from manager.delta.delta import DeltaMeta
+from manager.device import resolve_device
+from manager.train.adapter import TrainData, prepare_model, train_adapter
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors, decode_transform
-from manager.train.evaluate import evaluate
-from manager.train.loop import fit
 from manager.train.methods import get_method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,21 +79,31 @@ def run_one(
     lr: float,
     epochs: int,
     seed: int,
+    device: torch.device | str = "cpu",
 ) -> dict:
+    """One training run through the trainer's own code (``train_adapter``), no catalog."""
     torch.manual_seed(seed)
     model = build_backbone(spec, ASSETS / "deit_tiny_patch16_224.safetensors", num_classes)
-    dc = data_config(model)
-    mean, std = torch.tensor(dc["mean"]), torch.tensor(dc["std"])
-    digest = content_hash(backbone_state(model))
+    meta = DeltaMeta(
+        method_name, spec, content_hash(backbone_state(model)), torch.float32, num_classes
+    )
     cfg = TrainConfig(
-        method=method_name, epochs=epochs, seed=seed, batch_size=64, weight_decay=1e-4, **overrides
+        method=method_name,
+        epochs=epochs,
+        seed=seed,
+        batch_size=64,
+        weight_decay=1e-4,
+        lr=lr,
+        **overrides,
     )
     method = get_method(method_name)
-    method.prepare(model, cfg)
-    res = fit(model, train, cfg, lr=lr, mean=mean, std=std)
-    acc = evaluate(model, test, num_classes, mean, std)
-    delta = method.export(model, DeltaMeta(method_name, spec, digest, torch.float32, num_classes))
-    return {"top1": acc["top1"], "bytes": len(delta.to_bytes()), "img_s": res.images_per_s}
+    prepare_model(model, method, cfg)
+    delta, metrics = train_adapter(model, method, cfg, TrainData(train, test), device, meta=meta)
+    return {
+        "top1": metrics["top1"],
+        "bytes": len(delta.to_bytes()),
+        "img_s": metrics["train_images_per_s"],
+    }
 
 
 def main() -> None:
@@ -113,6 +122,7 @@ def main() -> None:
         help="fix a method's learning rate instead of sweeping it (repeatable)",
     )
     ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, no sweep")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = ap.parse_args()
     if not (ASSETS / "deit_tiny_patch16_224.safetensors").exists():
@@ -120,6 +130,7 @@ def main() -> None:
     if args.quick:
         args.seeds, args.epochs, args.no_sweep = "0", 2, True
     seeds = [int(s) for s in args.seeds.split(",")]
+    device = resolve_device(args.device)
     configs = [CONFIGS[int(i)] for i in args.configs.split(",")] if args.configs else CONFIGS
     spec = f"deit_tiny_patch16_224:img_size={args.img_size}"
     torch.set_num_threads(torch.get_num_threads())
@@ -162,6 +173,7 @@ def main() -> None:
                     lr,
                     args.epochs,
                     seed=0,
+                    device=device,
                 )
                 scores[lr] = r["top1"]
                 print(f"  sweep {label:36s} lr {lr:.0e}: val top-1 {r['top1']:.1f}", flush=True)
@@ -180,6 +192,7 @@ def main() -> None:
                     lr,
                     args.epochs,
                     seed,
+                    device,
                 )
                 for seed in seeds
             ]

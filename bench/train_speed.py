@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from manager.backbone import build_backbone
+from manager.delta.structure import format_structure
+from manager.train.adapter import prepare_model
 from manager.train.config import TrainConfig
 from manager.train.loop import param_groups
 from manager.train.methods import get_method
@@ -52,9 +54,9 @@ def main() -> None:
     for label, name, over in ROWS:
         model = build_backbone(spec, "random", num_classes=100).train()
         g = model.embed_dim // 2  # two input channels per group, as the paper's release
-        groups = f"{g * 2},{g}s" if over.get("groups") == "*2" else str(g)
-        cfg = TrainConfig(method=name, **{**over, "groups": groups})
-        get_method(name).prepare(model, cfg)
+        structure = ((g * 2, False), (g, True)) if over.get("groups") == "*2" else ((g, False),)
+        cfg = TrainConfig(method=name, **{**over, "groups": format_structure(structure)})
+        prepare_model(model, get_method(name), cfg)  # the trainer's own checks and surgery
         opt = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-4)
 
         def step(model=model, opt=opt) -> None:

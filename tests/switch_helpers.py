@@ -171,13 +171,15 @@ PY_TASKS = {
 def _perturbed_delta(base_model, method: str, structure, dtype, seed: int, backbone):
     """A delta as a trained run would make one: the method's trainable tensors moved at random."""
     from manager.delta.delta import DeltaMeta
+    from manager.delta.structure import format_structure
+    from manager.train.adapter import prepare_model
     from manager.train.config import TrainConfig
     from manager.train.methods import get_method
 
     model = copy.deepcopy(base_model)
-    groups = ",".join(f"{g}{'s' if s else ''}" for g, s in structure) if structure else ""
+    groups = format_structure(structure) if structure else ""
     m = get_method(method)
-    m.prepare(model, TrainConfig(method=method, groups=groups, lora_rank=4))
+    prepare_model(model, m, TrainConfig(method=method, groups=groups, lora_rank=4))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -190,13 +192,12 @@ def _perturbed_delta(base_model, method: str, structure, dtype, seed: int, backb
 def add_python_tasks(home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes") -> None:
     """Tasks whose versions are made here (fast), bound to ``bind_to``'s backbone."""
     from manager.backbone import new_head
-    from manager.catalog import open_catalog, tasks, versions
+    from manager.catalog import open_catalog, tasks
     from manager.home import Home
-    from manager.store.backbones import file_sha256, load_backbone
-    from manager.store.fs import Store
+    from manager.store.backbones import load_backbone
+    from manager.store.record import record_version
 
     h = Home.resolve(home)
-    store = Store.of(h)
     cat = open_catalog(h)
     try:
         with cat.session() as s:
@@ -220,21 +221,8 @@ def add_python_tasks(home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes") -
             for method, structure, dtype in vers:
                 seed += 1
                 delta = _perturbed_delta(model, method, structure, dtype, seed, row)
-                with cat.session() as s:
-                    t = tasks.get_task(s, name)
-                    number = versions.next_version_number(s, t)
-                    path = store.artifact(name, number)
-                    size = store.write_bytes(path, delta.to_bytes())
-                    v = versions.add_version(
-                        s,
-                        t,
-                        method=method,
-                        structure=[list(b) for b in structure] if structure else None,
-                        bytes=size,
-                        content_hash=file_sha256(path),
-                        path=store.rel(path),
-                    )
-                    versions.promote(s, t, v)
+                # The trainer's own recording path: artifact and row together, then promoted.
+                record_version(cat, name, delta, structure=structure, promote=True)
     finally:
         cat.close()
 

@@ -19,10 +19,11 @@ from manager.adapters import (
     target_linears,
     unwrap,
 )
+from manager.adapters.consolidate import consolidate
 from manager.adapters.consolidator import branch_forward
 from manager.adapters.inject import select_params
+from manager.adapters.validate import check_structure
 from manager.delta.apply import apply
-from manager.adapters.consolidate import consolidate
 from manager.errors import MgrError
 
 
@@ -41,6 +42,32 @@ def test_parse():
             ConsolidatorConfig.parse(bad)
     with pytest.raises(MgrError, match="drop_path"):
         ConsolidatorConfig((Branch(4),), drop_path=1.0)
+    # The catalog's JSON spelling and Branch objects parse to the same config.
+    assert ConsolidatorConfig.parse([[96, False], [96, True]], drop_path=0.2) == cfg
+    assert ConsolidatorConfig.parse(cfg.branches, drop_path=0.2) == cfg
+
+
+def test_structure_is_checked_against_the_model_widths():
+    model = tiny_vit()  # widths 192 (qkv/proj in, fc2 out), 576 (qkv out), 768 (fc1 out)
+    for ok in ("96", "192", "1", "64,3s", [[48, True]]):
+        check_structure(model, ok)
+    for bad, g in (("100000", 100000), ("96,7s", 7), ("384", 384), ([[5, False]], 5)):
+        with pytest.raises(MgrError, match=f"g={g} groups do not fit") as info:
+            check_structure(model, bad)
+        assert "192, 576, 768" in str(info.value) and "\n" not in str(info.value)
+    # prepare_model refuses before touching the model.
+    from manager.train.adapter import prepare_model
+    from manager.train.config import TrainConfig
+    from manager.train.methods import get_method
+
+    before = {n: type(m) for n, m in model.named_modules()}
+    with pytest.raises(MgrError, match="g=7"):
+        prepare_model(model, get_method("consolidator"), TrainConfig(groups="96,7s"))
+    assert {n: type(m) for n, m in model.named_modules()} == before
+    assert prepare_model(model, get_method("consolidator"), TrainConfig(groups="96,48s")) == (
+        (96, False),
+        (48, True),
+    )
 
 
 @pytest.mark.parametrize("shuffle", [False, True])

@@ -10,9 +10,8 @@ from conftest import tiny_vit
 from safetensors.torch import load_file
 
 from manager.adapters import ConsolidatorConfig, inject_consolidator
-from manager.adapters.consolidator import Branch
 from manager.adapters.consolidate import consolidate
-from manager.delta.delta import Delta
+from manager.adapters.consolidator import Branch
 from manager.adapters.sizing import (
     finest_fitting,
     projected_bytes,
@@ -20,8 +19,11 @@ from manager.adapters.sizing import (
     single_branch_candidates,
     stored_values,
 )
+from manager.delta.delta import Delta
 from manager.delta.structure import (
+    format_structure,
     gather_union,
+    parse_structure,
     positions,
     scatter_branches,
     scatter_union,
@@ -150,7 +152,7 @@ def _trained_delta(dtype=torch.float32, branches=((8, False), (4, True)), seed=0
 def test_roundtrip_and_exact_size(tmp_path, dtype):
     _, cfg, delta = _trained_delta(dtype)
     path = tmp_path / "v1.safetensors"
-    written = delta.save(path)
+    written = path.write_bytes(delta.to_bytes())
     assert path.stat().st_size == written
     assert written == projected_bytes(
         tiny_vit(num_classes=7),
@@ -183,7 +185,7 @@ def test_roundtrip_and_exact_size(tmp_path, dtype):
 def test_file_metadata(tmp_path):
     _, _, delta = _trained_delta()
     path = tmp_path / "d.safetensors"
-    delta.save(path)
+    path.write_bytes(delta.to_bytes())
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         meta = json.loads(f.read(n))["__metadata__"]
@@ -241,3 +243,34 @@ def test_finest_fitting():
         finest_fitting(model, cands, 100)
     with pytest.raises(MgrError, match="layer sizes"):
         finest_fitting(model, [ConsolidatorConfig((Branch(5),))], 10**9)
+
+
+def test_one_parse_and_format_for_every_spelling_of_a_structure():
+    want = ((96, False), (96, True))
+    spellings = [
+        "96,96s",
+        " 96, 96S",
+        [[96, False], [96, True]],
+        want,
+        (Branch(96), Branch(96, True)),
+    ]
+    for spelling in spellings:
+        assert parse_structure(spelling) == want
+        assert format_structure(spelling) == "96,96s"
+        assert format_structure(spelling, "json") == [[96, False], [96, True]]
+    assert json.loads(json.dumps(format_structure(want, "json"))) == [[96, False], [96, True]]
+    assert parse_structure("384,192", shuffle=True) == ((384, True), (192, True))
+    assert parse_structure(format_structure(((8, True), (4, False)))) == ((8, True), (4, False))
+    for bad in ("", "0", "x", "12,,3", "-4", [], [[0, False]], [[1.5, True]], [["8", False]], 7):
+        with pytest.raises(MgrError):
+            parse_structure(bad)
+
+
+def test_nonfinite_lists_exactly_the_bad_tensors():
+    _, _, delta = _trained_delta()
+    assert delta.nonfinite() == []
+    layer = next(iter(delta.layers.values()))
+    layer.values[3] = float("inf")
+    delta.whole["head.bias"][0] = float("nan")
+    bad = delta.nonfinite()
+    assert len(bad) == 2 and any("head.bias" in b for b in bad)

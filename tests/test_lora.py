@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_vit
 from torch import nn
 
 from manager.adapters.lora import LoRALinear
+from manager.adapters.validate import check_lora_rank
+from manager.errors import MgrError
 
 
 def _layer(seed: int = 0, bias: bool = True) -> nn.Linear:
@@ -54,3 +57,20 @@ def test_only_lora_factors_train():
 def test_bad_rank():
     with pytest.raises(ValueError):
         LoRALinear(_layer(), r=0)
+
+
+def test_rank_is_checked_against_the_narrowest_layer():
+    from manager.train.adapter import prepare_model
+    from manager.train.config import TrainConfig
+    from manager.train.methods import get_method
+
+    model = tiny_vit()  # the narrowest adapted width is 192
+    for ok in (1, 8, 192):
+        check_lora_rank(model, ok)
+    for bad in (0, 193, 100_000):
+        with pytest.raises(MgrError, match=f"LoRA rank {bad} does not fit.*between 1 and 192"):
+            check_lora_rank(model, bad)
+    # The trainer checks before it allocates anything.
+    with pytest.raises(MgrError, match="LoRA rank 1000 "):
+        prepare_model(model, get_method("lora"), TrainConfig(method="lora", lora_rank=1000))
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())

@@ -16,6 +16,7 @@ samples by the branches they keep, one matmul per group.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,14 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from manager.delta.structure import check_divisible, positions, scatter_branches, support_view
+from manager.delta.structure import (
+    check_divisible,
+    format_structure,
+    parse_structure,
+    positions,
+    scatter_branches,
+    support_view,
+)
 from manager.errors import MgrError
 
 
@@ -56,31 +64,26 @@ class ConsolidatorConfig:
 
     @classmethod
     def parse(
-        cls, spec: str, *, shuffle: bool = False, drop_path: float = 0.0
+        cls, spec: str | Iterable, *, shuffle: bool = False, drop_path: float = 0.0
     ) -> ConsolidatorConfig:
-        """``"384,192"`` (all reordered if ``shuffle``) or ``"96,96s"`` (``s``: reordered)."""
-        branches = []
-        for item in spec.replace(" ", "").split(","):
-            s = item.lower().endswith("s")
-            digits = item[:-1] if s else item
-            if not digits.isdigit() or int(digits) < 1:
-                raise MgrError(f"bad branch {item!r} in {spec!r}: expected e.g. '384' or '96s'")
-            branches.append(Branch(int(digits), s or shuffle))
-        return cls(tuple(branches), drop_path)
+        """Any spelling of a structure (see ``parse_structure``): ``"384,192"`` (all reordered if
+        ``shuffle``), ``"96,96s"`` (``s``: reordered), ``[[96, False], [96, True]]``."""
+        branches = parse_structure(spec, shuffle=shuffle)
+        return cls(tuple(Branch(g, s) for g, s in branches), drop_path)
 
     def __str__(self) -> str:
-        return ",".join(str(b) for b in self.branches)
+        return format_structure(self.branches)
 
     def to_json(self) -> str:
         """A stable JSON form for the catalog."""
         return json.dumps(
-            {"branches": [[b.g, b.shuffle] for b in self.branches], "drop_path": self.drop_path}
+            {"branches": format_structure(self.branches, "json"), "drop_path": self.drop_path}
         )
 
     @classmethod
     def from_json(cls, text: str) -> ConsolidatorConfig:
         d = json.loads(text)
-        return cls(tuple(Branch(int(g), bool(s)) for g, s in d["branches"]), float(d["drop_path"]))
+        return cls.parse(d["branches"], drop_path=float(d["drop_path"]))
 
 
 def branch_forward(x: Tensor, w: Tensor, shuffle: bool) -> Tensor:

@@ -21,6 +21,7 @@ from manager.catalog.models import (
     Task,
     task_scope,
 )
+from manager.catalog.reservations import reserved_bytes
 from manager.errors import MgrError
 from manager.units import format_size
 
@@ -76,30 +77,36 @@ def headroom(s: Session, task: Task) -> int | None:
     limits = []
     task_max = get_budget(s, task)
     if task_max is not None:
-        limits.append(task_max - used_bytes(s, task))
+        limits.append(task_max - used_bytes(s, task) - reserved_bytes(s, task))
     global_max = get_budget(s)
     if global_max is not None:
-        limits.append(global_max - used_bytes(s))
+        limits.append(global_max - used_bytes(s) - reserved_bytes(s))
     return max(min(limits), 0) if limits else None
 
 
 def check_fits(s: Session, task: Task, projected_bytes: int) -> None:
-    """Raise MgrError unless a new version of `projected_bytes` fits both budgets."""
+    """Raise MgrError unless a new version of `projected_bytes` fits both budgets.
+
+    Bytes reserved by running trainings count as used (the caller's own reservation, if any,
+    must be released first in the same transaction).
+    """
     task_max = get_budget(s, task)
     if task_max is not None:
-        used = used_bytes(s, task)
-        if used + projected_bytes > task_max:
+        used, held = used_bytes(s, task), reserved_bytes(s, task)
+        if used + held + projected_bytes > task_max:
             raise MgrError(
                 f"a new version of {task.name!r} needs {format_size(projected_bytes)} but its "
                 f"budget is {format_size(task_max)} with {format_size(used)} used"
+                + (f" and {format_size(held)} reserved by running trainings" if held else "")
             )
     global_max = get_budget(s)
     if global_max is not None:
-        used = used_bytes(s)
-        if used + projected_bytes > global_max:
+        used, held = used_bytes(s), reserved_bytes(s)
+        if used + held + projected_bytes > global_max:
             raise MgrError(
                 f"a new version of {task.name!r} needs {format_size(projected_bytes)} but the "
                 f"global budget is {format_size(global_max)} with {format_size(used)} used"
+                + (f" and {format_size(held)} reserved by running trainings" if held else "")
             )
 
 

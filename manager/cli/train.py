@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,8 +11,12 @@ from manager.catalog import tasks as task_ops
 from manager.cli.app import App, console, echo_json, json_option, pass_app
 from manager.cli.types import MAX_EPOCHS, SEED, FiniteFloat, Groups, Int64, Size, device_option
 from manager.errors import MgrError
+from manager.store.fs import Store
 from manager.train.config import TrainConfig
 from manager.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from manager.train.loop import EpochEvent, StepEvent
 
 METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full")
 
@@ -152,9 +157,13 @@ def command(
     budget_bytes = parse_size(budget) if budget is not None else None
     with app.session(write=False) as s:
         task_ops.get_task(s, task)
-    if resume and not app.home.checkpoint(task).exists():
+    # Linked artifacts/<task> or runs/<task> folders that lead outside the home are refused here.
+    store = Store.of(app.home)
+    store.task_dir(task)
+    if resume and not store.checkpoint(task).is_file():
         raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {task!r}")
 
+    from manager.delta.structure import format_structure
     from manager.train.config import TrainConfig
     from manager.train.run import train_task
 
@@ -197,7 +206,7 @@ def command(
                 "task": out.task,
                 "version": out.number,
                 "method": out.method,
-                "structure": out.structure,
+                "structure": format_structure(out.structure, "json") if out.structure else None,
                 "bytes": out.bytes,
                 "backbone_bytes": out.backbone_bytes,
                 "metrics": out.metrics,
@@ -208,7 +217,7 @@ def command(
         return
     m = out.metrics
     pct = 100.0 * out.bytes / out.backbone_bytes if out.backbone_bytes else 0.0
-    shape = ",".join(f"{g}{'s' if s else ''}" for g, s in out.structure or [])
+    shape = format_structure(out.structure) if out.structure else ""
     click.echo(
         f"{out.task} v{out.number} ({out.method}{' g=' + shape if shape else ''})"
         f": top-1 {m['top1']:.1f}%  top-5 {m['top5']:.1f}% on {m['eval_images']} images\n"
@@ -220,11 +229,13 @@ def command(
     )
 
 
-def _epoch_lines(event: dict) -> None:
-    if event["kind"] == "epoch":
+def _epoch_lines(event: StepEvent | EpochEvent) -> None:
+    from manager.train.loop import EpochEvent
+
+    if isinstance(event, EpochEvent):
         click.echo(
-            f"epoch {event['epoch']}/{event['epochs']}  loss {event['loss']:.4f}  "
-            f"lr {event['lr']:.2e}  {event['images_per_s']:.0f} img/s",
+            f"epoch {event.epoch}/{event.epochs}  loss {event.loss:.4f}  "
+            f"lr {event.lr:.2e}  {event.images_per_s:.0f} img/s",
             err=True,
         )
         sys.stderr.flush()
@@ -232,6 +243,8 @@ def _epoch_lines(event: dict) -> None:
 
 def _progress(err, epochs: int):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from manager.train.loop import StepEvent
 
     bar = Progress(
         TextColumn("epoch {task.fields[epoch]}/" + str(epochs)),
@@ -245,25 +258,25 @@ def _progress(err, epochs: int):
     )
     state = {"id": None}
 
-    def update(event: dict) -> None:
+    def update(event: StepEvent | EpochEvent) -> None:
         if state["id"] is None:
             bar.start()
             state["id"] = bar.add_task(
                 "train", total=None, epoch=1, loss=float("nan"), lr=0.0, ips=0.0
             )
         tid = state["id"]
-        if event["kind"] == "step":
+        if isinstance(event, StepEvent):
             bar.update(
                 tid,
-                total=event["steps"],
-                completed=event["step"],
-                epoch=event["epoch"] + 1,
-                loss=event["loss"],
-                lr=event["lr"],
+                total=event.steps,
+                completed=event.step,
+                epoch=event.epoch,
+                loss=event.loss,
+                lr=event.lr,
             )
         else:
-            bar.update(tid, ips=event["images_per_s"])
-            if event["epoch"] == event["epochs"]:
+            bar.update(tid, ips=event.images_per_s)
+            if event.epoch == event.epochs:
                 bar.stop()
 
     return update

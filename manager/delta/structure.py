@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -46,6 +47,54 @@ def normalize(branches: Iterable) -> Structure:
         g, shuffle = (b.g, b.shuffle) if hasattr(b, "g") else b
         out.append((int(g), bool(shuffle)))
     return tuple(out)
+
+
+def parse_structure(spec: str | Iterable, *, shuffle: bool = False) -> Structure:
+    """Any spelling of a structure -> ``Structure``, validated (at least one branch, ``g >= 1``).
+
+    Spellings: the CLI's text ``"384,192"`` / ``"96,96s"`` (``s``: that branch's input channels
+    are reordered; ``shuffle`` reorders all of them), the catalog's JSON ``[[g, shuffle], ...]``,
+    a ``Structure`` and a sequence of ``Branch`` objects. The branch order is kept.
+    """
+    if isinstance(spec, str):
+        out = []
+        for item in spec.replace(" ", "").split(","):
+            s = item.lower().endswith("s")
+            digits = item[:-1] if s else item
+            if not digits.isdigit() or int(digits) < 1:
+                raise MgrError(f"bad branch {item!r} in {spec!r}: expected e.g. '384' or '96s'")
+            out.append((int(digits), s or shuffle))
+        return tuple(out)
+    try:
+        items = list(spec)
+        out = []
+        for b in items:
+            g, s = (b.g, b.shuffle) if hasattr(b, "g") else b
+            if isinstance(g, bool) or not isinstance(g, int) or not isinstance(s, bool):
+                raise TypeError
+            out.append((g, s or shuffle))
+    except (TypeError, ValueError):
+        raise MgrError(f"bad structure {spec!r}: expected e.g. [[96, false], [96, true]]") from None
+    if not out:
+        raise MgrError("a structure needs at least one branch")
+    for g, _ in out:
+        if g < 1:
+            raise MgrError(f"branch groups must be positive, got g={g}")
+    return tuple(out)
+
+
+@overload
+def format_structure(structure: str | Iterable, style: Literal["text"] = "text") -> str: ...
+@overload
+def format_structure(structure: str | Iterable, style: Literal["json"]) -> list[list]: ...
+def format_structure(
+    structure: str | Iterable, style: Literal["text", "json"] = "text"
+) -> str | list[list]:
+    """Any spelling -> the CLI's text ``"96,96s"`` or the catalog's JSON ``[[96, false], ...]``."""
+    parsed = parse_structure(structure)
+    if style == "json":
+        return [[g, s] for g, s in parsed]
+    return ",".join(f"{g}{'s' if s else ''}" for g, s in parsed)
 
 
 def canonical(branches: Iterable) -> Structure:

@@ -18,6 +18,7 @@ from torch import nn
 
 from manager.catalog import Catalog
 from manager.catalog.deployment import get_deployment
+from manager.device import resolve_device  # noqa: F401  (cli/predict imports it from here)
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
@@ -33,15 +34,6 @@ class LiveModel:
     version: int
     class_names: list[str]
     transform: Callable[[Image.Image], torch.Tensor]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MgrError("--device cuda: no CUDA device is available here")
-    return torch.device(name)
 
 
 def load_live_model(home: Home, catalog: Catalog, device: str = "cpu") -> LiveModel:

@@ -1,37 +1,54 @@
 """Per-epoch resumable checkpoints: trainable tensors, optimizer and scheduler state.
 
-Written atomically (temp file + rename) and read back with ``weights_only=True``: a checkpoint
-holds only tensors, numbers and strings, so no pickled code is ever executed.
+Written through the store (``Store.atomic``: temp file, fsync, rename, confined under the home, so
+a linked ``runs/<task>`` cannot send it elsewhere) and read back with ``weights_only=True``: a
+checkpoint holds only tensors, numbers and strings, so no pickled code is ever executed.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from manager.errors import MgrError
+from manager.store.fs import Store
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+@dataclass(frozen=True)
+class Checkpoint:
+    """The epoch checkpoint of one task's run, at ``store.checkpoint(task)``."""
 
+    store: Store
+    path: Path
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MgrError(f"no checkpoint to resume at {path}") from None
-    except Exception as e:  # a truncated or foreign file
-        raise MgrError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    @classmethod
+    def of(cls, store: Store, task: str) -> Checkpoint:
+        """The task's checkpoint; MgrError if its folder resolves outside the home."""
+        return cls(store, store.checkpoint(task))
+
+    def exists(self) -> bool:
+        return self.store.confine(self.path).is_file()
+
+    def save(self, state: dict[str, Any]) -> None:
+        with self.store.atomic(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def load(self) -> dict[str, Any]:
+        path = self.store.confine(self.path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise MgrError(f"no checkpoint to resume at {path}") from None
+        except Exception as e:  # a truncated or foreign file, or one holding pickled objects
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "weights only load failed" in reason.lower():
+                reason = "it holds objects other than tensors, numbers and strings (not loaded)"
+            raise MgrError(
+                f"cannot read checkpoint {path}: {reason}; delete it and train without --resume"
+            ) from None
+
+    def remove(self) -> None:
+        self.store.unlink(self.path)

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from manager.adapters import ConsolidatorConfig, inject_consolidator, mark_trainable
+from manager.adapters.consolidate import consolidate, num_classes_of
 from manager.adapters.inject import METHOD_GROUPS, select_params, target_modules
 from manager.adapters.lora import LoRALinear
-from manager.adapters.consolidate import consolidate, num_classes_of
 from manager.delta.delta import DTYPES, Delta, DeltaMeta, LoRALayer
 from manager.errors import MgrError
 from manager.train.config import TrainConfig

@@ -1,30 +1,41 @@
 """``mgr train TASK``: from a catalog task to a recorded, consolidated adapter version.
 
-Order matters for "nothing lost": the projected size is checked against the budgets before any
-training; the artifact is written to a temp name, then renamed to ``v<N>`` and recorded in one
-write transaction that re-checks the budgets, so a crash leaves either no version or a complete one.
+Order matters for "nothing lost" and "nothing wasted": the task's folders are confined under the
+home and the settings checked against the model before any data is decoded; the projected size
+is checked against the budgets and reserved in one write transaction before any training (so
+trainings started together cannot all pass); the trained delta is recorded by
+``manager.store.record.record_version``, which leaves either a complete version or nothing.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import dataclasses
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from manager.catalog import Catalog, budgets, tasks, versions
+from manager.catalog import Catalog, budgets, reservations, tasks
 from manager.catalog.models import Backbone, Task
 from manager.delta.delta import DeltaMeta
+from manager.delta.structure import Structure, format_structure
+from manager.device import resolve_device
 from manager.errors import MgrError
 from manager.home import Home
 from manager.specs import format_spec, split_spec
-from manager.store import artifact_path, file_sha256, load_backbone, materialise_backbone
+from manager.store.backbones import load_backbone, materialise_backbone
+from manager.store.fs import Store
+from manager.store.record import record_version
+from manager.train.adapter import TrainData, prepare_model, train_adapter
+from manager.train.checkpoint import Checkpoint
 from manager.train.config import TrainConfig
-from manager.train.loop import ProgressFn, fit
-from manager.train.methods import consolidator_config, get_method, storage_dtype
+from manager.train.loop import ProgressFn
+from manager.train.methods import Method, get_method, storage_dtype
 
 # Default splits: train on the official training split, report on the official test split.
 TRAIN_SPLIT = {"pets": "trainval", "vtab1k": "trainval"}
@@ -36,17 +47,19 @@ class TrainOutcome:
     task: str
     number: int
     method: str
-    structure: Any
+    structure: Structure | None
     bytes: int
     backbone_bytes: int
     metrics: dict[str, float]
     seconds: float
     path: Path
-    history: list[dict] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _TaskInfo:
+    """What a run needs of its task row, read once."""
+
+    id: int
     name: str
     dataset: str
     data_root: str | None
@@ -60,6 +73,7 @@ class _TaskInfo:
 def _task_info(task: Task) -> _TaskInfo:
     parent = task.active_version_id or (task.versions[-1].id if task.versions else None)
     return _TaskInfo(
+        task.id,
         task.name,
         task.dataset,
         task.data_root,
@@ -71,14 +85,6 @@ def _task_info(task: Task) -> _TaskInfo:
     )
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MgrError("--device cuda: no CUDA device is available here")
-    return torch.device(device)
-
-
 def _spec_with_size(spec: str, img_size: int | None) -> str:
     if img_size is None:
         return spec
@@ -87,7 +93,9 @@ def _spec_with_size(spec: str, img_size: int | None) -> str:
     return format_spec(name, kwargs)
 
 
-def build_model(home: Home, catalog: Catalog, info: _TaskInfo, img_size: int | None):
+def build_model(
+    home: Home, catalog: Catalog, info: _TaskInfo, img_size: int | None
+) -> tuple[nn.Module, Backbone]:
     """The task's backbone with a fresh head, materialised and bound to the task on first use."""
     from manager.backbone import build_backbone, new_head
 
@@ -107,13 +115,90 @@ def build_model(home: Home, catalog: Catalog, info: _TaskInfo, img_size: int | N
         model = build_backbone(spec, info.weights, num_classes=0)
         with catalog.session() as s:
             row = materialise_backbone(s, home, model, spec, info.weights)
-            task = tasks.get_task(s, info.name)
+            task = _task_row(s, info)
             task.backbone_id = row.id
             bound = row
             s.flush()
             s.expunge(bound)
     new_head(model, info.num_classes)
     return model, bound
+
+
+def _task_row(s: Any, info: _TaskInfo) -> Task:
+    task = s.get(Task, info.id)
+    if task is None:
+        raise MgrError(f"task {info.name!r} was removed while it was being trained")
+    return task
+
+
+def _fit_budget(
+    catalog: Catalog,
+    info: _TaskInfo,
+    model: nn.Module,
+    cfg: TrainConfig,
+    method: Method,
+    meta: DeltaMeta,
+    budget_bytes: int | None,
+    log: Callable[[str], Any],
+) -> TrainConfig:
+    """``cfg`` with the finest one-branch structure that fits the budgets (a new config)."""
+    from manager.adapters.sizing import finest_fitting, single_branch_candidates
+
+    if method.name != "consolidator":
+        raise MgrError(
+            "--fit-budget picks a consolidator structure; it needs --method consolidator"
+        )
+    if cfg.groups:
+        return cfg
+    with catalog.session(write=False) as s:
+        room = budgets.headroom(s, _task_row(s, info))
+    limits = [x for x in (room, budget_bytes) if x is not None]
+    if not limits:
+        return cfg
+    chosen = finest_fitting(
+        model,
+        single_branch_candidates(model, cfg.shuffle, cfg.drop_path),
+        min(limits),
+        meta.dtype,
+        num_classes=info.num_classes,
+        backbone_name=meta.backbone,
+        backbone_hash=meta.backbone_hash,
+    )
+    groups = format_structure(chosen.branches)
+    log(f"--fit-budget: structure g={groups} fits {min(limits)} bytes")
+    return dataclasses.replace(cfg, groups=groups)
+
+
+def _reserve(catalog: Catalog, info: _TaskInfo, projected: int) -> int:
+    """Check the budgets and reserve ``projected`` bytes in one write transaction."""
+    with catalog.session() as s:
+        reservations.purge_stale(s)
+        task = _task_row(s, info)
+        budgets.check_fits(s, task, projected)
+        return reservations.reserve(s, task, projected)
+
+
+def _release(catalog: Catalog, reservation: int) -> None:
+    # Best effort on the way out of a failed run (its own error is the one to report): a row
+    # left behind is stale once this process exits.
+    with contextlib.suppress(Exception), catalog.session() as s:
+        reservations.release(s, reservation)
+
+
+def load_data(
+    info: _TaskInfo, model: nn.Module, train_split: str | None, eval_split: str
+) -> TrainData:
+    """The task's train and eval splits, decoded once at the model's input size."""
+    from manager.datasets import create_dataset
+    from manager.datasets.transforms import data_config
+    from manager.train.data import ImageTensors, decode_transform
+
+    split = train_split or TRAIN_SPLIT.get(info.dataset.split(":", 1)[0], "train")
+    tf = decode_transform(data_config(model)["img_size"])
+    return TrainData(
+        ImageTensors.decode(create_dataset(info.dataset, info.data_root, split, tf)),
+        ImageTensors.decode(create_dataset(info.dataset, info.data_root, eval_split, tf)),
+    )
 
 
 def train_task(
@@ -130,139 +215,75 @@ def train_task(
     train_split: str | None = None,
     eval_split: str = EVAL_SPLIT,
     progress: ProgressFn | None = None,
-    log: Any = print,
+    log: Callable[[str], Any] = print,
 ) -> TrainOutcome:
-    from manager.datasets import create_dataset
+    """Train ``task_name``'s adapter and record it as a new version (see the module docstring)."""
     from manager.datasets.transforms import data_config
-    from manager.adapters.sizing import finest_fitting, single_branch_candidates
-    from manager.train.data import ImageTensors, decode_transform
-    from manager.train.evaluate import evaluate
 
     t0 = time.perf_counter()
     method = get_method(cfg.method)
     dtype = storage_dtype(cfg.storage_dtype)
     dev = resolve_device(device)
-    torch.manual_seed(cfg.seed)
+    if cfg.lr is None:
+        cfg = dataclasses.replace(cfg, lr=method.default_lr)
     with catalog.session(write=False) as s:
         info = _task_info(tasks.get_task(s, task_name))
-    checkpoint = home.checkpoint(task_name)
+    store = Store.of(home)
+    store.task_dir(task_name)  # a linked artifacts folder is refused before any work
+    checkpoint = Checkpoint.of(store, task_name)
     if resume and not checkpoint.exists():
         raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {task_name!r}")
 
+    torch.manual_seed(cfg.seed)
     model, backbone = build_model(home, catalog, info, cfg.img_size)
     meta = DeltaMeta(method.name, backbone.spec, backbone.content_hash, dtype, info.num_classes)
-
-    # Budgets first: the structure alone fixes the artifact's size, so refuse before training.
-    with catalog.session(write=False) as s:
-        task = tasks.get_task(s, task_name)
-        room = budgets.headroom(s, task)
-    limit = (
-        min(x for x in (room, budget_bytes) if x is not None)
-        if (room is not None or budget_bytes is not None)
-        else None
-    )
-    if fit_budget and method.name == "consolidator" and limit is not None and not cfg.groups:
-        chosen = finest_fitting(
-            model,
-            single_branch_candidates(model, cfg.shuffle, cfg.drop_path),
-            limit,
-            dtype,
-            num_classes=info.num_classes,
-            backbone_name=backbone.spec,
-            backbone_hash=backbone.content_hash,
-        )
-        cfg.groups = str(chosen)
-        log(f"--fit-budget: structure g={cfg.groups} fits {limit} bytes")
-    elif fit_budget and method.name != "consolidator":
-        raise MgrError(
-            "--fit-budget picks a consolidator structure; it needs --method consolidator"
-        )
-    method.prepare(model, cfg)
-    structure = (
-        [[b.g, b.shuffle] for b in consolidator_config(model, cfg).branches]
-        if method.name == "consolidator"
-        else None
-    )
+    if fit_budget:
+        cfg = _fit_budget(catalog, info, model, cfg, method, meta, budget_bytes, log)
+    structure = prepare_model(model, method, cfg)
     projected = len(method.export(model, meta).to_bytes())
     if budget_bytes is not None and projected > budget_bytes:
         raise MgrError(
             f"the {method.name} artifact needs {projected} bytes, over --budget "
             f"{budget_bytes}; use a coarser --groups or --fit-budget"
         )
-    with catalog.session(write=False) as s:
-        budgets.check_fits(s, tasks.get_task(s, task_name), projected)
-
-    # Data, decoded once.
-    dc = data_config(model)
-    mean, std = torch.tensor(dc["mean"]), torch.tensor(dc["std"])
-    split = train_split or TRAIN_SPLIT.get(info.dataset.split(":", 1)[0], "train")
-    tf = decode_transform(dc["img_size"])
-    train = ImageTensors.decode(create_dataset(info.dataset, info.data_root, split, tf))
-    test = ImageTensors.decode(create_dataset(info.dataset, info.data_root, eval_split, tf))
-
-    lr = cfg.lr if cfg.lr is not None else method.default_lr
-    result = fit(
-        model,
-        train,
-        cfg,
-        lr=lr,
-        mean=mean,
-        std=std,
-        device=dev,
-        checkpoint=checkpoint,
-        resume=resume,
-        progress=progress,
-    )
-    metrics = evaluate(model, test, info.num_classes, mean, std, device=dev)
-    metrics.update(
-        train_images_per_s=round(result.images_per_s, 2),
-        final_loss=result.final_loss,
-        train_images=len(train),
-        eval_images=len(test),
-    )
-
-    delta = method.export(model.cpu(), meta)
-    tmp = home.task_dir(task_name) / f".pending-{os.getpid()}.safetensors"
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+    reservation = _reserve(catalog, info, projected)
     try:
-        size = delta.save(tmp)
-        digest = file_sha256(tmp)
-        hyper = {**cfg.to_json(), "lr": lr, "img_size": dc["img_size"], "device": str(dev)}
-        with catalog.session() as s:
-            task = tasks.get_task(s, task_name)
-            budgets.check_fits(s, task, size)  # again, inside the write lock
-            number = versions.next_version_number(s, task)
-            path = artifact_path(home, task_name, number)
-            os.replace(tmp, path)
-            tmp = path  # from here a failed commit must not leave an unrecorded v<N> behind
-            version = versions.add_version(
-                s,
-                task,
-                method=method.name,
-                structure=structure,
-                bytes=size,
-                content_hash=digest,
-                path=home.rel(path),
-                hyperparams=hyper,
-                metrics=metrics,
-                parent_id=info.parent_id,
-                number=number,
-            )
-            if promote or task.active_version_id is None:
-                versions.promote(s, task, version)
+        data = load_data(info, model, train_split, eval_split)
+        delta, metrics = train_adapter(
+            model,
+            method,
+            cfg,
+            data,
+            dev,
+            meta=meta,
+            checkpoint=checkpoint,
+            resume=resume,
+            progress=progress,
+        )
+        hyper = {**cfg.to_json(), "img_size": data_config(model)["img_size"], "device": str(dev)}
+        recorded = record_version(
+            catalog,
+            task_name,
+            delta,
+            structure=structure,
+            hyperparams=hyper,
+            metrics=metrics,
+            parent_id=info.parent_id,
+            promote=promote,
+            reservation=reservation,
+        )
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _release(catalog, reservation)
         raise
-    checkpoint.unlink(missing_ok=True)
+    checkpoint.remove()
     return TrainOutcome(
         task_name,
-        number,
+        recorded.number,
         method.name,
         structure,
-        size,
+        recorded.bytes,
         backbone.bytes,
         metrics,
         time.perf_counter() - t0,
-        path,
-        result.history,
+        recorded.path,
     )

@@ -1,0 +1,102 @@
+"""Recording a trained version: artifact file and catalog row together, or neither.
+
+The delta is written through the store to a pending name (``.pending-<pid>-<rnd>``, which ``mgr gc``
+knows), then one write transaction releases the run's budget reservation, re-checks the budgets,
+numbers the version, renames the file to ``v<N>``, records and (optionally) promotes it. Any
+failure removes the file and rolls the rows back; a kill leaves at most a pending file for gc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from manager.catalog import Catalog, budgets, reservations, tasks, versions
+from manager.delta.delta import Delta
+from manager.delta.structure import format_structure
+from manager.errors import MgrError
+from manager.store.fs import Store
+
+
+@dataclass(frozen=True)
+class RecordedVersion:
+    task: str
+    number: int
+    version_id: int
+    path: Path
+    bytes: int
+    content_hash: str
+
+
+def record_version(
+    catalog: Catalog,
+    task_name: str,
+    delta: Delta,
+    *,
+    structure: Any = None,
+    hyperparams: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    parent_id: int | None = None,
+    promote: bool = True,
+    reservation: int | None = None,
+) -> RecordedVersion:
+    """Write ``delta`` as the next version of ``task_name`` and record it (see the module doc).
+
+    ``structure``: any spelling (recorded as ``[[g, shuffle], ...]``). ``promote``: make it the
+    active version (the first version of a task always is). ``reservation``: the run's budget
+    reservation, removed in the recording transaction. A delta holding NaN or infinite values is
+    refused before anything is written.
+    """
+    bad = delta.nonfinite()
+    if bad:
+        raise MgrError(
+            f"refusing to record a version of {task_name!r}: its delta holds NaN or infinite "
+            f"values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+        )
+    store = Store.of(catalog.home)
+    data = delta.to_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    written = store.pending_artifact(task_name)
+    store.write_bytes(written, data)
+    try:
+        with catalog.session() as s:
+            task = tasks.get_task(s, task_name)
+            bound = task.backbone
+            if bound is not None and delta.meta.backbone_hash != bound.content_hash:
+                raise MgrError(
+                    f"the delta was trained on backbone {delta.meta.backbone_hash[:12]}, "
+                    f"but task {task_name!r} uses {bound.content_hash[:12]} ({bound.spec})"
+                )
+            if reservation is not None:
+                reservations.release(s, reservation)  # its bytes become the version's
+            budgets.check_fits(s, task, len(data))
+            number = versions.next_version_number(s, task)
+            path = store.artifact(task_name, number)
+            if path.exists() or path.is_symlink():
+                raise MgrError(
+                    f"{path} exists but is not in the catalog; move it away (or run 'mgr gc') "
+                    "and train again"
+                )
+            written = store.replace(written, path)
+            version = versions.add_version(
+                s,
+                task,
+                method=delta.meta.method,
+                structure=format_structure(structure, "json") if structure else None,
+                bytes=len(data),
+                content_hash=digest,
+                path=store.rel(path),
+                hyperparams=hyperparams,
+                metrics=metrics,
+                parent_id=parent_id,
+                number=number,
+            )
+            if promote or task.active_version_id is None:
+                versions.promote(s, task, version)
+            version_id = version.id
+    except BaseException:
+        store.unlink(written)
+        raise
+    return RecordedVersion(task_name, number, version_id, written, len(data), digest)

@@ -1,0 +1,104 @@
+"""One adapter's training as a pure function: a model, a method, settings and data in; a delta and
+its metrics out. No catalog, no files (the caller may pass a checkpoint object), so the CLI's
+trainer, the benchmarks and the tests all run the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from manager.adapters.consolidate import num_classes_of
+from manager.adapters.validate import check_lora_rank, check_structure
+from manager.delta.delta import Delta, DeltaMeta
+from manager.delta.structure import Structure, parse_structure
+from manager.errors import MgrError
+from manager.train.config import TrainConfig
+from manager.train.data import ImageTensors
+from manager.train.loop import CheckpointIO, ProgressFn, check_settings, fit
+from manager.train.methods import Method, default_structure
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The decoded splits of one run: trained on ``train``, reported on ``eval``."""
+
+    train: ImageTensors
+    eval: ImageTensors
+
+
+def prepare_model(model: nn.Module, method: Method, cfg: TrainConfig) -> Structure | None:
+    """Check ``cfg`` against the model's real layer widths, then make the model trainable.
+
+    Returns the consolidator's structure (None for the other methods). Cheap: call it before any
+    data is decoded, so a LoRA rank or a group count the model cannot take is refused at once.
+    """
+    structure = None
+    if method.name == "lora":
+        check_lora_rank(model, cfg.lora_rank)
+    if method.name == "consolidator":
+        structure = parse_structure(cfg.groups or default_structure(model), shuffle=cfg.shuffle)
+        check_structure(model, structure)
+    method.prepare(model, cfg)
+    return structure
+
+
+def train_adapter(
+    model: nn.Module,
+    method: Method,
+    cfg: TrainConfig,
+    data: TrainData,
+    device: torch.device | str = "cpu",
+    *,
+    meta: DeltaMeta,
+    checkpoint: CheckpointIO | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+) -> tuple[Delta, dict[str, Any]]:
+    """Train a model made by ``prepare_model``; return its exported delta and metrics.
+
+    ``meta`` names the backbone and storage dtype of the delta. A run whose loss or weights go
+    non-finite raises MgrError, and so does a delta with any non-finite value (e.g. one that
+    overflows the storage dtype): such a delta is never returned.
+    """
+    from manager.datasets.transforms import data_config
+    from manager.train.evaluate import evaluate
+
+    lr = cfg.lr if cfg.lr is not None else method.default_lr
+    check_settings(cfg, lr)
+    dc = data_config(model)
+    mean, std = torch.tensor(dc["mean"]), torch.tensor(dc["std"])
+    result = fit(
+        model,
+        data.train,
+        cfg,
+        lr=lr,
+        mean=mean,
+        std=std,
+        device=device,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+    )
+    metrics: dict[str, Any] = evaluate(
+        model, data.eval, num_classes_of(model), mean, std, device=device
+    )
+    metrics.update(
+        train_images_per_s=round(result.images_per_s, 2),
+        final_loss=result.final_loss,
+        train_images=len(data.train),
+        eval_images=len(data.eval),
+    )
+    delta = method.export(model.cpu(), meta)
+    bad = delta.nonfinite()
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        dtype = str(meta.dtype).removeprefix("torch.")
+        raise MgrError(
+            f"the trained adapter holds NaN or infinite values ({bad[0]}{more}, in {dtype}): "
+            "the run diverged and nothing was recorded; try a smaller --lr"
+        )
+    return delta, metrics
