@@ -24,8 +24,8 @@ import timm
 import torch
 
 from manager.adapters import Branch, ConsolidatorConfig, inject_consolidator, unwrap
-from manager.delta.apply import SupportCache, apply, switch
 from manager.adapters.consolidate import consolidate
+from manager.delta.apply import SupportCache, apply, switch
 from manager.delta.delta import Delta
 from manager.delta.structure import positions, scatter_union
 

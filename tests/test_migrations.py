@@ -60,4 +60,7 @@ def test_db_commands_and_home_resolution(mgr: CLI, home: Path, tmp_path: Path) -
     url = f"sqlite:///{elsewhere}"
     mgr("--home", str(other), "task", "list", MGR_DB_URL=url)
     assert elsewhere.is_file() and other.is_dir() and not (other / "catalog.db").exists()
-    assert mgr.json("--home", str(other), "db", "current", MGR_DB_URL=url)["revision"] == head_revision()
+    assert (
+        mgr.json("--home", str(other), "db", "current", MGR_DB_URL=url)["revision"]
+        == head_revision()
+    )

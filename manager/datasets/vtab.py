@@ -44,7 +44,7 @@ def read_list(path: Path) -> list[tuple[Path, int]]:
         if not line.strip():
             continue
         rel, _, label = line.strip().rpartition(" ")
-        if not rel.strip() or not label.isdigit():
+        if not rel.strip() or not (label.isascii() and label.isdigit()):
             raise MgrError(f"vtab1k: {path}:{n}: expected 'relative/path label'")
         samples.append((path.parent / rel.strip(), int(label)))
     return samples

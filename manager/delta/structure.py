@@ -61,7 +61,7 @@ def parse_structure(spec: str | Iterable, *, shuffle: bool = False) -> Structure
         for item in spec.replace(" ", "").split(","):
             s = item.lower().endswith("s")
             digits = item[:-1] if s else item
-            if not digits.isdigit() or int(digits) < 1:
+            if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
                 raise MgrError(f"bad branch {item!r} in {spec!r}: expected e.g. '384' or '96s'")
             out.append((int(digits), s or shuffle))
         return tuple(out)

@@ -126,7 +126,7 @@ def applied_version_id(meta: dict[str, str] | None) -> int | str | None:
     if meta is None:
         return UNKNOWN
     raw = meta.get("version_id", "")
-    return int(raw) if raw.isdigit() else None
+    return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
 def live_problem(store: Store, base: Path, applied_id: int | None) -> str | None:
@@ -141,7 +141,7 @@ def live_problem(store: Store, base: Path, applied_id: int | None) -> str | None
     if not live_matches(weights, base):
         return f"the live file {weights} is missing or not a copy of the backbone file"
     mtime, size = meta.get("live_mtime_ns", ""), meta.get("live_size", "")
-    if not (mtime.isdigit() and size.isdigit()):
+    if not (mtime.isascii() and mtime.isdigit() and size.isascii() and size.isdigit()):
         return "the live head file records no size and time of the live file"
     st = weights.stat()
     if (st.st_mtime_ns, st.st_size) != (int(mtime), int(size)):
