@@ -12,7 +12,9 @@ everything a switch needs is computed once per (task, device):
 A switch is then ``flat.index_copy_(index_A, w0_A)`` (restore A; skipped when B writes the very
 same positions) and ``flat.index_copy_(index_B, values_B)``: two kernels, never a subtraction, and
 idempotent. Tensors the backbone lacks (a task's head) are not in the plan: the caller sets them.
-Plans of deltas with one structure share their index and W0 values (`PlanCache`).
+Plans of deltas with one structure share their index and W0 values (`PlanCache`). The buffer may
+be in a lower precision than W0 (bf16 serving of float32 weights): values are computed in W0's
+dtype and cast once, so the buffer always equals the cast of the exact merge.
 """
 
 from __future__ import annotations
@@ -126,30 +128,35 @@ class PlanCache:
         for name, lay in sorted(delta.layers.items()):
             start, numel = fw.offsets[name]
             base = self.base[name]
+            # W0 + dW in W0's own dtype (what `apply` computes), then cast to the buffer's: a
+            # low-precision buffer holds exactly the cast of the exact merge.
+            wt = base.dtype
             if isinstance(lay, ConsolidatorLayer):
                 pos = union_positions(tuple(lay.shape), lay.branches)
-                b = base.reshape(-1)[pos.to(base.device)].to(dev, dt)
-                vals = torch.add(b, lay.values.to(dev, dt))
+                b = base.reshape(-1)[pos.to(base.device)].to(dev)
+                vals = torch.add(b, lay.values.to(dev, wt))
             elif isinstance(lay, DenseLayer):
                 pos = torch.arange(numel)
-                b = base.reshape(-1).to(dev, dt)
-                vals = torch.add(base.to(dev, dt), lay.values.to(dev, dt)).reshape(-1)
+                b = base.reshape(-1).to(dev)
+                vals = torch.add(base.to(dev), lay.values.to(dev, wt)).reshape(-1)
             elif isinstance(lay, LoRALayer):
                 pos = torch.arange(numel)
-                b = base.reshape(-1).to(dev, dt)
-                out = torch.empty(base.shape, dtype=dt, device=dev)
-                torch.addmm(base.to(dev, dt), lay.B.to(dev, dt), lay.A.to(dev, dt), out=out)
+                b = base.reshape(-1).to(dev)
+                out = torch.empty(base.shape, dtype=wt, device=dev)
+                torch.addmm(base.to(dev), lay.B.to(dev, wt), lay.A.to(dev, wt), out=out)
                 vals = out.reshape(-1)
             else:
                 raise MgrError(f"cannot apply a layer delta of kind {getattr(lay, 'kind', '?')!r}")
             idx_parts.append(pos + start)
-            w0_parts.append(b)
-            val_parts.append(vals)
+            w0_parts.append(b.to(dt))
+            val_parts.append(vals.to(dt))
         for name in key[1]:
             start, numel = fw.offsets[name]
             idx_parts.append(torch.arange(start, start + numel))
             w0_parts.append(self.base[name].reshape(-1).to(dev, dt))
-            val_parts.append(delta.whole[name].reshape(-1).to(dev, dt))
+            # Set as `apply` sets it: the stored value in W0's dtype, then the buffer's.
+            whole = delta.whole[name].reshape(-1).to(dev, self.base[name].dtype)
+            val_parts.append(whole.to(dt))
         values = torch.cat(val_parts) if val_parts else torch.empty(0, dtype=dt, device=dev)
         if shared is None:
             index = torch.cat(idx_parts).to(dev) if idx_parts else torch.empty(0, dtype=torch.long)

@@ -1,11 +1,17 @@
 """`Switcher`: one backbone in memory, task deltas hot-swapped onto it by exact writes.
 
-The backbone is loaded once (hash-checked) and a read-only copy of its tensors is kept as W0.
-``switch(task)`` restores the old delta's supports from W0 and writes the new delta's values
-(``manager.delta.apply``), never subtracting, so the weights after any sequence of switches are
-bit-identical to a fresh merge. The classifier is resized (timm ``reset_classifier``) when the
-class count changes, then set. This is the Python API for long-running processes; the catalog's
-deployment row describes the live *file* (``mgr switch``), not this in-memory model.
+The backbone is loaded once (hash-checked) and a read-only copy of its tensors is kept as W0, in
+its storage dtype. The serving model's backbone weights live in one flat buffer
+(``manager.delta.fused``); each task gets a switch plan once (flat support index, W0 there, W0 + dW
+there), so ``switch(task)`` is two ``index_copy_`` kernels whatever the depth, never a subtraction:
+after any sequence of switches the weights are bit-identical to a fresh merge (in ``precision``
+other than the storage dtype: to the cast of the exact merge). The classifier is resized (timm
+``reset_classifier``) when the class count changes, then set.
+
+``compile=True`` compiles the backbone's feature path once; the head runs eagerly outside it, and
+switches write the same parameter tensors in place, so a compiled model serves every task without
+recompiling. This is the Python API for long-running processes; the catalog's deployment row
+describes the live *file* (``mgr switch``), not this in-memory model.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from torch import Tensor, nn
 from manager.catalog import Catalog, open_catalog, tasks
 from manager.catalog.models import Backbone
 from manager.catalog.refs import BackboneRef, VersionRef, resolve_version
-from manager.delta.apply import switch as switch_delta
 from manager.delta.delta import Delta
+from manager.delta.fused import FlatWeights, PlanCache, SwitchPlan, fused_switch
+from manager.device import resolve_device
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
@@ -30,6 +37,25 @@ from manager.switch.artifacts import load_verified, split_head
 
 if TYPE_CHECKING:
     from PIL import Image
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype:
+    """``None``: bf16 on CUDA, fp32 elsewhere; else one of ``fp32``, ``bf16``, ``fp16``."""
+    if precision is None:
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise MgrError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+class _Entry:
+    """A cached version: its backbone part, head tensors and switch plan."""
+
+    def __init__(self, body: Delta, head: dict[str, Tensor], plan: SwitchPlan):
+        self.body, self.head, self.plan = body, head, plan
 
 
 class Switcher:
@@ -41,21 +67,28 @@ class Switcher:
         catalog: Catalog | None = None,
         *,
         device: str | torch.device = "cpu",
+        precision: str | None = None,
+        compile: bool = False,
         cache_size: int = 8,
     ):
         self.home = home if isinstance(home, Home) else Home.resolve(home)
         self.store = Store.of(self.home)
         self._own_catalog = catalog is None
         self.catalog = catalog if catalog is not None else open_catalog(self.home)
-        self.device = torch.device(device)
+        self.device = resolve_device(str(device))
+        self.dtype = resolve_precision(precision, self.device)
+        self.compile = compile
         self.model: nn.Module | None = None
-        self.base: dict[str, Tensor] = {}  # W0, read-only by convention
+        self.base: dict[str, Tensor] = {}  # W0 in its storage dtype, read-only by convention
         self.backbone: BackboneRef | None = None
         self.current: VersionRef | None = None
         self.class_names: list[str] = []
-        self._body: Delta | None = None  # the live delta's backbone part (a restore undoes it)
-        self._cache: OrderedDict[tuple[int, str], Delta] = OrderedDict()
+        self.flat: FlatWeights | None = None
+        self._plans: PlanCache | None = None
+        self._live: _Entry | None = None  # what the buffer holds besides W0
+        self._cache: OrderedDict[tuple[int, str], _Entry] = OrderedDict()
         self._cache_size = cache_size
+        self._features: Callable[[Tensor], Tensor] | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -76,26 +109,31 @@ class Switcher:
                 raise MgrError(f"backbone {backbone_id} is not in the catalog")
             ref = BackboneRef.of(row)
             model = load_backbone(self.home, row, num_classes=0)
-        self.model = model.eval().to(self.device)
-        for p in self.model.parameters():
+        model = model.eval().to(self.device)
+        for p in model.parameters():
             p.requires_grad_(False)
-        self.base = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-        self.backbone = ref
+        self.base = {n: p.detach().clone() for n, p in model.named_parameters()}
+        model.to(self.dtype)
+        self.flat = FlatWeights.adopt(model, list(self.base))
+        self._plans = PlanCache(self.flat, self.base)
+        self.model, self.backbone = model, ref
 
-    def _load(self, ref: VersionRef) -> Delta:
+    def _load(self, ref: VersionRef) -> _Entry:
         key = (ref.id, ref.content_hash)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        assert self.backbone is not None
+        assert self.backbone is not None and self._plans is not None
         shapes = {n: t.shape for n, t in self.base.items()}
         delta = load_verified(
             self.store, ref, self.backbone.spec, self.backbone.content_hash, shapes
         )
-        self._cache[key] = delta
+        body, head = split_head(delta, self.base)
+        entry = _Entry(body, head, self._plans.plan(body))
+        self._cache[key] = entry
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return delta
+        return entry
 
     # -- switching -------------------------------------------------------------------------
 
@@ -118,11 +156,12 @@ class Switcher:
         if target is not None:
             self._ensure_backbone(target.backbone_id)
         new = self._load(target) if target is not None else None  # verified before any write
-        body, head = split_head(new, self.base) if new is not None else (None, {})
-        self._set_head(new.meta.num_classes if new is not None else 0, head)
-        live = {n: p for n, p in self.model.named_parameters() if n in self.base}
-        switch_delta(live, self.base, self._body, body)
-        self._body, self.current, self.class_names = body, target, class_names
+        self._set_head(new.body.meta.num_classes if new is not None else 0, new.head if new else {})
+        assert self.flat is not None
+        fused_switch(
+            self.flat.flat, self._live.plan if self._live else None, new.plan if new else None
+        )
+        self._live, self.current, self.class_names = new, target, class_names
         return True
 
     @torch.no_grad()
@@ -136,7 +175,7 @@ class Switcher:
         if saved_classes != num_classes:
             with torch.random.fork_rng(devices=[]):  # timm re-initialises the new head
                 model.reset_classifier(num_classes)
-            model.to(self.device)
+            model.get_classifier().to(self.device, self.dtype)  # the rest stays where it is
         params = {n: p for n, p in model.named_parameters() if n not in self.base}
         bad = sorted(n for n, t in head.items() if n not in params or params[n].shape != t.shape)
         unset = sorted(set(params) - set(head))
@@ -173,8 +212,25 @@ class Switcher:
         if not isinstance(images, Tensor):
             tf = self.transform()
             images = torch.stack([tf(im) for im in images])
-        logits = self.model(images.to(self.device, next(self.model.parameters()).dtype))
-        return logits.float().softmax(dim=-1)
+        return self.logits(images).float().softmax(dim=-1)
+
+    def logits(self, images: Tensor) -> Tensor:
+        """Logits of the live task for a normalised batch (the compiled path when asked)."""
+        if self.current is None or self.model is None:
+            raise MgrError("no task is live: switch to one first")
+        x = images.to(self.device, self.dtype)
+        with torch.inference_mode():
+            if not self.compile:
+                return self.model(x)
+            if self._features is None:
+                model = self.model
+
+                def features(x: Tensor) -> Tensor:
+                    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+                self._features = torch.compile(features)
+            # The head stays outside the compiled graph: its size changes with the task.
+            return self.model.get_classifier()(self._features(x))
 
     def close(self) -> None:
         if self._own_catalog:
