@@ -17,3 +17,16 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise MgrError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype:
+    """Inference dtype: ``None`` means bf16 on CUDA and fp32 elsewhere; else ``fp32``, ``bf16``
+    or ``fp16``. Stored weights keep their own dtype; this is only what a model computes in."""
+    if precision is None:
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise MgrError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]

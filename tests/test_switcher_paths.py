@@ -78,3 +78,18 @@ def test_compiled_model_serves_every_task_without_recompiling(trained):
                 assert got.shape == want[label].shape
                 torch.testing.assert_close(got, want[label], rtol=1e-4, atol=1e-5)
         assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_predict_precision_through_the_cli(trained, tmp_path):
+    from conftest import CLI, assert_clean_error
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(img)
+    mgr = CLI(trained)
+    fp32 = mgr.json("predict", str(img), "--task", "digits", "--top-k", "3")
+    bf16 = mgr.json("predict", str(img), "--task", "digits", "--top-k", "3", "--precision", "bf16")
+    a, b = fp32["predictions"][0]["top"], bf16["predictions"][0]["top"]
+    assert a[0]["index"] == b[0]["index"]
+    assert abs(a[0]["probability"] - b[0]["probability"]) < 2e-2
+    assert_clean_error(mgr("predict", str(img), "--precision", "fp8", ok=False))

@@ -25,6 +25,18 @@ DEFAULT_MAX_PIXELS = 40_000_000
 @click.option("--top-k", type=Int64(1), default=5, show_default=True)
 @device_option
 @click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    help="Compute in this precision (the stored weights are unchanged). [default: bf16 on "
+    "CUDA, fp32 on CPU]",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the model first (pays off for large batches; a one-off call waits for it).",
+)
+@click.option(
     "--max-pixels",
     type=Int64(1),
     default=DEFAULT_MAX_PIXELS,
@@ -39,15 +51,18 @@ def command(
     target: str | None,
     top_k: int,
     device: str,
+    precision: str | None,
+    compile_: bool,
     max_pixels: int,
     as_json: bool,
 ) -> None:
     """Classify IMAGE files with the live task: top classes and probabilities."""
     from manager.catalog.deployment import get_deployment
     from manager.cli.switch import describe
+    from manager.device import resolve_device
     from manager.switch.artifacts import parse_target
     from manager.switch.live import switch_live
-    from manager.switch.serve import load_live_model, predict_images, read_images, resolve_device
+    from manager.switch.serve import load_live_model, predict_images, read_images
 
     # Every image is decoded first: a bad one must not switch the live files or load a model.
     decoded = read_images(images, max_pixels)
@@ -60,7 +75,7 @@ def command(
         if not same:
             report = switch_live(app.home, app.catalog, task, number)
             click.echo(describe(report), err=True)
-    model = load_live_model(app.home, app.catalog, str(resolve_device(device)))
+    model = load_live_model(app.home, app.catalog, str(resolve_device(device)), precision, compile_)
     results = predict_images(model, decoded, [str(p) for p in images], top_k)
     if as_json:
         predictions = [r.to_dict() for r in results]

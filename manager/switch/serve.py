@@ -18,7 +18,7 @@ from torch import nn
 
 from manager.catalog import Catalog
 from manager.catalog.deployment import get_deployment
-from manager.device import resolve_device  # noqa: F401  (cli/predict imports it from here)
+from manager.device import resolve_precision
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
@@ -36,8 +36,15 @@ class LiveModel:
     transform: Callable[[Image.Image], torch.Tensor]
 
 
-def load_live_model(home: Home, catalog: Catalog, device: str = "cpu") -> LiveModel:
-    """The model built from the live files (which must name the deployment's active version)."""
+def load_live_model(
+    home: Home,
+    catalog: Catalog,
+    device: str = "cpu",
+    precision: str | None = None,
+    compile: bool = False,
+) -> LiveModel:
+    """The model built from the live files (which must name the deployment's active version),
+    on ``device`` in ``precision`` (default: bf16 on CUDA, fp32 elsewhere), compiled if asked."""
     from safetensors.torch import load_file
 
     from manager.backbone import build_backbone, head_names
@@ -67,7 +74,10 @@ def load_live_model(home: Home, catalog: Catalog, device: str = "cpu") -> LiveMo
     ):
         raise MgrError(f"the live head file does not fit {spec} with {len(class_names)} classes")
     model.load_state_dict(head, strict=False)  # the backbone part came from the live file
-    model = model.eval().to(device)
+    dev = torch.device(device)
+    model = model.eval().to(dev, resolve_precision(precision, dev))
+    if compile:
+        model = torch.compile(model)
     dc = data_config(model)
     return LiveModel(
         model, task, version, class_names, eval_transform(dc["img_size"], dc["mean"], dc["std"])
@@ -121,8 +131,9 @@ def predict_images(
 ) -> list[Prediction]:
     """Top-k classes and probabilities for decoded images (``names`` label the results)."""
     batch = torch.stack([live.transform(im) for im in images])
-    device = next(live.model.parameters()).device
-    probs = live.model(batch.to(device)).float().softmax(-1).cpu()
+    p0 = next(live.model.parameters())
+    with torch.inference_mode():
+        probs = live.model(batch.to(p0.device, p0.dtype)).float().softmax(-1).cpu()
     k = min(top_k, probs.shape[1])
     out = []
     for name, p in zip(names, probs, strict=True):

@@ -29,7 +29,7 @@ from manager.catalog.models import Backbone
 from manager.catalog.refs import BackboneRef, VersionRef, resolve_version
 from manager.delta.delta import Delta
 from manager.delta.fused import FlatWeights, PlanCache, SwitchPlan, fused_switch
-from manager.device import resolve_device
+from manager.device import resolve_device, resolve_precision
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
@@ -37,18 +37,6 @@ from manager.switch.artifacts import load_verified, split_head
 
 if TYPE_CHECKING:
     from PIL import Image
-
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype:
-    """``None``: bf16 on CUDA, fp32 elsewhere; else one of ``fp32``, ``bf16``, ``fp16``."""
-    if precision is None:
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise MgrError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
 
 
 class _Entry:
