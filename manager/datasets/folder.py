@@ -18,10 +18,12 @@ from manager.datasets.registry import (
     DatasetKind,
     Labeled,
     every_kth,
+    known_options,
     register_dataset,
     resolve_root,
 )
 from manager.errors import MgrError
+from manager.specs import Option
 
 SPLIT_DIRS = ("train", "val", "test")
 # A flat tree is split per class by rank modulo 5: 3 train, 1 val, 1 test (60/20/20).
@@ -150,6 +152,11 @@ class Folder(DatasetKind):
     ``max_pixels=N`` changes the decompression-bomb limit.
     """
 
+    options = known_options(
+        skip_bad=Option(bool, False, help="leave unreadable images out (one warning line)"),
+        max_pixels=Option(int, DEFAULT_MAX_PIXELS, 1, None, "refuse larger images"),
+    )
+
     def locate(self, root: Path | None, **options) -> Path | None:
         if root is None or not root.is_dir():
             return None
@@ -164,19 +171,13 @@ class Folder(DatasetKind):
     def build(
         self, root, split: str, transform: Callable | None, download: bool, **options
     ) -> Dataset:
-        skip_bad = options.pop("skip_bad", False)
-        max_pixels = options.pop("max_pixels", DEFAULT_MAX_PIXELS)
+        # Types and ranges were checked against `options` when the spec was parsed.
+        opts = {
+            "skip_bad": bool(options.pop("skip_bad", False)),
+            "max_pixels": int(options.pop("max_pixels", DEFAULT_MAX_PIXELS)),
+        }
         if options:
-            raise MgrError(
-                f"imagefolder: unknown options {sorted(options)} (known: skip_bad, max_pixels)"
-            )
-        if not isinstance(skip_bad, bool):
-            raise MgrError(f"imagefolder: skip_bad must be true or false, not {skip_bad!r}")
-        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-            raise MgrError(
-                f"imagefolder: max_pixels must be a positive integer, not {max_pixels!r}"
-            )
-        opts = {"skip_bad": skip_bad, "max_pixels": max_pixels}
+            raise MgrError(f"imagefolder: unknown options {sorted(options)}")
         if download:
             raise MgrError("imagefolder: cannot be downloaded; pass --root")
         root = resolve_root(root)
