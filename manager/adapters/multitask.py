@@ -90,12 +90,16 @@ class MultiTaskLinear(nn.Module):
             xb = tokens.view(n, -1, g, c)
             if shuffle:  # x'[k*c + t] = x[(k*c + t) % g * c + (k*c + t) // g]
                 xb = xb.transpose(2, 3).reshape(xb.shape)
-            if c <= SMALL_C:
-                # A few multiply-adds per output: c fused passes beat a batched matmul of
-                # N*g tiny (L x c) @ (c x o) products.
+            if min(c, o) <= SMALL_C:
+                # A few multiply-adds per output: a handful of fused passes beat a batched matmul
+                # of N*g tiny (L x c) @ (c x o) products. Loop over the shorter of c and o.
                 out = acc.view(n, -1, g, o)
-                for t in range(c):
-                    out.addcmul_(xb[..., t : t + 1], w[:, None, :, :, t])
+                if c <= o:
+                    for t in range(c):
+                        out.addcmul_(xb[..., t : t + 1], w[:, None, :, :, t])
+                else:
+                    for r in range(o):
+                        out[..., r] += (xb * w[:, None, :, r, :]).sum(-1)
             else:
                 yb = torch.matmul(xb.transpose(1, 2), w.transpose(-1, -2))  # (N, g, L, o)
                 acc.add_(yb.transpose(1, 2).reshape(acc.shape))
