@@ -39,6 +39,7 @@ def _register() -> None:
         gc,
         history,
         predict,
+        serve,
         status,
         storage,
         switch,
@@ -50,7 +51,7 @@ def _register() -> None:
 
     for module in (task, train, versions, budget, storage, history, db, demo):
         main.add_command(module.command)
-    for module in (switch, predict, status, verify, gc):
+    for module in (switch, predict, serve, status, verify, gc):
         main.add_command(module.command)
 
 

@@ -43,6 +43,12 @@ DEFAULT_MAX_PIXELS = 40_000_000
     show_default=True,
     help="Refuse images with more pixels than this (decompression bombs).",
 )
+@click.option(
+    "--server",
+    metavar="URL",
+    help="Ask a running 'mgr serve' (e.g. http://127.0.0.1:8000) instead of loading the model; "
+    "--task names the task without switching the live files.",
+)
 @json_option
 @pass_app
 def command(
@@ -54,9 +60,42 @@ def command(
     precision: str | None,
     compile_: bool,
     max_pixels: int,
+    server: str | None,
     as_json: bool,
 ) -> None:
     """Classify IMAGE files with the live task: top classes and probabilities."""
+    if server is not None:
+        from manager.serve.client import predict_files
+        from manager.switch.serve import Prediction
+
+        answer = predict_files(server, [str(p) for p in images], target, top_k)
+        task, version = answer["task"], answer["version"]
+        results = [Prediction.from_dict(d) for d in answer["predictions"]]
+    else:
+        task, version, results = _local(
+            app, images, target, top_k, device, precision, compile_, max_pixels
+        )
+    if as_json:
+        predictions = [r.to_dict() for r in results]
+        echo_json({"task": task, "version": version, "predictions": predictions})
+        return
+    click.echo(f"task {task}@{version}")
+    for r in results:
+        top = ", ".join(f"{t.name} {t.probability:.3f}" for t in r.top)
+        click.echo(f"{r.image}: {top}")
+
+
+def _local(
+    app: App,
+    images: tuple[Path, ...],
+    target: str | None,
+    top_k: int,
+    device: str,
+    precision: str | None,
+    compile_: bool,
+    max_pixels: int,
+) -> tuple[str, int, list]:
+    """The live files' model in this process: (task, version, predictions)."""
     from manager.catalog.deployment import get_deployment
     from manager.cli.switch import describe
     from manager.device import resolve_device
@@ -77,11 +116,4 @@ def command(
             click.echo(describe(report), err=True)
     model = load_live_model(app.home, app.catalog, str(resolve_device(device)), precision, compile_)
     results = predict_images(model, decoded, [str(p) for p in images], top_k)
-    if as_json:
-        predictions = [r.to_dict() for r in results]
-        echo_json({"task": model.task, "version": model.version, "predictions": predictions})
-        return
-    click.echo(f"task {model.task}@{model.version}")
-    for r in results:
-        top = ", ".join(f"{t.name} {t.probability:.3f}" for t in r.top)
-        click.echo(f"{r.image}: {top}")
+    return model.task, model.version, results
