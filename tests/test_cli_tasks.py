@@ -14,6 +14,7 @@ from conftest import CLI, ROOT, TINY_SPEC, assert_clean_error
 from manager.catalog import Catalog, open_catalog, tasks, versions
 from manager.catalog.deployment import get_deployment
 from manager.home import Home
+from manager.store.fs import Store
 
 
 def _catalog(home: Path) -> Catalog:
@@ -42,12 +43,12 @@ def test_task_lifecycle(mgr: CLI, home: Path) -> None:
     cat = _catalog(home)
     with cat.session() as s:
         task = tasks.get_task(s, "shapes")
-        artifact = Home(home).task_dir("shapes") / "v1.safetensors"
-        artifact.parent.mkdir(parents=True)
-        artifact.write_bytes(b"x" * 12_000)
+        store = Store(Home(home))
+        artifact = store.artifact("shapes", 1)
+        store.write_bytes(artifact, b"x" * 12_000)
         v = versions.add_version(
             s, task, method="consolidator", structure=[[4, False]], bytes=12_000,
-            content_hash="a" * 64, path=Home(home).rel(artifact),
+            content_hash="a" * 64, path=store.rel(artifact),
         )  # fmt: skip
         versions.promote(s, task, v)
         dep = get_deployment(s)
