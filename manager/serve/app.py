@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import json
 import threading
@@ -494,4 +495,6 @@ def serve(home: Any, catalog: Catalog, config: ServeConfig, log: Callable[[str],
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30)
     )
-    server.run(sockets=[sock])
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutting down
+        server.run(sockets=[sock])
+    log("stopped")
