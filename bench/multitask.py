@@ -8,7 +8,7 @@ batch to task 0, the rest uniform). Timings are interleaved (merged, then each m
 repeated) so machine noise hits all of them alike; the figure is the median.
 
     .venv/bin/python bench/multitask.py [--model deit_tiny_patch16_224] [--batch 64]
-        [--tasks 1,8,64] [--device cpu] [--precision fp32] [--threads 1] [--reps 5]
+        [--tasks 1,8,64] [--device cpu] [--precision fp32] [--threads 1] [--reps 5] [--compile]
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=tuple(DTYPES), default="fp32")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="torch.compile every model first")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,6 +78,9 @@ def main() -> None:
     models = {
         n: MultiTaskModel(copy.deepcopy(base).to(device, dtype), deltas[:n]).eval() for n in counts
     }
+    if args.compile:
+        merged = torch.compile(merged)
+        models = {n: torch.compile(m) for n, m in models.items()}
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, *base.default_cfg["input_size"][1:], generator=gen)
     x = x.to(device, dtype)
@@ -104,6 +108,7 @@ def main() -> None:
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"{args.model}, batch {args.batch}, g={args.groups}, {args.precision}, {args.mix} mix, "
+        f"{'compiled, ' if args.compile else ''}"
         f"{what}, threads {torch.get_num_threads()}, median of {args.reps}"
     )
     ref = args.batch / statistics.median(times["merged"])
