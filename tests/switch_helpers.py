@@ -113,7 +113,9 @@ class ForkServer:
     def wait(self, started) -> Result:
         pid, out, err, t0 = started
         code = self._ask(op="wait", pid=pid)["code"]
-        return Result(code, out.read_text(), err.read_text(), time.perf_counter() - t0)
+        # A child killed right after the fork may not have opened its output files yet.
+        text = [f.read_text() if f.exists() else "" for f in (out, err)]
+        return Result(code, text[0], text[1], time.perf_counter() - t0)
 
     def run(self, home: Path, *args: str, ok: bool = True, **env: str) -> Result:
         res = self.wait(self.start(home, *args, **env))
