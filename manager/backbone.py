@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import os
 import pickle
 from collections.abc import Iterable, Iterator, Mapping
@@ -22,6 +21,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from manager.digest import tensors_digest
 from manager.errors import MgrError
 from manager.specs import split_spec
 
@@ -274,14 +274,7 @@ def content_hash(state: Mapping[str, torch.Tensor], heads: Iterable[str] = DEFAU
     hash whichever file format they came from.
     """
     heads = tuple(heads)
-    h = hashlib.sha256()
-    for name in sorted(state):
-        if _is_head(name, heads):
-            continue
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return tensors_digest((n for n in state if not _is_head(n, heads)), state.__getitem__)
 
 
 def param_count(model: nn.Module) -> int:

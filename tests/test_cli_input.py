@@ -68,9 +68,7 @@ def test_int64_max_is_a_valid_budget(mgr: CLI) -> None:
 
 def test_parse_version_ref() -> None:
     from manager.names import parse_version_ref
-    from manager.switch.artifacts import parse_target
 
-    assert parse_target is parse_version_ref
     assert parse_version_ref("pets") == ("pets", None)
     assert parse_version_ref("pets@v3") == ("pets", 3)
     assert parse_version_ref(f"pets@{INT64_MAX}") == ("pets", INT64_MAX)

@@ -99,14 +99,14 @@ def _local(
     from manager.catalog.deployment import get_deployment
     from manager.cli.switch import describe
     from manager.device import resolve_device
-    from manager.switch.artifacts import parse_target
+    from manager.names import parse_version_ref
     from manager.switch.live import switch_live
     from manager.switch.serve import load_live_model, predict_images, read_images
 
     # Every image is decoded first: a bad one must not switch the live files or load a model.
     decoded = read_images(images, max_pixels)
     if target is not None:
-        task, number = parse_target(target)
+        task, number = parse_version_ref(target)
         with app.session(write=False) as s:
             live = get_deployment(s).version
             same = live is not None and live.task.name == task

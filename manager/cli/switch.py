@@ -38,13 +38,13 @@ def command(app: App, target: str | None, to_none: bool, repair: bool, as_json: 
       mgr switch --none        # the backbone alone
       mgr switch --repair      # rebuild the live files (e.g. after 'mgr status' says NO)
     """
-    from manager.switch.artifacts import parse_target
+    from manager.names import parse_version_ref
 
     if target is not None and to_none:
         raise MgrError("name one TASK[@VERSION], or --none for the backbone alone, not both")
     if target is None and not to_none and not repair:
         raise MgrError("name one TASK[@VERSION], or --none for the backbone alone")
-    task, number = parse_target(target) if target is not None else (None, None)
+    task, number = parse_version_ref(target) if target is not None else (None, None)
     from manager.switch.live import repair_live, switch_live
 
     if repair and target is None and not to_none:

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from manager.catalog.models import Backbone
+from manager.digest import tensors_digest
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
@@ -45,16 +46,10 @@ def file_content_hash(path: str | os.PathLike[str]) -> str:
     The same digest over names, dtypes, shapes and bytes in name order, read one tensor at a time
     without building a model (and without importing timm).
     """
-    import torch
     from safetensors import safe_open
 
-    h = hashlib.sha256()
     with safe_open(str(path), framework="pt") as f:
-        for name in sorted(f.keys()):
-            t = f.get_tensor(name).contiguous()
-            h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+        return tensors_digest(f.keys(), f.get_tensor)
 
 
 def materialise_backbone(

@@ -228,13 +228,18 @@ class Store:
         _fsync_dir(b.parent)
         return b
 
+    def _remove_link(self, p: Path) -> bool:
+        """Remove ``p`` itself if it is a symbolic link (never what it points to)."""
+        if not p.is_symlink():
+            return False
+        self.confine(p.parent)
+        p.unlink()
+        return True
+
     def unlink(self, path: str | os.PathLike[str]) -> bool:
         """Delete a file under the home; False if it was not there."""
         p = Path(path)
-        if p.is_symlink():
-            # A link is removed as a link: never the file it points to.
-            self.confine(p.parent)
-            p.unlink()
+        if self._remove_link(p):
             return True
         real = self.confine(p)
         try:
@@ -248,9 +253,7 @@ class Store:
     def rmtree(self, path: str | os.PathLike[str]) -> bool:
         """Delete a folder under the home and what is in it (links inside are removed as links)."""
         p = Path(path)
-        if p.is_symlink():
-            self.confine(p.parent)
-            p.unlink()
+        if self._remove_link(p):
             return True
         real = self.confine(p)
         if real == self.root:

@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from manager.errors import MgrError
-from manager.names import parse_version_ref
 from manager.store.fs import Store
 from manager.store.maintenance import OK, compare
 
@@ -20,8 +19,6 @@ if TYPE_CHECKING:  # torch stays out of the import path of light commands
 
     from manager.catalog.refs import VersionRef
     from manager.delta.delta import Delta
-
-parse_target = parse_version_ref  # moved to manager.names; the old name stays
 
 
 def read_recorded(store: Store, rel: str) -> bytes | None:
