@@ -10,6 +10,7 @@ The catalog URL is ``MGR_DB_URL`` when set (any SQLAlchemy URL), else a SQLite f
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,15 @@ class Home:
         except OSError as exc:
             raise MgrError(f"cannot create the manager home {self.root}: {exc.strerror}") from exc
         return self
+
+    @property
+    def host(self) -> str:
+        """This home's name in a shared catalog: ``MGR_HOST``, else ``<hostname>:<home path>``.
+
+        Each home has its own live files, so each keeps its own deployment row; the path tells
+        two homes on one machine apart.
+        """
+        return os.environ.get("MGR_HOST") or f"{socket.gethostname()}:{self.root}"
 
     @property
     def db_url(self) -> str:

@@ -139,12 +139,16 @@ def test_one_global_budget_row(catalog) -> None:
         s.flush()
 
 
-def test_single_deployment_row(catalog) -> None:
+def test_one_deployment_row_per_host(catalog) -> None:
+    with catalog.session() as s:  # the migrated single row is claimed by the first host
+        dep = get_deployment(s, "a")
+        assert (dep.id, dep.host, dep.state, dep.task_id) == (1, "a", "idle", None)
     with catalog.session() as s:
-        dep = get_deployment(s)
-        assert (dep.id, dep.state, dep.task_id) == (1, "idle", None)
+        assert get_deployment(s, "a").id == 1
+        other = get_deployment(s, "b")
+        assert (other.id, other.host, other.state) == (2, "b", "idle")
     with pytest.raises(IntegrityError), catalog.session() as s:
-        s.add(Deployment(id=2, state="idle"))
+        s.add(Deployment(host="a", state="idle"))
         s.flush()
 
 
@@ -153,17 +157,24 @@ def test_remove_cascades_and_history_survives(catalog) -> None:
         t = _add(s, budget_bytes=5000)
         v = _version(s, t, catalog.home, 100)
         versions.promote(s, t, v)
-        dep = get_deployment(s)
+        dep = get_deployment(s, "here")
         dep.task_id, dep.version_id = t.id, v.id
-    with pytest.raises(MgrError, match="live"), catalog.session() as s:
-        tasks.remove_task(s, "pets")
+        elsewhere = get_deployment(s, "there")
+        elsewhere.task_id, elsewhere.version_id = t.id, v.id
+    with pytest.raises(MgrError, match="live on 1 other host"), catalog.session() as s:
+        tasks.remove_task(s, "pets", "here", force=True)
     with catalog.session() as s:
-        tasks.remove_task(s, "pets", force=True)
+        elsewhere = get_deployment(s, "there")
+        elsewhere.task_id = elsewhere.version_id = None
+    with pytest.raises(MgrError, match="live"), catalog.session() as s:
+        tasks.remove_task(s, "pets", "here")
+    with catalog.session() as s:
+        tasks.remove_task(s, "pets", "here", force=True)
     with catalog.session() as s:
         assert tasks.list_tasks(s) == []
         assert s.scalars(select(AdapterVersion)).all() == []
         assert s.scalars(select(Budget)).all() == []
-        dep = get_deployment(s)
+        dep = get_deployment(s, "here")
         assert (dep.task_id, dep.version_id) == (None, None)
         kinds = [e.kind for e in events.list_events(s, "pets")]
         assert kinds[-1] == "task_removed" and "version_created" in kinds

@@ -51,7 +51,7 @@ def test_task_lifecycle(mgr: CLI, home: Path) -> None:
             content_hash="a" * 64, path=store.rel(artifact),
         )  # fmt: skip
         versions.promote(s, task, v)
-        dep = get_deployment(s)
+        dep = get_deployment(s, Home(home).host)
         dep.task_id, dep.version_id = task.id, v.id
     cat.close()
 

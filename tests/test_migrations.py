@@ -34,7 +34,8 @@ def test_empty_head_base_head(tmp_path: Path) -> None:
         upgrade(engine, "head")
         assert _diff(engine) == []
         with engine.connect() as conn:  # the deployment row comes with the schema
-            assert conn.exec_driver_sql("SELECT id, state FROM deployment").all() == [(1, "idle")]
+            rows = conn.exec_driver_sql("SELECT id, host, state FROM deployment").all()
+            assert rows == [(1, "", "idle")]  # unclaimed until a home opens the catalog
     finally:
         engine.dispose()
 

@@ -25,10 +25,14 @@ def record_event(
     kind: str,
     task_name: str | None = None,
     version_id: int | None = None,
+    host: str | None = None,
     **details: Any,
 ) -> Event:
-    """Append one event (flushed, so it commits or rolls back with the change)."""
-    ev = Event(kind=kind, task_name=task_name, version_id=version_id, details=details)
+    """Append one event (flushed, so it commits or rolls back with the change).
+
+    ``host``: the home whose deployment the event changed (switches), None for catalog events.
+    """
+    ev = Event(kind=kind, task_name=task_name, version_id=version_id, host=host, details=details)
     s.add(ev)
     s.flush()
     return ev

@@ -131,16 +131,18 @@ class AdapterVersion(Base):
 
 
 class Deployment(Base):
-    """The switcher's state: one row (id 1), created by the first migration.
+    """What is live on one host (one home's live files): one row per host.
 
-    ``pending_version_id`` with state ``switching`` marks a switch in progress; since a switch
-    only writes values, finishing it after a crash means running it again.
+    ``host`` is the home's identity (``Home.host``); several homes sharing one catalog each keep
+    their own row. A row migrated from a single-host catalog has host ``""`` (unclaimed) until
+    the first home opens it. ``pending_version_id`` with state ``switching`` marks a switch in
+    progress; since a switch only writes values, finishing it after a crash means running it again.
     """
 
     __tablename__ = "deployment"
-    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), unique=True)
     backbone_id: Mapped[int | None] = mapped_column(ForeignKey("backbones.id", ondelete="SET NULL"))
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"))
     version_id: Mapped[int | None] = mapped_column(
@@ -168,6 +170,8 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(32))
     task_name: Mapped[str | None] = mapped_column(String(64), index=True)
     version_id: Mapped[int | None] = mapped_column(Integer)
+    # The host whose deployment an event changed (switches); None for catalog-wide events.
+    host: Mapped[str | None] = mapped_column(String(255))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
@@ -215,4 +219,39 @@ class Reservation(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Alias(Base):
+    """A named pointer to one of a task's versions (``pets@candidate``).
+
+    ``champion`` is not stored here: a task's champion is its active version
+    (``tasks.active_version_id``), which every command already follows.
+    """
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("task_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE"), index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    version: Mapped[AdapterVersion] = relationship()
+
+
+class VersionTag(Base):
+    """A free-form label on a version (``mgr tag pets@3 reviewed``)."""
+
+    __tablename__ = "version_tags"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from manager.catalog import budgets, events
-from manager.catalog.deployment import get_deployment
+from manager.catalog.deployment import get_deployment, live_elsewhere
 from manager.catalog.models import Task
 from manager.errors import MgrError
 from manager.names import validate_task_name
@@ -79,23 +79,31 @@ def add_task(
     return task
 
 
-def is_live(s: Session, task: Task) -> bool:
-    """Whether the switcher's deployment currently serves (or is switching to) `task`."""
-    dep = get_deployment(s)
+def is_live(s: Session, task: Task, host: str) -> bool:
+    """Whether `host`'s deployment currently serves (or is switching to) `task`."""
+    dep = get_deployment(s, host)
     if dep.task_id == task.id:
         return True
     pending = dep.pending_version
     return pending is not None and pending.task_id == task.id
 
 
-def remove_task(s: Session, name: str, force: bool = False) -> Task:
+def remove_task(s: Session, name: str, host: str, force: bool = False) -> Task:
     """Delete a task's rows (versions and budget cascade) and record ``task_removed``.
 
     The caller removes the artifact folder after the commit: a failed commit then leaves
     files and rows intact, and a failed folder removal leaves only unreferenced files.
+    A task live on another host of a shared catalog is never removed: that host's live files
+    hold its delta, and only that host can switch them away.
     """
     task = get_task(s, name)
-    live = is_live(s, task)
+    elsewhere = live_elsewhere(s, task.id, host)
+    if elsewhere:
+        raise MgrError(
+            f"task {name!r} is live on {len(elsewhere)} other host(s) sharing this catalog "
+            f"({', '.join(elsewhere[:3])}); switch it away there first"
+        )
+    live = is_live(s, task, host)
     if live and not force:
         raise MgrError(f"task {name!r} is live in the deployment; switch away first or use --force")
     n_versions = len(task.versions)

@@ -108,7 +108,7 @@ def _local(
     if target is not None:
         task, number = parse_version_ref(target)
         with app.session(write=False) as s:
-            live = get_deployment(s).version
+            live = get_deployment(s, app.home.host).version
             same = live is not None and live.task.name == task
             same = same and (number is None or live.number == number)
         if not same:

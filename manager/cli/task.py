@@ -194,7 +194,7 @@ def remove(app: App, name: str, yes: bool, force: bool) -> None:
         _remove_forced(app, name)
     else:  # remove_task refuses a live task, in the same transaction that would delete it
         with app.session() as s:
-            task_ops.remove_task(s, name)
+            task_ops.remove_task(s, name, app.home.host)
     # After the commit: a failure here leaves only files nothing owns ('mgr gc' removes them),
     # never rows without their files.
     from manager.store.fs import Store
@@ -221,7 +221,7 @@ def _remove_forced(app: App, name: str) -> None:
     store = Store.of(app.home)
     with store.lock(store.live_lock_file):
         with app.session(write=False) as s:
-            live = task_ops.is_live(s, task_ops.get_task(s, name))
+            live = task_ops.is_live(s, task_ops.get_task(s, name), app.home.host)
         if live:
             try:
                 report = switch_live_locked(store, app.catalog, None, None)
@@ -232,4 +232,4 @@ def _remove_forced(app: App, name: str) -> None:
                 ) from None
             click.echo(describe(report))
         with app.session() as s:
-            task_ops.remove_task(s, name, force=True)
+            task_ops.remove_task(s, name, app.home.host, force=True)

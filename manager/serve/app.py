@@ -99,7 +99,7 @@ def resolve(catalog: Catalog, target: str | None) -> tuple[VersionRef, list[str]
     """The version a request names (None: the home's live task), checked servable."""
     with catalog.session(write=False) as s:
         if target is None:
-            v = get_deployment(s).version
+            v = get_deployment(s, catalog.home.host).version
             if v is None:
                 raise ServeError(400, "no task given and none is live: pass a task")
             task = v.task

@@ -34,8 +34,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from manager.catalog import Catalog, events, tasks
-from manager.catalog.deployment import get_deployment
-from manager.catalog.models import VERSION_DELETED, VERSION_READY, AdapterVersion, Backbone, Task
+from manager.catalog.models import (
+    VERSION_DELETED,
+    VERSION_READY,
+    AdapterVersion,
+    Backbone,
+    Deployment,
+    Task,
+)
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store, pid_alive, temp_owner
@@ -313,8 +319,11 @@ def collect_garbage(
                 f"{f.bad}; nothing was deleted (see 'mgr verify')"
             )
         by_rel = {f.rel: f.path for f in inv.files if f.kind == "version"}
-        dep = get_deployment(s)
-        in_use = {dep.version_id: "live", dep.pending_version_id: "pending"}
+        # Every host's live and pending versions: a shared catalog's other homes use them too.
+        in_use: dict[int | None, str] = {}
+        for dep in s.scalars(select(Deployment)):
+            in_use.setdefault(dep.pending_version_id, "pending")
+            in_use[dep.version_id] = "live"
         chosen = [tasks.get_task(s, task)] if task is not None else tasks.list_tasks(s)
         for t in chosen:
             ready = sorted(

@@ -65,7 +65,7 @@ def live_status(home: Home, catalog: Catalog, verify: bool = True) -> StatusRepo
         lock = contextlib.nullcontext()
     with lock:
         with catalog.session(write=False) as s:
-            dep = get_deployment(s)
+            dep = get_deployment(s, home.host)
             ref = VersionRef.of(dep.version) if dep.version is not None else None
             bb = dep.backbone
             out = StatusReport(

@@ -185,7 +185,7 @@ def repair_live(home: Home, catalog: Catalog) -> SwitchReport:
     with store.lock(store.live_lock_file):
         recover_locked(store, catalog)
         with catalog.session(write=False) as s:
-            dep = get_deployment(s)
+            dep = get_deployment(s, catalog.home.host)
             live = VersionRef.of(dep.version) if dep.version is not None else None
         task, number = (live.task, live.number) if live is not None else (None, None)
         return switch_live_locked(store, catalog, task, number, repair=True)
@@ -202,7 +202,7 @@ def switch_live_locked(
     t0 = time.perf_counter()
     recover_locked(store, catalog)
     with catalog.session(write=False) as s:
-        dep = get_deployment(s)
+        dep = get_deployment(s, catalog.home.host)
         if dep.state != DEPLOY_IDLE:
             raise MgrError("an interrupted switch could not be finished; see 'mgr status'")
         target = resolve_version(s, task, number) if task is not None else None
@@ -249,7 +249,7 @@ def switch_live_locked(
             row = s.get(AdapterVersion, target.id)
             if row is None or row.status != VERSION_READY:
                 raise MgrError(f"{target.label} was deleted meanwhile")
-        dep = get_deployment(s)
+        dep = get_deployment(s, catalog.home.host)
         dep.state = DEPLOY_SWITCHING
         dep.pending_version_id = target.id if target is not None else None
         dep.backbone_id = backbone.id
@@ -339,7 +339,7 @@ def _complete(
             # Its task was removed (--force) meanwhile; the row stays 'switching' with pending
             # NULL, which the next command's recovery resets to the backbone alone.
             raise MgrError(f"{target.label} was removed during the switch; run 'mgr status'")
-        dep = get_deployment(s)
+        dep = get_deployment(s, catalog.home.host)
         dep.version_id = target.id if target is not None else None
         dep.task_id = target.task_id if target is not None else None
         dep.pending_version_id = None
@@ -351,6 +351,7 @@ def _complete(
             SWITCHED,
             task_name=target.task if target is not None else None,
             version_id=target.id if target is not None else None,
+            host=catalog.home.host,
             to=target.label if target is not None else None,
             previous=old.label if old is not None else None,
             values_written=report.values_written,
@@ -411,7 +412,7 @@ def _write_head(
 def recover_locked(store: Store, catalog: Catalog) -> SwitchReport | None:
     """Finish or roll back an interrupted switch; the caller holds the live lock. None if idle."""
     with catalog.session(write=False) as s:
-        dep = get_deployment(s)
+        dep = get_deployment(s, catalog.home.host)
         if dep.state != DEPLOY_SWITCHING:
             return None
         old = VersionRef.of(dep.version) if dep.version is not None else None

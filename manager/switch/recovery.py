@@ -20,9 +20,11 @@ if TYPE_CHECKING:
 
 
 def switch_pending(catalog: Catalog) -> bool:
-    """Whether the deployment is in the middle of a switch (one SELECT)."""
+    """Whether this home's deployment is in the middle of a switch (one SELECT)."""
+    host = catalog.home.host
     with catalog.session(write=False) as s:
-        return s.scalar(select(Deployment.state).where(Deployment.id == 1)) == DEPLOY_SWITCHING
+        state = s.scalar(select(Deployment.state).where(Deployment.host == host))
+        return state == DEPLOY_SWITCHING
 
 
 def recover_if_needed(

@@ -53,7 +53,7 @@ def load_live_model(
     store = Store.of(home)
     with store.lock(store.live_lock_file, shared=True):
         with catalog.session(write=False) as s:
-            dep = get_deployment(s)
+            dep = get_deployment(s, home.host)
             if dep.version is None:
                 raise MgrError("no task is live: 'mgr switch TASK' or pass --task")
             task, version = dep.version.task.name, dep.version.number
