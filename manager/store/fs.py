@@ -235,7 +235,9 @@ class Store:
     # (symlinks in the user's path followed: that is where they asked for it), never into the
     # home's managed folders, and nothing already there is ever deleted.
 
-    def _outside(self, path: str | os.PathLike[str], what: str) -> Path:
+    def user_path(self, path: str | os.PathLike[str], what: str = "the output") -> Path:
+        """The real path (symlinks followed) of output the user asked for; MgrError if it lies
+        inside the home or the artifact root, which mgr alone manages."""
         real = Path(os.path.realpath(Path(path).expanduser()))
         for root in self._roots():
             if real == root or root in real.parents:
@@ -248,7 +250,7 @@ class Store:
     def write_user_file(self, path: str | os.PathLike[str], data: bytes) -> Path:
         """Write one file the user named (e.g. ``--plot out.png``) atomically; an existing file
         is replaced, a folder refused. Parent folders are created. Returns the real path."""
-        dest = self._outside(path, "the file")
+        dest = self.user_path(path, "the file")
         if dest.is_dir():
             raise MgrError(f"{path} is a folder; name a file to write")
         _user_mkdir(dest.parent)
@@ -272,7 +274,7 @@ class Store:
         bad = [n for n in files if not n or n != Path(n).name or n.startswith(".")]
         if bad:
             raise MgrError(f"bad export file name {bad[0]!r}")
-        dest = self._outside(out_dir, "the export")
+        dest = self.user_path(out_dir, "the export")
         if dest.exists() and not dest.is_dir():
             raise MgrError(f"--out {out_dir} is a file, not a folder")
         if dest.is_dir():
