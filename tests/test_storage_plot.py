@@ -85,6 +85,7 @@ def test_the_plot_is_a_png_of_the_report(two_by_two, tmp_path):
     assert [t["task"] for t in drawn["tasks"]] == [t["task"] for t in report["tasks"]]
     for d, r in zip(drawn["tasks"], report["tasks"], strict=True):
         assert d["budget_bytes"] == r["budget_bytes"]
+        assert d["used_bytes"] == r["used_bytes"] == sum(v["bytes"] for v in r["versions"])
         assert d["full_finetune_bytes"] == r["full_finetune_bytes"] > 0
         assert [(v["number"], v["method"], v["bytes"], v["top1"]) for v in d["versions"]] == [
             (v["number"], v["method"], v["bytes"], v["top1"]) for v in r["versions"]

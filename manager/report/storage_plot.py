@@ -1,10 +1,11 @@
 """``mgr storage --plot``: the storage report as a picture, bytes against top-1, one panel a task.
 
 Each version is a point (x: stored bytes, log scale; y: top-1 %), coloured by method; the active
-version is ringed. Vertical lines mark the task's budget, the global budget and what one full
-fine-tuned copy of the model would cost. Versions without a recorded top-1 sit on the panel's
-floor, hollow. The data drawn is embedded in the PNG as JSON (text chunk ``mgr-storage``), so the
-picture can be checked against ``mgr storage --json``.
+version is ringed. Vertical lines mark the bytes of the task's versions together (what its budget
+counts), the task's budget, the global budget and what one full fine-tuned copy would cost.
+Versions without a recorded top-1 sit on the panel's floor, hollow. The data drawn is embedded in
+the PNG as JSON (text chunk ``mgr-storage``), so the picture can be checked against
+``mgr storage --json``.
 
 matplotlib is imported inside the functions, with the Agg backend, so ``mgr`` stays fast and
 works without a display.
@@ -58,6 +59,7 @@ def plot_data(report: dict[str, Any]) -> dict[str, Any]:
         tasks.append(
             {
                 "task": t["task"],
+                "used_bytes": t["used_bytes"],
                 "budget_bytes": t["budget_bytes"],
                 "full_finetune_bytes": t["full_finetune_bytes"],
                 "versions": versions,
@@ -108,6 +110,8 @@ def _panels(fig: Any, tasks: list[dict[str, Any]], global_budget: int | None) ->
     hollow = False
     for ax, task in zip(axes.flat, tasks, strict=False):
         lines = [
+            # What a budget is compared with: the task's versions together.
+            (task["used_bytes"], "the task's versions together", "#7f7f7f", "-."),
             (task["budget_bytes"], "task budget", "#d62728", "-"),
             (global_budget, "global budget", "#ff7f0e", "--"),
             (task["full_finetune_bytes"], "full fine-tune (one copy)", "black", ":"),
@@ -159,7 +163,7 @@ def _panels(fig: Any, tasks: list[dict[str, Any]], global_budget: int | None) ->
                markersize=11, label="active"),
     ]  # fmt: skip
     handles += [Line2D([], [], color=c, linestyle=ls, label=k) for k, (c, ls) in drawn.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False)
     note = " (hollow: no top-1 recorded)" if hollow else ""
     fig.suptitle(f"mgr storage: each version's bytes against its top-1{note}")
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
