@@ -33,6 +33,11 @@ def test_offline_demo_then_fallback_when_the_network_is_unreachable(mgr, home):
         # top-1 %, bytes, % of the backbone are filled in for every row
         assert all("%" in r.split("│")[5] and r.split("│")[3].strip() != "-" for r in methods)
     assert "it shows the workflow, not the method's accuracy" in proc.stdout
+    picture = home / "storage.png"
+    assert f"storage picture (bytes against top-1, budgets, full fine-tuning): {picture}" in (
+        proc.stdout
+    )
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tasks = {t["name"]: t for t in mgr.json("task", "list")}
     assert set(tasks) == {"shapes", "shapes4"}
     assert tasks["shapes4"]["versions"] == 2 and tasks["shapes4"]["active_version"] == 1
@@ -55,6 +60,9 @@ def test_bad_flags_are_refused_cleanly(mgr, tmp_path: Path):
     proc = mgr("demo", "--assets", str(tmp_path), ok=False)
     assert_clean_error(proc)
     assert "deit_tiny_patch16_224.safetensors" in proc.stderr
+    proc = mgr("demo", "--offline", "--plot", str(mgr.home / "artifacts" / "x.png"), ok=False)
+    assert_clean_error(proc)
+    assert "inside the manager home" in proc.stderr and "$ mgr" not in proc.stdout
 
 
 def test_assets_are_looked_for_beside_the_checkout_only():

@@ -19,7 +19,7 @@ FS_OWNER = "manager/store/fs.py"
 # The layers, top to bottom: a module may import its own layer's and lower layers' modules only.
 LAYERS: list[tuple[str, ...]] = [
     ("manager.cli", "manager.__main__"),
-    ("manager.serve", "manager.switch", "manager.train"),
+    ("manager.serve", "manager.switch", "manager.train", "manager.export", "manager.report"),
     ("manager.store", "manager.catalog", "manager.datasets", "manager.backbone"),
     ("manager.adapters",),
     ("manager.delta",),

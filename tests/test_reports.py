@@ -18,7 +18,7 @@ from manager.store.fs import Store
 
 VERSION_KEYS = [
     "number", "method", "status", "active", "bytes", "on_disk_bytes", "missing",
-    "pct_of_backbone",
+    "pct_of_backbone", "top1",
 ]  # fmt: skip
 TASK_KEYS = [
     "task", "backbone_spec", "backbone_bytes", "active_version", "versions", "used_bytes",

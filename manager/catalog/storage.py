@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +21,13 @@ def _pct(part: int | None, whole: int | None) -> float | None:
     if part is None or not whole:
         return None
     return 100.0 * part / whole
+
+
+def _top1(metrics: dict[str, Any] | None) -> float | None:
+    value = (metrics or {}).get("top1")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def _on_disk(home: Home, rel: str) -> int | None:
@@ -53,6 +61,7 @@ class VersionStorage:
     on_disk_bytes: int | None
     missing: bool
     pct_of_backbone: float | None
+    top1: float | None = None  # % on the evaluation split the version was trained with
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +150,7 @@ def task_storage(s: Session, task: Task, home: Home) -> TaskStorage:
                 on_disk_bytes=on_disk,
                 missing=v.status != VERSION_DELETED and on_disk is None,
                 pct_of_backbone=_pct(v.bytes, backbone_bytes),
+                top1=_top1(v.metrics),
             )
         )
     used = budgets.used_bytes(s, task)

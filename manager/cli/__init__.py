@@ -36,6 +36,7 @@ def _register() -> None:
         budget,
         db,
         demo,
+        export,
         gc,
         history,
         predict,
@@ -51,7 +52,7 @@ def _register() -> None:
 
     for module in (task, train, versions, budget, storage, history, db, demo):
         main.add_command(module.command)
-    for module in (switch, predict, serve, status, verify, gc):
+    for module in (switch, predict, serve, status, verify, gc, export):
         main.add_command(module.command)
 
 

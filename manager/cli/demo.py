@@ -224,9 +224,20 @@ def _summary(app: App, before: dict[str, int], tasks: list[str], real: bool) -> 
 )
 @click.option("--offline", is_flag=True, help="Use the generated shapes data set, no network.")
 @click.option("--epochs", type=Int64(1, MAX_EPOCHS), help="Epochs per training run.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE.png",
+    help="Where the closing storage picture goes. [default: <home>/storage.png]",
+)
 @pass_app
 def command(
-    app: App, assets: Path | None, download: bool, offline: bool, epochs: int | None
+    app: App,
+    assets: Path | None,
+    download: bool,
+    offline: bool,
+    epochs: int | None,
+    plot: Path | None,
 ) -> None:
     """Run the main job: register tasks, train adapters and baselines, switch, predict, report.
 
@@ -240,6 +251,8 @@ def command(
     if sum([assets is not None, download, offline]) > 1:
         raise MgrError("--assets, --download and --offline exclude each other")
     store = Store.of(app.home.ensure())
+    if plot is not None:
+        store.user_path(plot, "the plot")  # refused now, not after an hour of training
     click.echo(f"mgr home: {app.home.root}")
     source = choose_source(store, assets, offline, download)
     click.echo(source.describe())
@@ -261,3 +274,19 @@ def command(
         if rc not in (None, 0):
             raise SystemExit(rc)
     _summary(app, before, trained, real=source.data is not None)
+    _picture(app, store, plot)
+
+
+def _picture(app: App, store: Store, plot: Path | None) -> None:
+    """The storage report as a picture (``mgr storage --plot``), where the demo says."""
+    from manager.catalog.storage import storage_report
+    from manager.report.storage_plot import storage_png
+
+    with app.session(write=False) as s:
+        png = storage_png(storage_report(s, app.home).to_dict())
+    if plot is None:
+        where = store.confine(store.root / "storage.png")
+        store.write_bytes(where, png)
+    else:
+        where = store.write_user_file(plot, png)
+    click.echo(f"storage picture (bytes against top-1, budgets, full fine-tuning): {where}")

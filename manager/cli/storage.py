@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from manager.catalog.storage import storage_report
@@ -17,11 +19,27 @@ def _pct(value: float | None) -> str:
 
 @click.command("storage")
 @json_option
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE.png",
+    help="Also draw the report: per task, each version's bytes against its top-1, the budgets "
+    "and a full fine-tune's cost (e.g. --plot storage.png).",
+)
+@click.option(
+    "--plot-size", default="1200x800", show_default=True, metavar="WxH", help="In pixels."
+)
 @pass_app
-def command(app: App, as_json: bool) -> None:
+def command(app: App, as_json: bool, plot: Path | None, plot_size: str) -> None:
     """Storage report: every task and version, budgets, and what full fine-tuning would cost."""
     with app.session(write=False) as s:
         report = storage_report(s, app.home)
+    if plot is not None:  # the picture of exactly what --json prints
+        from manager.report.storage_plot import parse_size, storage_png
+        from manager.store.fs import Store
+
+        png = storage_png(report.to_dict(), parse_size(plot_size))
+        click.echo(f"storage plot: {Store.of(app.home).write_user_file(plot, png)}", err=as_json)
     if as_json:
         echo_json(report.to_dict())
         return

@@ -9,7 +9,9 @@ Temporary files carry their writer's pid (``.<name>.tmp-<pid>-<rnd>``, ``.pendin
 which is how `mgr gc` tells a running writer's file from an orphan left by a killed one.
 
 No other module calls ``unlink``, ``rmtree``, ``os.replace``, ``open(..., "w")`` and the like on a
-home path; ``tests/test_layout.py`` checks that.
+home path; ``tests/test_layout.py`` checks that. The one exception to confinement is output the
+user explicitly asked for elsewhere (``mgr export --out DIR``, ``--plot FILE``): `write_export` and
+`write_user_file`, which only ever add or replace the named files, never delete.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -62,6 +64,38 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def _replacing(
+    dest: Path, mode: int, recheck: Callable[[Path], Path] | None = None
+) -> Iterator[Path]:
+    """A temporary file beside ``dest``: fsynced and renamed over it on success, else removed.
+    ``recheck`` re-confines the destination just before the rename."""
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, recheck(dest) if recheck else dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(dest.parent)
+
+
+def _user_mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MgrError(f"cannot create {folder}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -192,23 +226,86 @@ class Store:
         """
         dest = self.confine(path)
         self.mkdir(dest.parent)
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        try:
+        with _replacing(dest, mode, self.confine) as tmp:
             yield tmp
-            os.chmod(tmp, mode)
-            fd = os.open(tmp, os.O_RDONLY)
+
+    # -- what the user asked to have written elsewhere -------------------------------------------
+    # The one exception to confinement: `mgr export --out DIR` and `--plot FILE` write where the
+    # user points, by design. Both are narrow: whole files written to a temporary name and renamed
+    # (symlinks in the user's path followed: that is where they asked for it), never into the
+    # home's managed folders, and nothing already there is ever deleted.
+
+    def user_path(self, path: str | os.PathLike[str], what: str = "the output") -> Path:
+        """The real path (symlinks followed) of output the user asked for; MgrError if it lies
+        inside the home or the artifact root, which mgr alone manages."""
+        real = Path(os.path.realpath(Path(path).expanduser()))
+        for root in self._roots():
+            if real == root or root in real.parents:
+                raise MgrError(
+                    f"refusing to write {what} {path} inside the manager home {root}: "
+                    "choose a path outside it"
+                )
+        return real
+
+    def write_user_file(self, path: str | os.PathLike[str], data: bytes) -> Path:
+        """Write one file the user named (e.g. ``--plot out.png``) atomically; an existing file
+        is replaced, a folder refused. Parent folders are created. Returns the real path."""
+        dest = self.user_path(path, "the file")
+        if dest.is_dir():
+            raise MgrError(f"{path} is a folder; name a file to write")
+        _user_mkdir(dest.parent)
+        try:
+            with _replacing(dest, 0o644) as tmp:
+                tmp.write_bytes(data)
+        except OSError as exc:
+            raise MgrError(f"cannot write {dest}: {exc.strerror or exc}") from None
+        return dest
+
+    def write_export(
+        self, out_dir: str | os.PathLike[str], files: dict[str, bytes], force: bool = False
+    ) -> Path:
+        """Write ``files`` (plain names -> bytes) into the user's folder ``out_dir``.
+
+        A new folder is filled under a temporary name and renamed into place, so it appears whole
+        or not at all. An existing empty folder is filled file by file, each atomically; a folder
+        with anything in it is refused unless ``force``, which replaces only the named files and
+        leaves everything else there alone. Returns the real folder written.
+        """
+        bad = [n for n in files if not n or n != Path(n).name or n.startswith(".")]
+        if bad:
+            raise MgrError(f"bad export file name {bad[0]!r}")
+        dest = self.user_path(out_dir, "the export")
+        if dest.exists() and not dest.is_dir():
+            raise MgrError(f"--out {out_dir} is a file, not a folder")
+        if dest.is_dir():
+            if any(dest.iterdir()) and not force:
+                raise MgrError(
+                    f"--out {out_dir} is not empty; choose a new folder, or pass --force to "
+                    f"replace {', '.join(sorted(files))} there (nothing else is touched)"
+                )
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.confine(dest))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
+                for name, data in files.items():
+                    with _replacing(dest / name, 0o644) as tmp:
+                        tmp.write_bytes(data)
+            except OSError as exc:
+                raise MgrError(f"cannot write into {dest}: {exc.strerror or exc}") from None
+            return dest
+        _user_mkdir(dest.parent)
+        stage = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(stage, 0o755)
+            try:
+                for name, data in files.items():
+                    with _replacing(stage / name, 0o644) as tmp:
+                        tmp.write_bytes(data)
+                os.rename(stage, dest)  # fails, touching nothing, if a non-empty folder appeared
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)  # only our own staging folder
+                raise
+        except OSError as exc:
+            raise MgrError(f"cannot write {dest}: {exc.strerror or exc}") from None
         _fsync_dir(dest.parent)
+        return dest
 
     def write_bytes(self, path: str | os.PathLike[str], data: bytes) -> int:
         """Write ``data`` to ``path`` atomically; returns the byte count."""

@@ -1,0 +1,1 @@
+"""Pictures of the catalog for people who would rather look than read (``mgr storage --plot``)."""
