@@ -6,11 +6,16 @@ reorder of the input (view ``[g, in/g]``, transpose, flatten), and followed by p
 
     y = x W0^T + b + sum_i DropPath_i(branch_i(x))
 
-All branches are linear, so after training they fold into ``W0`` (see ``manager.delta``). They are
-linear during training too, so the forward is one matmul with ``W0 + sum_i P_i(BD_i)`` and the
-backward keeps only the block-diagonal part of the weight gradient (``_GroupedLinear``): close to
-the frozen backbone's own cost, well under full fine-tuning's. Per-sample DropPath groups the
-samples by the branches they keep, one matmul per group.
+All branches are linear, so after training they fold into ``W0`` (see ``manager.delta``).
+
+Training has two forms, both built from python ints fixed at construction (no index tensors per
+call, no data-dependent shapes: torch.compile sees one graph):
+
+* no DropPath (and eval): the branches ride on the frozen layer's matmul, ``x (W0 + dW)^T``, with
+  a backward that keeps only the block-diagonal part of the weight gradient (``_Merged``). Its
+  extra cost is building ``dW`` (weight-sized) and the block gradient (1/g of a dense matmul).
+* DropPath: samples need different weights, so ``F.linear(x, W0, b)`` plus each branch on its
+  own (``_grouped``), times its per-sample mask.
 """
 
 from __future__ import annotations
@@ -21,16 +26,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import Tensor, nn
 
 from manager.delta.structure import (
     check_divisible,
     format_structure,
     parse_structure,
-    positions,
     scatter_branches,
-    support_view,
 )
 from manager.errors import MgrError
 
@@ -90,47 +92,63 @@ def branch_forward(x: Tensor, w: Tensor, shuffle: bool) -> Tensor:
     """One grouped connection on ``x (..., in)`` with weights ``w (g, o, c)`` -> ``(..., g*o)``.
 
     The reference form (tests, clarity): reorder = reshape/transpose, then a batched matmul over the
-    block view. Training uses ``grouped_linear`` instead, which is faster.
+    block view. Training uses the faster forms below; the tests hold them to this one.
     """
     g, o, c = w.shape
     lead = x.shape[:-1]
-    return torch.einsum("ngc,goc->ngo", _reorder(x.reshape(-1, g * c), g, shuffle), w).reshape(
-        *lead, g * o
-    )
+    xb = _blocks(x.reshape(-1, g * c), _Geometry.of(g, o, c, shuffle))
+    return torch.einsum("ngc,goc->ngo", xb, w).reshape(*lead, g * o)
 
 
-def _reorder(x2: Tensor, g: int, shuffle: bool) -> Tensor:
-    """``(N, in)`` -> ``(N, g, c)`` blocks of the (reordered) input."""
-    xb = x2.view(-1, g, x2.shape[-1] // g)
+@dataclass(frozen=True)
+class _Geometry:
+    """A branch's shapes, fixed at construction: ``g`` blocks of ``o x c``, ``q`` of them per
+    matmul where tiny blocks are multiplied a few at a time (see ``_block_grad``)."""
+
+    g: int
+    o: int
+    c: int
+    shuffle: bool
+    q: int
+
+    @classmethod
+    def of(cls, g: int, o: int, c: int, shuffle: bool) -> _Geometry:
+        q = next((q for q in range(1, g + 1) if g % q == 0 and q * min(o, c) >= 16), g)
+        return cls(g, o, c, shuffle, q)
+
+
+def _blocks(x2: Tensor, geo: _Geometry) -> Tensor:
+    """``(N, in)`` -> ``(N, g, c)`` blocks of the (reordered) input: a view unless reordered."""
+    xb = x2.view(-1, geo.g, geo.c)
     # x'[a*g + b] = x[b*c + a]: view [g, c], transpose to [c, g], flatten, regroup as [g, c].
-    return xb.transpose(1, 2).reshape(xb.shape) if shuffle else xb
+    return xb.transpose(1, 2).reshape(xb.shape) if geo.shuffle else xb
 
 
-def _merged_weight(weight: Tensor, structure, scales, ws) -> Tensor:
-    """``W0 + sum_i s_i P_i(BD_i)`` (dense, per forward: cheap next to the matmul it feeds)."""
-    w_eff = weight.detach().clone()
-    for b, s, w in zip(structure, scales, ws, strict=True):
-        if s == 0:
-            continue
-        view = support_view(w_eff, b.g, b.shuffle)
-        if view is not None:
-            view.add_(w.detach().view(view.shape), alpha=s)
-        else:
-            idx = positions(tuple(w_eff.shape), b.g, b.shuffle).to(w_eff.device)
-            w_eff.view(-1).index_add_(0, idx, w.detach().reshape(-1), alpha=s)
-    return w_eff
+def _dense(w: Tensor, geo: _Geometry) -> Tensor:
+    """``P(BD)`` as a dense ``out x in`` matrix, built from views alone (no index tensors)."""
+    g, o, c = geo.g, geo.o, geo.c
+    bd = torch.diag_embed(w.permute(1, 2, 0), dim1=0, dim2=2).reshape(g * o, g * c)
+    if geo.shuffle:  # column reorder: dW[:, b*c + a] = BD[:, a*g + b]
+        bd = bd.view(g * o, c, g).transpose(1, 2).reshape(g * o, g * c)
+    return bd
 
 
-def _block_grad(gy2: Tensor, xb: Tensor, g: int) -> Tensor:
+def _block_diag_q(w: Tensor, geo: _Geometry) -> Tensor:
+    """``(g/q, q*o, q*c)``: each run of ``q`` neighbouring blocks as one block-diagonal matrix."""
+    G, q, o, c = geo.g // geo.q, geo.q, geo.o, geo.c
+    wq = w.view(G, q, o, c).permute(0, 2, 3, 1)
+    return torch.diag_embed(wq, dim1=1, dim2=3).reshape(G, q * o, q * c)
+
+
+def _block_grad(gy2: Tensor, xb: Tensor, geo: _Geometry) -> Tensor:
     """``sum_n gy[n, k, r] * x'[n, k, t]`` -> ``(g, o, c)``.
 
     Tiny blocks (g=384 on ViT-B: 8x2) make a g-batched matmul slow, so ``q`` neighbouring blocks are
     multiplied densely together and the diagonal blocks kept: q times the (negligible) flops, but
     matmuls of a useful size (measured ~5x faster than the plain einsum on ViT-B shapes).
     """
-    n, out = gy2.shape
-    o, c = out // g, xb.shape[-1]
-    q = next((q for q in range(1, g + 1) if g % q == 0 and q * min(o, c) >= 16), g)
+    n = gy2.shape[0]
+    g, q, o, c = geo.g, geo.q, geo.o, geo.c
     big = torch.bmm(
         gy2.reshape(n, g // q, q * o).permute(1, 2, 0), xb.reshape(n, g // q, q * c).transpose(0, 1)
     )
@@ -138,48 +156,58 @@ def _block_grad(gy2: Tensor, xb: Tensor, g: int) -> Tensor:
     return diag.permute(0, 3, 1, 2).reshape(g, o, c)
 
 
-class _GroupedLinear(torch.autograd.Function):
-    """``y = x (W0 + sum_i s_i P_i(BD_i))^T + b``: the branches ride on the frozen layer's matmul.
+def _grouped(x2: Tensor, w: Tensor, geo: _Geometry) -> Tensor:
+    """``(N, in)`` -> ``(N, out)``: one branch alone, differentiable by autograd.
 
-    Backward: ``dx = dy W_eff`` (the frozen layer needs this matmul anyway), ``dw_i = s_i`` times
-    the block-diagonal part of ``dy^T x'``, never the dense ``dy^T x`` full fine-tuning pays for.
+    ``q`` blocks per matmul (``_block_diag_q``): a ``g``-batched matmul of ``c``-wide products
+    is slow (c=2 on the paper's setting), a few blocks together are matmuls of a useful size.
+    """
+    G, q = geo.g // geo.q, geo.q
+    xq = _blocks(x2, geo).reshape(-1, G, q * geo.c)
+    wq = _block_diag_q(w, geo)
+    if G == 1:
+        return F.linear(xq[:, 0], wq[0])
+    return (
+        torch.bmm(xq.transpose(0, 1), wq.transpose(1, 2)).transpose(0, 1).reshape(x2.shape[0], -1)
+    )
+
+
+class _Merged(torch.autograd.Function):
+    """``y = x (W0 + sum_i P_i(BD_i))^T + b``: the branches ride on the frozen layer's matmul.
+
+    Backward: ``dx = dy W_eff`` (the frozen layer needs this matmul anyway), ``dw_i`` the
+    block-diagonal part of ``dy^T x'`` (``_block_grad``), never the dense ``dy^T x`` full
+    fine-tuning pays for. Under autocast ``F.linear`` runs in the autocast dtype and the backward
+    computes in the incoming gradient's dtype, casting each gradient to its input's dtype.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, structure, scales, *ws):
-        ctx.save_for_backward(x, weight, *ws)
-        ctx.structure, ctx.scales = structure, scales
-        return F.linear(x, _merged_weight(weight, structure, scales, ws).to(x.dtype), bias)
+    def forward(ctx, x, weight, bias, geoms, *ws):
+        w_eff = weight
+        for geo, w in zip(geoms, ws, strict=True):
+            w_eff = w_eff + _dense(w, geo).to(weight.dtype)
+        ctx.geoms = geoms
+        ctx.save_for_backward(x, w_eff, *ws)
+        return F.linear(x, w_eff, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        x, weight, *ws = ctx.saved_tensors
+        x, w_eff, *ws = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gy2, x2 = gy.reshape(-1, weight.shape[0]), x.reshape(-1, weight.shape[1])
+        out, in_ = w_eff.shape
+        gy2, x2 = gy.reshape(-1, out), x.reshape(-1, in_).to(gy.dtype)
         gx = gw0 = gb = None
         if need[0]:
-            w_eff = _merged_weight(weight, ctx.structure, ctx.scales, ws)
             gx = (gy2 @ w_eff.to(gy.dtype)).view(x.shape).to(x.dtype)
         if need[1]:
-            gw0 = (gy2.T @ x2.to(gy.dtype)).to(weight.dtype)
+            gw0 = (gy2.T @ x2).to(w_eff.dtype)
         if need[2]:
-            gb = gy2.sum(0).to(weight.dtype)
-        gws = []
-        for i, (b, s, w) in enumerate(zip(ctx.structure, ctx.scales, ws, strict=True)):
-            if not need[5 + i] or s == 0:
-                gws.append(None)
-                continue
-            xb = _reorder(x2.to(gy.dtype), b.g, b.shuffle)
-            gws.append((_block_grad(gy2, xb, b.g) * s).to(w.dtype))
-        return gx, gw0, gb, None, None, *gws
-
-
-def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None, structure, scales, ws) -> Tensor:
-    """``x W0^T + b + sum_i s_i branch_i(x)``, computed as one matmul with the merged weight."""
-    if all(s == 0 for s in scales):
-        return F.linear(x, weight, bias)
-    return _GroupedLinear.apply(x, weight, bias, tuple(structure), tuple(scales), *ws)
+            gb = gy2.sum(0).to(w_eff.dtype)
+        gws = [
+            _block_grad(gy2, _blocks(x2, geo), geo).to(w.dtype) if need[4 + i] else None
+            for i, (geo, w) in enumerate(zip(ctx.geoms, ws, strict=True))
+        ]
+        return gx, gw0, gb, None, *gws
 
 
 class ConsolidatorLinear(nn.Module):
@@ -206,7 +234,12 @@ class ConsolidatorLinear(nn.Module):
             )
             for b in self.structure
         )
-        self.drop_paths = nn.ModuleList(DropPath(config.drop_path) for _ in self.structure)
+        # Everything structural is fixed here (python ints), so a forward builds no index tensors
+        # and torch.compile sees constants.
+        self.geoms = tuple(
+            _Geometry.of(b.g, out // b.g, in_ // b.g, b.shuffle) for b in self.structure
+        )
+        self.drop_path = float(config.drop_path)
         self.reset_branches()
 
     @torch.no_grad()
@@ -216,22 +249,19 @@ class ConsolidatorLinear(nn.Module):
             w.uniform_(-bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        ws = list(self.branches)
-        rates = [d.drop_prob if self.training else 0.0 for d in self.drop_paths]
-        if not any(rates):
-            return grouped_linear(x, self.weight, self.bias, self.structure, [1.0] * len(ws), ws)
-        # Per-sample DropPath: samples that keep the same branches share one merged weight, so each
-        # pattern of kept branches is one matmul (a kept branch is scaled by 1/keep, as timm does).
-        keep = torch.stack([torch.rand(x.shape[0], device=x.device) >= r for r in rates])
-        codes = sum(k.long() << i for i, k in enumerate(keep))
-        y = None
-        for code in codes.unique().tolist():
-            rows = (codes == code).nonzero().squeeze(1)
-            scales = [1.0 / (1.0 - r) if code >> i & 1 else 0.0 for i, r in enumerate(rates)]
-            part = grouped_linear(x[rows], self.weight, self.bias, self.structure, scales, ws)
-            if y is None:
-                y = part.new_empty(*x.shape[:-1], self.out_features)
-            y[rows] = part
+        if not (self.training and self.drop_path > 0):
+            return _Merged.apply(x, self.weight, self.bias, self.geoms, *self.branches)
+        # Per-sample DropPath on each branch's output (timm's rule: a kept branch is scaled by
+        # 1/keep), so samples need different weights and the branches cannot ride on W0's matmul:
+        # each is computed on its own, 1/g of a dense matmul, and added with its mask.
+        y = F.linear(x, self.weight, self.bias)
+        x2 = x.reshape(-1, self.in_features)
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        keep = 1.0 - self.drop_path
+        for geo, w in zip(self.geoms, self.branches, strict=True):
+            mask = torch.rand(shape, device=x.device) >= self.drop_path
+            part = _grouped(x2, w, geo).view(y.shape)
+            y = torch.addcmul(y, part, mask.to(part.dtype), value=1.0 / keep)
         return y
 
     def delta_weight(self) -> Tensor:
