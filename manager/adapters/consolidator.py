@@ -15,7 +15,7 @@ call, no data-dependent shapes: torch.compile sees one graph):
   a backward that keeps only the block-diagonal part of the weight gradient (``_Merged``). Its
   extra cost is building ``dW`` (weight-sized) and the block gradient (1/g of a dense matmul).
 * DropPath: samples need different weights, so ``F.linear(x, W0, b)`` plus each branch on its
-  own (``_grouped``), times its per-sample mask.
+  own, on the input times its per-sample mask (``_Masked``).
 """
 
 from __future__ import annotations
@@ -156,22 +156,6 @@ def _block_grad(gy2: Tensor, xb: Tensor, geo: _Geometry) -> Tensor:
     return diag.permute(0, 3, 1, 2).reshape(g, o, c)
 
 
-def _grouped(x2: Tensor, w: Tensor, geo: _Geometry) -> Tensor:
-    """``(N, in)`` -> ``(N, out)``: one branch alone, differentiable by autograd.
-
-    ``q`` blocks per matmul (``_block_diag_q``): a ``g``-batched matmul of ``c``-wide products
-    is slow (c=2 on the paper's setting), a few blocks together are matmuls of a useful size.
-    """
-    G, q = geo.g // geo.q, geo.q
-    xq = _blocks(x2, geo).reshape(-1, G, q * geo.c)
-    wq = _block_diag_q(w, geo)
-    if G == 1:
-        return F.linear(xq[:, 0], wq[0])
-    return (
-        torch.bmm(xq.transpose(0, 1), wq.transpose(1, 2)).transpose(0, 1).reshape(x2.shape[0], -1)
-    )
-
-
 class _Merged(torch.autograd.Function):
     """``y = x (W0 + sum_i P_i(BD_i))^T + b``: the branches ride on the frozen layer's matmul.
 
@@ -208,6 +192,87 @@ class _Merged(torch.autograd.Function):
             for i, (geo, w) in enumerate(zip(ctx.geoms, ws, strict=True))
         ]
         return gx, gw0, gb, None, *gws
+
+
+class _Masked(torch.autograd.Function):
+    """``y = x W0^T + b + sum_i m_i * branch_i(x)``, ``m_i`` a per-sample scale (DropPath).
+
+    Each branch is computed on its own (samples need different weights), ``q`` blocks per matmul
+    (``_block_diag_q``: a ``g``-batched matmul of ``c``-wide products is slow, c=2 in the paper's
+    setting), and accumulated straight into ``y`` by the matmul (``baddbmm_`` on a view): the
+    mask is applied to the input (``m x``), so no branch-sized output is written, read back and
+    added. Backward likewise reads ``dy`` once per branch matmul. Measured on CPU, a plain
+    autograd form (branch output, masked add, its backward) paid ~8 output-sized passes per
+    branch, more than the dense weight gradient full fine-tuning computes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, masks, geoms, *ws):
+        n_samples, in_ = x.shape[0], x.shape[-1]
+        x2 = x.reshape(-1, in_)
+        y = F.linear(x2, weight, bias)  # autocast decides the compute dtype here
+        for geo, m, w in zip(geoms, masks, ws, strict=True):
+            xq = _masked_blocks(x2, m, geo, n_samples, y.dtype)
+            G = geo.g // geo.q
+            wq = _block_diag_q(w, geo).to(y.dtype).transpose(1, 2)
+            yq = y.view(-1, G, geo.q * geo.o).transpose(0, 1)
+            if torch.compiler.is_compiling():
+                # Traced graphs are functional (in-place on a view is rewritten, and not always
+                # viewable back); the compiler fuses the add itself.
+                y = torch.baddbmm(yq, xq.transpose(0, 1), wq).transpose(0, 1).reshape(y.shape)
+            else:
+                yq.baddbmm_(xq.transpose(0, 1), wq)
+        ctx.geoms = geoms
+        ctx.save_for_backward(x, weight, masks, *ws)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, masks, *ws = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        n_samples, (out, in_) = x.shape[0], weight.shape
+        ct = gy.dtype
+        gy2, x2 = gy.reshape(-1, out), x.reshape(-1, in_)
+        gx = gw0 = gb = None
+        if need[0]:
+            gx = gy2 @ weight.to(ct)
+        if need[1]:
+            gw0 = (gy2.T @ x2.to(ct)).to(weight.dtype)
+        if need[2]:
+            gb = gy2.sum(0).to(weight.dtype)
+        gws = []
+        for i, (geo, m, w) in enumerate(zip(ctx.geoms, masks, ws, strict=True)):
+            G, q = geo.g // geo.q, geo.q
+            if need[5 + i]:
+                xq = _masked_blocks(x2, m, geo, n_samples, ct)
+                gws.append(_block_grad(gy2, xq, geo).to(w.dtype))
+            else:
+                gws.append(None)
+            if gx is not None:  # dx += m * P^T(BD^T dy), added through a view of dx
+                t = torch.bmm(
+                    gy2.view(-1, G, q * geo.o).transpose(0, 1), _block_diag_q(w, geo).to(ct)
+                ).transpose(0, 1)  # (N, G, q*c), blocks of the reordered input
+                mrow = m.to(ct).view(n_samples, 1, 1, 1)
+                if geo.shuffle:  # x'.view(c, g) is x.view(g, c) transposed
+                    t = t.reshape(n_samples, -1, geo.c, geo.g)
+                    dst = gx.view(n_samples, -1, geo.g, geo.c).transpose(2, 3)
+                else:
+                    t = t.reshape(n_samples, -1, G, q * geo.c)
+                    dst = gx.view(n_samples, -1, G, q * geo.c)
+                if torch.compiler.is_compiling():  # functional, as in forward
+                    gx = torch.addcmul(dst, t, mrow)
+                    gx = (gx.transpose(2, 3) if geo.shuffle else gx).reshape(-1, in_)
+                else:
+                    dst.addcmul_(t, mrow)
+        if gx is not None:
+            gx = gx.view(x.shape).to(x.dtype)
+        return gx, gw0, gb, None, None, *gws
+
+
+def _masked_blocks(x2: Tensor, m: Tensor, geo: _Geometry, n_samples: int, dtype) -> Tensor:
+    """``(N, g/q, q*c)``: the (reordered) input scaled by its sample's mask, ``q`` blocks a row."""
+    xm = (x2.view(n_samples, -1, x2.shape[-1]) * m.to(dtype).view(-1, 1, 1)).to(dtype)
+    return _blocks(xm.view(x2.shape), geo).reshape(x2.shape[0], geo.g // geo.q, -1)
 
 
 class ConsolidatorLinear(nn.Module):
@@ -252,17 +317,11 @@ class ConsolidatorLinear(nn.Module):
         if not (self.training and self.drop_path > 0):
             return _Merged.apply(x, self.weight, self.bias, self.geoms, *self.branches)
         # Per-sample DropPath on each branch's output (timm's rule: a kept branch is scaled by
-        # 1/keep), so samples need different weights and the branches cannot ride on W0's matmul:
-        # each is computed on its own, 1/g of a dense matmul, and added with its mask.
-        y = F.linear(x, self.weight, self.bias)
-        x2 = x.reshape(-1, self.in_features)
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        # 1/keep): one uniform per sample and branch, from the global generator, in branch order.
         keep = 1.0 - self.drop_path
-        for geo, w in zip(self.geoms, self.branches, strict=True):
-            mask = torch.rand(shape, device=x.device) >= self.drop_path
-            part = _grouped(x2, w, geo).view(y.shape)
-            y = torch.addcmul(y, part, mask.to(part.dtype), value=1.0 / keep)
-        return y
+        draws = torch.rand(len(self.geoms), x.shape[0], device=x.device)
+        masks = (draws >= self.drop_path).to(torch.float32) / keep
+        return _Masked.apply(x, self.weight, self.bias, masks, self.geoms, *self.branches)
 
     def delta_weight(self) -> Tensor:
         """Dense ``dW = sum_i P_i(BD_i)`` (out x in), float32 at least; offline use only."""
