@@ -203,31 +203,148 @@ def test_backward_reaches_branches():
     assert layer.weight.grad is None
 
 
-@pytest.mark.parametrize(
-    "branches", [((8, False),), ((4, True), (8, False)), ((3, True), (2, False))]
-)
-def test_training_kernel_matches_reference(branches):
-    """The merged-weight autograd path gives the reference branch sum's outputs and gradients."""
-    cfg = ConsolidatorConfig(tuple(Branch(g, s) for g, s in branches))
+# On a 96 x 48 weight: plain, reordered with a view (12s: g % c == 0; 2s: c % g == 0), reordered
+# without one (3s, 16s), several branches, nested and overlapping supports.
+KERNEL_STRUCTURES = [
+    ((8, False),),
+    ((12, True),),
+    ((2, True),),
+    ((4, True), (8, False)),
+    ((3, True), (2, False)),
+    ((16, True), (4, False), (4, True)),
+]
+
+
+def _reference(layer: ConsolidatorLinear, x: torch.Tensor, masks=None) -> torch.Tensor:
+    """``x W0^T + b + sum_i m_i branch_i(x)`` in the plain reference form."""
+    y = nn.functional.linear(x, layer.weight, layer.bias)
+    for i, (b, w) in enumerate(zip(layer.structure, layer.branches, strict=True)):
+        part = branch_forward(x, w, b.shuffle)
+        y = y + (part if masks is None else masks[i] * part)
+    return y
+
+
+def _kernel_layer(branches, drop_path: float) -> ConsolidatorLinear:
+    cfg = ConsolidatorConfig(tuple(Branch(g, s) for g, s in branches), drop_path=drop_path)
     torch.manual_seed(0)
     layer = ConsolidatorLinear(nn.Linear(48, 96), cfg).train()
     with torch.no_grad():
         for w in layer.branches:
-            w.normal_(0, 1e-2)
+            w.normal_(0, 1e-1)
     layer.weight.requires_grad_(False)
-    x = torch.randn(4, 5, 48, dtype=torch.float64).float().requires_grad_()
+    return layer
+
+
+def _outputs_and_grads(layer, x, y, gy):
+    params = [x, layer.bias, *layer.branches]
+    return [y, *torch.autograd.grad(y, params, gy)]
+
+
+@pytest.mark.parametrize("branches", KERNEL_STRUCTURES)
+@pytest.mark.parametrize("drop_path", [0.0, 0.5])
+def test_training_forms_match_reference(branches, drop_path):
+    """Both training forms (merged weight without DropPath, masked branches with it) give the
+    reference branch sum's outputs and gradients, and the merged weight ``W0 + dW``'s outputs."""
+    layer = _kernel_layer(branches, drop_path)
+    x = torch.randn(6, 5, 48).requires_grad_()
+    gy = torch.randn(6, 5, 96)
+    torch.manual_seed(3)
+    got = _outputs_and_grads(layer, x, layer(x), gy)
+    masks = None
+    if drop_path:  # the layer's own draw: one uniform per sample and branch, in branch order
+        torch.manual_seed(3)
+        keep = 1 - drop_path
+        masks = [(torch.rand(6, 1, 1) >= drop_path) / keep for _ in branches]
+        assert any(bool((m == 0).any()) for m in masks)  # some branch was dropped somewhere
+    want = _outputs_and_grads(layer, x, _reference(layer, x, masks), gy)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    if not drop_path:
+        merged = layer.weight + layer.delta_weight()
+        assert torch.allclose(got[0], nn.functional.linear(x, merged, layer.bias), atol=1e-6)
+    with torch.no_grad():  # eval: no masks, the merged form, whatever the rate
+        y_eval = layer.eval()(x)
+    assert torch.allclose(y_eval, _reference(layer, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("drop_path", [0.0, 0.2])
+def test_frozen_weight_gets_no_dense_gradient(drop_path):
+    """No backward matmul produces an ``out x in`` tensor: W0's gradient is never computed."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    layer = _kernel_layer(((8, False), (4, True)), drop_path)
+    x = torch.randn(4, 5, 48, requires_grad=True)
+
+    products = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in products:
+                self.seen.append(tuple(out.shape))
+            return out
+
+    y = layer(x)
+    with Shapes() as mode:
+        y.square().sum().backward()
+    assert mode.seen and (96, 48) not in mode.seen and (48, 96) not in mode.seen
+    assert layer.weight.grad is None and x.grad is not None and x.grad.abs().sum() > 0
+    # Unfrozen, the same layer does compute it (and correctly): the check above can fail.
+    layer.weight.requires_grad_(True)
+    torch.manual_seed(5)
+    layer(x).square().sum().backward()
+    torch.manual_seed(5)
+    ref_masks = None
+    if drop_path:
+        ref_masks = [(torch.rand(4, 1, 1) >= drop_path) / (1 - drop_path) for _ in range(2)]
+    ref = _reference(layer, x, ref_masks)
+    (want,) = torch.autograd.grad(ref.square().sum(), [layer.weight])
+    assert torch.allclose(layer.weight.grad, want, rtol=1e-5, atol=1e-5)
+
+
+def test_drop_path_keeps_the_expected_value_and_follows_the_seed():
+    layer = _kernel_layer(((8, False), (4, True)), 0.2)
+    x = torch.randn(1, 3, 48).expand(4000, 3, 48)  # one input, 4000 independent draws
+    with torch.no_grad():
+        torch.manual_seed(11)
+        y = layer(x)
+        torch.manual_seed(11)
+        assert torch.equal(layer(x), y)  # same global seed, same masks
+        assert not torch.equal(layer(x), y)  # the generator moved on
+        full = layer.eval()(x[:1])
+        base = nn.functional.linear(x[:1], layer.weight, layer.bias)
+    # Each branch is kept with p=0.8 and scaled by 1/0.8: the mean over draws is the full output.
+    branch_part = (full - base).abs().mean()
+    assert (y.mean(0, keepdim=True) - full).abs().mean() < 0.1 * branch_part
+    assert (y - full).abs().amax(dim=(1, 2)).max() > 0.5 * branch_part  # and draws do differ
+
+
+@pytest.mark.parametrize("drop_path", [0.0, 0.2])
+def test_bf16_autocast(drop_path):
+    """Under autocast the layer computes in bfloat16 (no forced float32), its parameters and their
+    gradients stay float32, and it agrees with float32 to bfloat16's precision."""
+    layer = _kernel_layer(((8, False), (3, True)), drop_path)
+    x = torch.randn(4, 5, 48, requires_grad=True)
     gy = torch.randn(4, 5, 96)
 
-    def grads(y):
-        params = [x, layer.bias, *layer.branches]
-        return [y, *torch.autograd.grad(y, params, gy)]
+    def run(autocast: bool):
+        torch.manual_seed(2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = layer(x)
+        return _outputs_and_grads(layer, x, y, gy.to(y.dtype))
 
-    got = grads(layer(x))
-    ref = nn.functional.linear(x, layer.weight, layer.bias)
-    for b, w in zip(layer.structure, layer.branches, strict=True):
-        ref = ref + branch_forward(x, w, b.shuffle)
-    for a, b in zip(got, grads(ref), strict=True):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    y16, *g16 = run(True)
+    y32, *g32 = run(False)
+    assert y16.dtype == torch.bfloat16 and y32.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in layer.parameters())
+    assert [g.dtype for g in g16] == [torch.float32] * len(g16)
+    assert (y16.float() - y32).abs().max() <= 2e-2 * y32.abs().max()
+    for a, b in zip(g16, g32, strict=True):
+        assert (a - b).abs().max() <= 3e-2 * b.abs().max()
 
 
 def test_drop_path_scales_kept_branches():

@@ -6,11 +6,16 @@ reorder of the input (view ``[g, in/g]``, transpose, flatten), and followed by p
 
     y = x W0^T + b + sum_i DropPath_i(branch_i(x))
 
-All branches are linear, so after training they fold into ``W0`` (see ``manager.delta``). They are
-linear during training too, so the forward is one matmul with ``W0 + sum_i P_i(BD_i)`` and the
-backward keeps only the block-diagonal part of the weight gradient (``_GroupedLinear``): close to
-the frozen backbone's own cost, well under full fine-tuning's. Per-sample DropPath groups the
-samples by the branches they keep, one matmul per group.
+All branches are linear, so after training they fold into ``W0`` (see ``manager.delta``).
+
+Training has two forms, both built from python ints fixed at construction (no index tensors per
+call, no data-dependent shapes: torch.compile sees one graph):
+
+* no DropPath (and eval): the branches ride on the frozen layer's matmul, ``x (W0 + dW)^T``, with
+  a backward that keeps only the block-diagonal part of the weight gradient (``_Merged``). Its
+  extra cost is building ``dW`` (weight-sized) and the block gradient (1/g of a dense matmul).
+* DropPath: samples need different weights, so ``F.linear(x, W0, b)`` plus each branch on its
+  own, on the input times its per-sample mask (``_Masked``).
 """
 
 from __future__ import annotations
@@ -21,16 +26,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import Tensor, nn
 
 from manager.delta.structure import (
     check_divisible,
     format_structure,
     parse_structure,
-    positions,
     scatter_branches,
-    support_view,
 )
 from manager.errors import MgrError
 
@@ -90,47 +92,63 @@ def branch_forward(x: Tensor, w: Tensor, shuffle: bool) -> Tensor:
     """One grouped connection on ``x (..., in)`` with weights ``w (g, o, c)`` -> ``(..., g*o)``.
 
     The reference form (tests, clarity): reorder = reshape/transpose, then a batched matmul over the
-    block view. Training uses ``grouped_linear`` instead, which is faster.
+    block view. Training uses the faster forms below; the tests hold them to this one.
     """
     g, o, c = w.shape
     lead = x.shape[:-1]
-    return torch.einsum("ngc,goc->ngo", _reorder(x.reshape(-1, g * c), g, shuffle), w).reshape(
-        *lead, g * o
-    )
+    xb = _blocks(x.reshape(-1, g * c), _Geometry.of(g, o, c, shuffle))
+    return torch.einsum("ngc,goc->ngo", xb, w).reshape(*lead, g * o)
 
 
-def _reorder(x2: Tensor, g: int, shuffle: bool) -> Tensor:
-    """``(N, in)`` -> ``(N, g, c)`` blocks of the (reordered) input."""
-    xb = x2.view(-1, g, x2.shape[-1] // g)
+@dataclass(frozen=True)
+class _Geometry:
+    """A branch's shapes, fixed at construction: ``g`` blocks of ``o x c``, ``q`` of them per
+    matmul where tiny blocks are multiplied a few at a time (see ``_block_grad``)."""
+
+    g: int
+    o: int
+    c: int
+    shuffle: bool
+    q: int
+
+    @classmethod
+    def of(cls, g: int, o: int, c: int, shuffle: bool) -> _Geometry:
+        q = next((q for q in range(1, g + 1) if g % q == 0 and q * min(o, c) >= 16), g)
+        return cls(g, o, c, shuffle, q)
+
+
+def _blocks(x2: Tensor, geo: _Geometry) -> Tensor:
+    """``(N, in)`` -> ``(N, g, c)`` blocks of the (reordered) input: a view unless reordered."""
+    xb = x2.view(-1, geo.g, geo.c)
     # x'[a*g + b] = x[b*c + a]: view [g, c], transpose to [c, g], flatten, regroup as [g, c].
-    return xb.transpose(1, 2).reshape(xb.shape) if shuffle else xb
+    return xb.transpose(1, 2).reshape(xb.shape) if geo.shuffle else xb
 
 
-def _merged_weight(weight: Tensor, structure, scales, ws) -> Tensor:
-    """``W0 + sum_i s_i P_i(BD_i)`` (dense, per forward: cheap next to the matmul it feeds)."""
-    w_eff = weight.detach().clone()
-    for b, s, w in zip(structure, scales, ws, strict=True):
-        if s == 0:
-            continue
-        view = support_view(w_eff, b.g, b.shuffle)
-        if view is not None:
-            view.add_(w.detach().view(view.shape), alpha=s)
-        else:
-            idx = positions(tuple(w_eff.shape), b.g, b.shuffle).to(w_eff.device)
-            w_eff.view(-1).index_add_(0, idx, w.detach().reshape(-1), alpha=s)
-    return w_eff
+def _dense(w: Tensor, geo: _Geometry) -> Tensor:
+    """``P(BD)`` as a dense ``out x in`` matrix, built from views alone (no index tensors)."""
+    g, o, c = geo.g, geo.o, geo.c
+    bd = torch.diag_embed(w.permute(1, 2, 0), dim1=0, dim2=2).reshape(g * o, g * c)
+    if geo.shuffle:  # column reorder: dW[:, b*c + a] = BD[:, a*g + b]
+        bd = bd.view(g * o, c, g).transpose(1, 2).reshape(g * o, g * c)
+    return bd
 
 
-def _block_grad(gy2: Tensor, xb: Tensor, g: int) -> Tensor:
+def _block_diag_q(w: Tensor, geo: _Geometry) -> Tensor:
+    """``(g/q, q*o, q*c)``: each run of ``q`` neighbouring blocks as one block-diagonal matrix."""
+    G, q, o, c = geo.g // geo.q, geo.q, geo.o, geo.c
+    wq = w.view(G, q, o, c).permute(0, 2, 3, 1)
+    return torch.diag_embed(wq, dim1=1, dim2=3).reshape(G, q * o, q * c)
+
+
+def _block_grad(gy2: Tensor, xb: Tensor, geo: _Geometry) -> Tensor:
     """``sum_n gy[n, k, r] * x'[n, k, t]`` -> ``(g, o, c)``.
 
     Tiny blocks (g=384 on ViT-B: 8x2) make a g-batched matmul slow, so ``q`` neighbouring blocks are
     multiplied densely together and the diagonal blocks kept: q times the (negligible) flops, but
     matmuls of a useful size (measured ~5x faster than the plain einsum on ViT-B shapes).
     """
-    n, out = gy2.shape
-    o, c = out // g, xb.shape[-1]
-    q = next((q for q in range(1, g + 1) if g % q == 0 and q * min(o, c) >= 16), g)
+    n = gy2.shape[0]
+    g, q, o, c = geo.g, geo.q, geo.o, geo.c
     big = torch.bmm(
         gy2.reshape(n, g // q, q * o).permute(1, 2, 0), xb.reshape(n, g // q, q * c).transpose(0, 1)
     )
@@ -138,48 +156,123 @@ def _block_grad(gy2: Tensor, xb: Tensor, g: int) -> Tensor:
     return diag.permute(0, 3, 1, 2).reshape(g, o, c)
 
 
-class _GroupedLinear(torch.autograd.Function):
-    """``y = x (W0 + sum_i s_i P_i(BD_i))^T + b``: the branches ride on the frozen layer's matmul.
+class _Merged(torch.autograd.Function):
+    """``y = x (W0 + sum_i P_i(BD_i))^T + b``: the branches ride on the frozen layer's matmul.
 
-    Backward: ``dx = dy W_eff`` (the frozen layer needs this matmul anyway), ``dw_i = s_i`` times
-    the block-diagonal part of ``dy^T x'``, never the dense ``dy^T x`` full fine-tuning pays for.
+    Backward: ``dx = dy W_eff`` (the frozen layer needs this matmul anyway), ``dw_i`` the
+    block-diagonal part of ``dy^T x'`` (``_block_grad``), never the dense ``dy^T x`` full
+    fine-tuning pays for. Under autocast ``F.linear`` runs in the autocast dtype and the backward
+    computes in the incoming gradient's dtype, casting each gradient to its input's dtype.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, structure, scales, *ws):
-        ctx.save_for_backward(x, weight, *ws)
-        ctx.structure, ctx.scales = structure, scales
-        return F.linear(x, _merged_weight(weight, structure, scales, ws).to(x.dtype), bias)
+    def forward(ctx, x, weight, bias, geoms, *ws):
+        w_eff = weight
+        for geo, w in zip(geoms, ws, strict=True):
+            w_eff = w_eff + _dense(w, geo).to(weight.dtype)
+        ctx.geoms = geoms
+        ctx.save_for_backward(x, w_eff, *ws)
+        return F.linear(x, w_eff, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        x, weight, *ws = ctx.saved_tensors
+        x, w_eff, *ws = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gy2, x2 = gy.reshape(-1, weight.shape[0]), x.reshape(-1, weight.shape[1])
+        out, in_ = w_eff.shape
+        gy2, x2 = gy.reshape(-1, out), x.reshape(-1, in_).to(gy.dtype)
         gx = gw0 = gb = None
         if need[0]:
-            w_eff = _merged_weight(weight, ctx.structure, ctx.scales, ws)
             gx = (gy2 @ w_eff.to(gy.dtype)).view(x.shape).to(x.dtype)
         if need[1]:
-            gw0 = (gy2.T @ x2.to(gy.dtype)).to(weight.dtype)
+            gw0 = (gy2.T @ x2).to(w_eff.dtype)
+        if need[2]:
+            gb = gy2.sum(0).to(w_eff.dtype)
+        gws = [
+            _block_grad(gy2, _blocks(x2, geo), geo).to(w.dtype) if need[4 + i] else None
+            for i, (geo, w) in enumerate(zip(ctx.geoms, ws, strict=True))
+        ]
+        return gx, gw0, gb, None, *gws
+
+
+class _Masked(torch.autograd.Function):
+    """``y = x W0^T + b + sum_i m_i * branch_i(x)``, ``m_i`` a per-sample scale (DropPath).
+
+    Each branch is computed on its own (samples need different weights), ``q`` blocks per matmul
+    (``_block_diag_q``: a ``g``-batched matmul of ``c``-wide products is slow, c=2 in the paper's
+    setting), and accumulated straight into ``y`` by the matmul (``baddbmm_`` on a view): the
+    mask is applied to the input (``m x``), so no branch-sized output is written, read back and
+    added. Backward likewise reads ``dy`` once per branch matmul. Measured on CPU, a plain
+    autograd form (branch output, masked add, its backward) paid ~8 output-sized passes per
+    branch, more than the dense weight gradient full fine-tuning computes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, masks, geoms, *ws):
+        n_samples, in_ = x.shape[0], x.shape[-1]
+        x2 = x.reshape(-1, in_)
+        y = F.linear(x2, weight, bias)  # autocast decides the compute dtype here
+        for geo, m, w in zip(geoms, masks, ws, strict=True):
+            xq = _masked_blocks(x2, m, geo, n_samples, y.dtype)
+            G = geo.g // geo.q
+            wq = _block_diag_q(w, geo).to(y.dtype).transpose(1, 2)
+            yq = y.view(-1, G, geo.q * geo.o).transpose(0, 1)
+            if torch.compiler.is_compiling():
+                # Traced graphs are functional (in-place on a view is rewritten, and not always
+                # viewable back); the compiler fuses the add itself.
+                y = torch.baddbmm(yq, xq.transpose(0, 1), wq).transpose(0, 1).reshape(y.shape)
+            else:
+                yq.baddbmm_(xq.transpose(0, 1), wq)
+        ctx.geoms = geoms
+        ctx.save_for_backward(x, weight, masks, *ws)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, masks, *ws = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        n_samples, (out, in_) = x.shape[0], weight.shape
+        ct = gy.dtype
+        gy2, x2 = gy.reshape(-1, out), x.reshape(-1, in_)
+        gx = gw0 = gb = None
+        if need[0]:
+            gx = gy2 @ weight.to(ct)
+        if need[1]:
+            gw0 = (gy2.T @ x2.to(ct)).to(weight.dtype)
         if need[2]:
             gb = gy2.sum(0).to(weight.dtype)
         gws = []
-        for i, (b, s, w) in enumerate(zip(ctx.structure, ctx.scales, ws, strict=True)):
-            if not need[5 + i] or s == 0:
+        for i, (geo, m, w) in enumerate(zip(ctx.geoms, masks, ws, strict=True)):
+            G, q = geo.g // geo.q, geo.q
+            if need[5 + i]:
+                xq = _masked_blocks(x2, m, geo, n_samples, ct)
+                gws.append(_block_grad(gy2, xq, geo).to(w.dtype))
+            else:
                 gws.append(None)
-                continue
-            xb = _reorder(x2.to(gy.dtype), b.g, b.shuffle)
-            gws.append((_block_grad(gy2, xb, b.g) * s).to(w.dtype))
+            if gx is not None:  # dx += m * P^T(BD^T dy), added through a view of dx
+                t = torch.bmm(
+                    gy2.view(-1, G, q * geo.o).transpose(0, 1), _block_diag_q(w, geo).to(ct)
+                ).transpose(0, 1)  # (N, G, q*c), blocks of the reordered input
+                mrow = m.to(ct).view(n_samples, 1, 1, 1)
+                if geo.shuffle:  # x'.view(c, g) is x.view(g, c) transposed
+                    t = t.reshape(n_samples, -1, geo.c, geo.g)
+                    dst = gx.view(n_samples, -1, geo.g, geo.c).transpose(2, 3)
+                else:
+                    t = t.reshape(n_samples, -1, G, q * geo.c)
+                    dst = gx.view(n_samples, -1, G, q * geo.c)
+                if torch.compiler.is_compiling():  # functional, as in forward
+                    gx = torch.addcmul(dst, t, mrow)
+                    gx = (gx.transpose(2, 3) if geo.shuffle else gx).reshape(-1, in_)
+                else:
+                    dst.addcmul_(t, mrow)
+        if gx is not None:
+            gx = gx.view(x.shape).to(x.dtype)
         return gx, gw0, gb, None, None, *gws
 
 
-def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None, structure, scales, ws) -> Tensor:
-    """``x W0^T + b + sum_i s_i branch_i(x)``, computed as one matmul with the merged weight."""
-    if all(s == 0 for s in scales):
-        return F.linear(x, weight, bias)
-    return _GroupedLinear.apply(x, weight, bias, tuple(structure), tuple(scales), *ws)
+def _masked_blocks(x2: Tensor, m: Tensor, geo: _Geometry, n_samples: int, dtype) -> Tensor:
+    """``(N, g/q, q*c)``: the (reordered) input scaled by its sample's mask, ``q`` blocks a row."""
+    xm = (x2.view(n_samples, -1, x2.shape[-1]) * m.to(dtype).view(-1, 1, 1)).to(dtype)
+    return _blocks(xm.view(x2.shape), geo).reshape(x2.shape[0], geo.g // geo.q, -1)
 
 
 class ConsolidatorLinear(nn.Module):
@@ -206,7 +299,12 @@ class ConsolidatorLinear(nn.Module):
             )
             for b in self.structure
         )
-        self.drop_paths = nn.ModuleList(DropPath(config.drop_path) for _ in self.structure)
+        # Everything structural is fixed here (python ints), so a forward builds no index tensors
+        # and torch.compile sees constants.
+        self.geoms = tuple(
+            _Geometry.of(b.g, out // b.g, in_ // b.g, b.shuffle) for b in self.structure
+        )
+        self.drop_path = float(config.drop_path)
         self.reset_branches()
 
     @torch.no_grad()
@@ -216,23 +314,17 @@ class ConsolidatorLinear(nn.Module):
             w.uniform_(-bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        ws = list(self.branches)
-        rates = [d.drop_prob if self.training else 0.0 for d in self.drop_paths]
-        if not any(rates):
-            return grouped_linear(x, self.weight, self.bias, self.structure, [1.0] * len(ws), ws)
-        # Per-sample DropPath: samples that keep the same branches share one merged weight, so each
-        # pattern of kept branches is one matmul (a kept branch is scaled by 1/keep, as timm does).
-        keep = torch.stack([torch.rand(x.shape[0], device=x.device) >= r for r in rates])
-        codes = sum(k.long() << i for i, k in enumerate(keep))
-        y = None
-        for code in codes.unique().tolist():
-            rows = (codes == code).nonzero().squeeze(1)
-            scales = [1.0 / (1.0 - r) if code >> i & 1 else 0.0 for i, r in enumerate(rates)]
-            part = grouped_linear(x[rows], self.weight, self.bias, self.structure, scales, ws)
-            if y is None:
-                y = part.new_empty(*x.shape[:-1], self.out_features)
-            y[rows] = part
-        return y
+        if not (self.training and self.drop_path > 0):
+            # The merged form whenever all samples share the weights: measured faster than the
+            # masked form with an all-ones mask (bench/consolidator_layer.py, dp 0 vs dp 0.2 rows),
+            # since the branches add no pass over the activations at all.
+            return _Merged.apply(x, self.weight, self.bias, self.geoms, *self.branches)
+        # Per-sample DropPath on each branch's output (timm's rule: a kept branch is scaled by
+        # 1/keep): one uniform per sample and branch, from the global generator, in branch order.
+        keep = 1.0 - self.drop_path
+        draws = torch.rand(len(self.geoms), x.shape[0], device=x.device)
+        masks = (draws >= self.drop_path).to(torch.float32) / keep
+        return _Masked.apply(x, self.weight, self.bias, masks, self.geoms, *self.branches)
 
     def delta_weight(self) -> Tensor:
         """Dense ``dW = sum_i P_i(BD_i)`` (out x in), float32 at least; offline use only."""
