@@ -47,12 +47,14 @@ def home(tmp_path: Path) -> Path:
 class CLI:
     """Runs the real `mgr` in a subprocess against one home."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, **env: str):
         self.home = home
+        self.extra = env  # e.g. MGR_DB_URL: set for every command
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
-        env.update({"MGR_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}, **extra)
+        env.update({"MGR_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}, **self.extra)
+        env.update(extra)
         return env
 
     def __call__(self, *args: str, ok: bool = True, timeout: float = 600, **env: str):
@@ -132,6 +134,5 @@ def db_url(request, tmp_path: Path) -> str:
     """A catalog URL on each back-end: the `home` fixture's SQLite file, then a fresh PostgreSQL
     database."""
     if request.param == "sqlite":
-        (tmp_path / "mgr-home").mkdir(exist_ok=True)
         return f"sqlite:///{tmp_path / 'mgr-home' / 'catalog.db'}"
     return request.getfixturevalue("pg_url")
