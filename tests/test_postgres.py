@@ -25,7 +25,7 @@ from switch_helpers import fork_server, one_thread  # noqa: F401
 
 from manager.catalog import open_catalog, reservations, tasks
 from manager.catalog.db import PG_WRITE_LOCK
-from manager.catalog.models import AdapterVersion, Budget, Event, Reservation, Task
+from manager.catalog.models import Budget, Event, Reservation, Task
 from manager.errors import MgrError
 from manager.home import Home
 
@@ -53,7 +53,7 @@ def test_cli_end_to_end_on_both_backends(db_url: str, tmp_path: Path) -> None:
         "--weights", "random", "--budget", "5MB")  # fmt: skip
     mgr("task", "add", "spare", "--dataset", "synthetic", "--backbone", TINY_SPEC)
     assert sorted(t["name"] for t in mgr("task", "list", "--json").json()) == ["shapes", "spare"]
-    assert "set to 50.00 MB" in mgr("budget", "set", "50MB").stdout
+    assert "set to 50.0 MB" in mgr("budget", "set", "50MB").stdout
     assert mgr("budget", "show", "--json").json()["global"]["max_bytes"] == 50_000_000
 
     trained = mgr("train", "shapes", "--epochs", "1", "--batch-size", "48", "--json").json()
@@ -218,14 +218,17 @@ def test_three_homes_train_against_a_budget_for_one(pg_url: str, tmp_path: Path)
         assert "reserved by running trainings" in err and "epoch" not in err, err
         assert not (homes[n] / "runs" / n).exists()
     assert "epoch 3/3" in done[winners[0]].stderr
+    # Every artifact and W0 went to the shared root, none into a home.
+    shared = tmp_path / "shared"
+    assert (shared / "artifacts" / winners[0] / "v1.safetensors").is_file()
+    assert len(list((shared / "backbones").glob("*.safetensors"))) == 1
+    assert not any((h / "artifacts").exists() or (h / "backbones").exists() for h in homes.values())
     cat = open_catalog(Home(first), url=pg_url)
     try:
         with cat.session(write=False) as s:
             assert s.scalars(select(Reservation)).all() == []
-            numbers = s.scalars(
-                select(AdapterVersion.number).join(Task).where(Task.name.in_(homes))
-            )
-            assert list(numbers) == [1]
+            counts = {n: len(tasks.get_task(s, n).versions) for n in homes}
+            assert sorted(counts.values()) == [0, 0, 1]
     finally:
         cat.close()
 

@@ -94,4 +94,6 @@ def downgrade() -> None:
     with op.batch_alter_table("deployment") as batch:
         batch.drop_constraint("uq_deployment_host", type_="unique")
         batch.drop_column("host")
-        batch.create_check_constraint("single_row", "id = 1")
+        # The naming convention prefixes this name again, as in 0001: the constraint gets 0002's
+        # name back ("ck_deployment_ck_deployment_single_row"), which upgrade() drops by.
+        batch.create_check_constraint("ck_deployment_single_row", "id = 1")
