@@ -2,7 +2,9 @@
 
 Configured from code (``manager.catalog.migrate.alembic_config``); there is no alembic.ini.
 When the config carries an engine (``config.attributes["engine"]``) it is used as is, so
-SQLite gets the same WAL / busy-timeout / BEGIN IMMEDIATE hooks as the rest of mgr.
+SQLite gets the same WAL / busy-timeout / BEGIN IMMEDIATE hooks as the rest of mgr, and
+PostgreSQL its writers' advisory lock: a migration is one write transaction that no other writer
+interleaves with.
 """
 
 from __future__ import annotations

@@ -47,12 +47,14 @@ def home(tmp_path: Path) -> Path:
 class CLI:
     """Runs the real `mgr` in a subprocess against one home."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, **env: str):
         self.home = home
+        self.extra = env  # e.g. MGR_DB_URL: set for every command
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
-        env.update({"MGR_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}, **extra)
+        env.update({"MGR_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}, **self.extra)
+        env.update(extra)
         return env
 
     def __call__(self, *args: str, ok: bool = True, timeout: float = 600, **env: str):
@@ -98,3 +100,39 @@ def assert_clean_error(proc: subprocess.CompletedProcess) -> None:
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") or lines[0].startswith("Error: "), lines[0]
+
+
+# -- PostgreSQL: one server per session, a fresh database per test (tests/pg.py) ------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for the session; skipped where none can run, unless required."""
+    from pg import REQUIRE_ENV, PgServer, find_bindir, missing_reason, reap_leftovers
+
+    reason = missing_reason()
+    if reason is not None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    reap_leftovers()
+    server = PgServer(find_bindir())
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a fresh, empty database on the session's server."""
+    return pg_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> str:
+    """A catalog URL on each back-end: the `home` fixture's SQLite file, then a fresh PostgreSQL
+    database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'mgr-home' / 'catalog.db'}"
+    return request.getfixturevalue("pg_url")

@@ -1,4 +1,4 @@
-"""Catalog operations in process, on a real SQLite file."""
+"""Catalog operations in process, on a real SQLite file and on a real PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
 
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
 
 @pytest.fixture
-def catalog(home: Path, monkeypatch):
-    monkeypatch.delenv("MGR_DB_URL", raising=False)
-    cat = open_catalog(Home(home))
+def catalog(home: Path, db_url: str):
+    """A fresh catalog on each back-end (``db_url``: SQLite, then PostgreSQL)."""
+    cat = open_catalog(Home(home), url=db_url)
     yield cat
     cat.close()
 
@@ -51,6 +53,7 @@ def _version(s, task, home: Home, size: int, **kw) -> AdapterVersion:
     )
 
 
+@SQLITE_ONLY
 def test_sqlite_connection_settings(catalog) -> None:
     with catalog.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -58,6 +61,7 @@ def test_sqlite_connection_settings(catalog) -> None:
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
 
 
+@SQLITE_ONLY
 def test_write_sessions_begin_immediate(catalog, home: Path) -> None:
     """A write session holds the write lock from its first statement, readers still read."""
     other = sqlite3.connect(home / "catalog.db", timeout=0, isolation_level=None)

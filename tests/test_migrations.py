@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -65,3 +66,98 @@ def test_db_commands_and_home_resolution(mgr: CLI, home: Path, tmp_path: Path) -
         mgr.json("--home", str(other), "db", "current", MGR_DB_URL=url)["revision"]
         == head_revision()
     )
+
+
+def test_postgres_head_base_head(pg_url: str) -> None:
+    """The same round trip on a real PostgreSQL database, models and migrations in agreement."""
+    engine = make_engine(pg_url)
+    try:
+        assert current_revision(engine) is None
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+        assert _diff(engine) == []
+        with engine.begin() as conn:  # a second host's row gets a fresh id (the id sequence)
+            conn.exec_driver_sql(
+                "INSERT INTO deployment (host, state, updated_at) VALUES ('b', 'idle', now())"
+            )
+            ids = conn.exec_driver_sql("SELECT id, host FROM deployment ORDER BY id").all()
+            assert ids == [(1, ""), (2, "b")]
+        downgrade(engine, "base")
+        assert current_revision(engine) is None
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        upgrade(engine, "head")
+        assert _diff(engine) == []
+    finally:
+        engine.dispose()
+
+
+# -- upgrading a populated catalog from revision 0002 ----------------------------------------------
+
+TABLES = ("backbones", "tasks", "adapter_versions", "budgets", "events", "reservations")
+
+
+def _schema(engine) -> dict[str, tuple]:
+    """Every table's columns and the names of its keys, constraints and indexes."""
+    insp = inspect(engine)
+    out = {}
+    for t in insp.get_table_names():
+        out[t] = (
+            sorted((c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(t)),
+            insp.get_pk_constraint(t)["name"],
+            sorted(str(c["name"]) for c in insp.get_unique_constraints(t)),
+            sorted(str(c["name"]) for c in insp.get_check_constraints(t)),
+            sorted(str(c["name"]) for c in insp.get_foreign_keys(t)),
+            sorted(str(c["name"]) for c in insp.get_indexes(t)),
+        )
+    return out
+
+
+def _rows(engine, columns: dict[str, list[str]]) -> dict[str, list[tuple]]:
+    """Each table's rows, in the given columns (0002's: the upgrade adds some)."""
+    with engine.connect() as conn:
+        return {
+            t: conn.exec_driver_sql(f"SELECT {', '.join(columns[t])} FROM {t} ORDER BY 1").all()
+            for t in TABLES
+        }
+
+
+def test_populated_catalog_upgrades_from_0002(tmp_path: Path, tmp_path_factory) -> None:
+    """A home with trained versions, budgets, history and a live deployment, its catalog at the
+    schema of revision 0002 (the single deployment row): the first command after the upgrade
+    keeps every row, the home claims the deployment, and what was live is still live."""
+    from switch_helpers import copy_home, fork_server, template_home
+
+    home = copy_home(template_home(tmp_path_factory.getbasetemp()), tmp_path / "home")
+    srv = fork_server()
+    srv.run(home, "switch", "shapes")
+    srv.run(home, "budget", "set", "20MB")
+    url = f"sqlite:///{home / 'catalog.db'}"
+    engine = make_engine(url)
+    fresh = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        downgrade(engine, "0002")
+        upgrade(fresh, "0002")
+        assert _schema(engine) == _schema(fresh)  # exactly 0002's schema, with the home's data
+        columns = {t: [c["name"] for c in inspect(engine).get_columns(t)] for t in TABLES}
+        before = _rows(engine, columns)
+        for table in ("backbones", "tasks", "adapter_versions", "budgets", "events"):
+            assert before[table], table
+        with engine.connect() as conn:
+            dep = conn.exec_driver_sql("SELECT id, state, version_id FROM deployment").all()
+        assert len(dep) == 1 and dep[0][:2] == (1, "idle") and dep[0][2] is not None
+    finally:
+        engine.dispose()
+        fresh.dispose()
+
+    status = srv.run(home, "status", "--json").json()  # migrates on first use
+    assert (status["task"], status["version"], status["verified"]) == ("shapes", 1, True)
+    assert srv.run(home, "db", "current").stdout.strip() == f"{head_revision()} (head)"
+    engine = make_engine(url)
+    try:
+        assert _rows(engine, columns) == before  # every row kept, untouched
+        with engine.connect() as conn:
+            dep = conn.exec_driver_sql("SELECT id, host, version_id FROM deployment").all()
+        assert dep == [(1, f"{socket.gethostname()}:{home.resolve()}", dep[0][2])]
+    finally:
+        engine.dispose()
+    assert srv.run(home, "verify", "--json").json()["ok"] is True

@@ -17,12 +17,15 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
 from manager.catalog.db import (
+    check_reachable,
     damaged_message,
     inspect_sqlite_file,
+    is_connection_error,
     is_damage,
     make_engine,
     session_scope,
     sqlite_file,
+    unreachable_message,
 )
 from manager.catalog.migrate import ensure_current
 from manager.errors import MgrError
@@ -75,7 +78,8 @@ def open_catalog(
 
     Creates the home and, with `migrate`, brings the database to the newest revision. A damaged
     SQLite file is reported and never written to; an empty or missing one next to artifacts or
-    live files (a lost catalog) is refused unless `allow_lost` (``mgr db init --force``).
+    live files (a lost catalog) is refused unless `allow_lost` (``mgr db init --force``). A server
+    that cannot be reached (PostgreSQL) is reported in one line, its password hidden.
     """
     home.ensure()
     url = url or home.db_url
@@ -85,12 +89,20 @@ def open_catalog(
         if state != "ok" and not allow_lost:
             _refuse_if_lost(home, path, state)
     engine = make_engine(url)
-    if migrate:
-        try:
+    try:
+        if path is None:
+            check_reachable(engine)
+        if migrate:
             ensure_current(engine, Store.of(home))
-        except DatabaseError as exc:
-            engine.dispose()
-            if is_damage(exc):
-                raise MgrError(damaged_message(path or engine.url, exc)) from None
-            raise MgrError(f"cannot open the catalog at {engine.url!r}: {exc.orig}") from exc
+    except DatabaseError as exc:
+        engine.dispose()
+        if is_damage(exc):
+            raise MgrError(damaged_message(path or engine.url, exc)) from None
+        if is_connection_error(exc):
+            raise MgrError(unreachable_message(engine, exc)) from None
+        reason = " ".join(str(exc.orig).split())
+        raise MgrError(f"cannot open the catalog at {engine.url!r}: {reason}") from exc
+    except BaseException:
+        engine.dispose()
+        raise
     return Catalog(home, engine)

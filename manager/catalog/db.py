@@ -1,10 +1,17 @@
-"""Engines and sessions for the catalog, with SQLite set up for several processes at once.
+"""Engines and sessions for the catalog: one writer at a time, on SQLite and on PostgreSQL.
 
 SQLite: WAL (readers never block the writer), a 30 s busy timeout (a second `mgr` waits
 instead of failing with "database is locked"), foreign keys on, and write transactions that
 start with ``BEGIN IMMEDIATE``. pysqlite's own deferred BEGIN takes the write lock only at the
 first write, so two processes that both read first deadlock on the lock upgrade and one fails
 at once, busy timeout or not (SQLAlchemy's "sqlite_transactions" recipe: we emit BEGIN ourselves).
+
+PostgreSQL (a catalog shared by several machines): the same one-writer model. Every write
+transaction starts with ``pg_advisory_xact_lock`` on one key, held until it commits or rolls back,
+so a budget pre-check and the row it guards cannot interleave with another writer's, exactly as
+under SQLite's write lock; under READ COMMITTED every statement after the lock sees every write
+committed before it. Read transactions take no lock and run REPEATABLE READ: one snapshot, as a
+SQLite read transaction has. ``postgresql://`` URLs use psycopg 3.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from manager.errors import MgrError
@@ -26,6 +33,11 @@ from manager.errors import MgrError
 BUSY_TIMEOUT_MS = 30_000
 # Execution option read by the "begin" hook: "IMMEDIATE" (default, for writers) or "DEFERRED".
 BEGIN_OPTION = "mgr_sqlite_begin"
+
+# PostgreSQL advisory lock keys (per database): the writers' lock, and the migration lock.
+PG_WRITE_LOCK = 0x6D67_7277_7269_7465  # "mgrwrite"
+PG_MIGRATE_LOCK = 0x6D67_726D_6967_7261  # "mgrmigra"
+PG_CONNECT_TIMEOUT_S = 10
 
 
 def _is_memory(url_database: str | None) -> bool:
@@ -142,24 +154,100 @@ def _on_sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _on_pg_begin(conn: Any) -> None:
+    if conn.get_execution_options().get(BEGIN_OPTION, "IMMEDIATE") == "IMMEDIATE":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
 def make_engine(url: str) -> Engine:
-    """An engine for any SQLAlchemy URL; SQLite ones get WAL, busy timeout, FKs, BEGIN IMMEDIATE."""
+    """An engine for any SQLAlchemy URL; SQLite ones get WAL, busy timeout, FKs, BEGIN IMMEDIATE;
+    PostgreSQL ones psycopg 3 and the writers' advisory lock."""
     try:
         parsed = make_url(url)
-        if parsed.get_backend_name() != "sqlite":
+        backend = parsed.get_backend_name()
+        if backend == "postgresql":
+            if parsed.drivername == "postgresql":  # SQLAlchemy's default would be psycopg2
+                parsed = parsed.set(drivername="postgresql+psycopg")
+            args = (
+                {}
+                if "connect_timeout" in parsed.query
+                else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+            )
+            engine = create_engine(parsed, connect_args=args)
+            event.listen(engine, "begin", _on_pg_begin)
+            return engine
+        if backend != "sqlite":
             return create_engine(parsed)
         engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
-        raise MgrError(f"bad catalog URL {url!r}: {exc}") from exc
+        raise MgrError(f"bad catalog URL {_shown(url)}: {exc}") from exc
     memory = _is_memory(parsed.database)
     event.listen(engine, "connect", lambda c, r: _on_sqlite_connect(c, r, memory))
     event.listen(engine, "begin", _on_sqlite_begin)
     return engine
 
 
+def _shown(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return repr(url)
+
+
 def reader(engine: Engine) -> Engine:
-    """The same engine, but its SQLite transactions start deferred (shared, read-only use)."""
+    """The same engine for shared, read-only use: SQLite transactions start deferred, PostgreSQL
+    ones take no lock and see one snapshot (REPEATABLE READ)."""
+    if is_postgres(engine):
+        return engine.execution_options(
+            isolation_level="REPEATABLE READ", **{BEGIN_OPTION: "DEFERRED"}
+        )
     return engine.execution_options(**{BEGIN_OPTION: "DEFERRED"})
+
+
+def _pg_reason(exc: BaseException) -> str:
+    """The useful part of a psycopg connection error, on one line ("connection refused")."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    text = text.removeprefix("connection failed: ")
+    if " failed: " in text:
+        text = text.rsplit(" failed: ", 1)[1]
+    text = " ".join(text.replace("FATAL:", "").split())
+    return text[:1].lower() + text[1:]
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether a PostgreSQL error says the server cannot be reached (or was lost), not a query's
+    fault: no SQLSTATE (a client-side failure), class 08 (connection), 57P (shut down), 28 (auth),
+    3D000 (no such database)."""
+    orig = getattr(exc, "orig", None)
+    if not isinstance(exc, DBAPIError) or not type(orig).__module__.startswith("psycopg"):
+        return False
+    state = getattr(orig, "sqlstate", None)
+    if state is None:
+        return type(orig).__name__ == "OperationalError"
+    return state.startswith(("08", "57P", "28")) or state == "3D000"
+
+
+def unreachable_message(engine: Engine, exc: BaseException) -> str:
+    """``cannot reach the catalog at <url, password hidden>: <reason>``."""
+    url = engine.url.set(drivername=engine.url.get_backend_name())
+    return (
+        f"cannot reach the catalog at {url.render_as_string(hide_password=True)}: {_pg_reason(exc)}"
+    )
+
+
+def check_reachable(engine: Engine) -> None:
+    """Connect once (the pool keeps the connection); MgrError in one line if that fails."""
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        if is_connection_error(exc):
+            raise MgrError(unreachable_message(engine, exc)) from None
+        raise
 
 
 @contextmanager
@@ -175,6 +263,10 @@ def session_scope(engine: Engine, write: bool = True) -> Iterator[Session]:
         with factory() as session, session.begin():
             yield session
     except DatabaseError as exc:
+        if is_postgres(engine):
+            if is_connection_error(exc):  # the server went away (or restarted) mid-command
+                raise MgrError(unreachable_message(engine, exc)) from None
+            raise
         # A file damaged while in use (or by another program) is not a bug in mgr.
         if is_damage(exc):
             where = sqlite_file(engine.url.render_as_string(hide_password=False))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
-from manager.catalog.db import reader
+from manager.catalog.db import BEGIN_OPTION, PG_MIGRATE_LOCK, is_postgres, reader
 from manager.errors import MgrError
 from manager.store.fs import Store
 
@@ -61,14 +63,36 @@ def downgrade(engine: Engine, revision: str) -> None:
     command.downgrade(alembic_config(engine), revision)
 
 
-def ensure_current(engine: Engine, store: Store) -> None:
-    """Migrate to head on first use; safe when several processes start at the same moment.
+@contextmanager
+def migration_lock(engine: Engine, store: Store) -> Iterator[None]:
+    """One migrator at a time: a file lock in the home for SQLite; for PostgreSQL, whose catalog
+    other machines share, a session-level advisory lock on the server, held on its own
+    connection while the migration runs on others."""
+    if not is_postgres(engine):
+        with store.lock(store.migrate_lock_file):
+            yield
+        return
+    options = {"isolation_level": "AUTOCOMMIT", BEGIN_OPTION: "DEFERRED"}  # not a writer
+    with engine.connect().execution_options(**options) as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATE_LOCK})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_MIGRATE_LOCK})
 
-    The check and the upgrade run under one file lock, so a fresh home is migrated by exactly
-    one process while the others wait and then find it current.
+
+def ensure_current(engine: Engine, store: Store) -> None:
+    """Migrate to head on first use; safe when several processes (or machines, sharing a
+    PostgreSQL catalog) start at the same moment.
+
+    A current catalog costs one read. Otherwise the check and the upgrade run under the
+    migration lock, so a fresh catalog is migrated by exactly one process while the others wait
+    and then find it current.
     """
     head = head_revision()
-    with store.lock(store.migrate_lock_file):
+    if current_revision(engine) == head:
+        return
+    with migration_lock(engine, store):
         current = current_revision(engine)
         if current == head:
             return

@@ -67,5 +67,6 @@ def event_dict(e: Event) -> dict[str, Any]:
         "kind": e.kind,
         "task": e.task_name,
         "version_id": e.version_id,
+        "host": e.host,
         "details": e.details,
     }

@@ -1,7 +1,9 @@
 """Materialised backbones: W0 written once under the home and recorded with its hash.
 
-A backbone is written once under ``<home>/backbones/`` as safetensors and recorded with its
-content hash, byte size and ``st_mtime_ns``, so W0 is always on local disk and checkable. A switch
+A backbone is written once under ``<home>/backbones/`` (``<artifact root>/backbones/`` when
+``MGR_ARTIFACT_ROOT`` is set, so every machine sharing the catalog finds the same W0) as
+safetensors and recorded with its content hash, byte size and ``st_mtime_ns``, so W0 is always on
+disk and checkable. A switch
 reads a few tensors of W0 and must not hash the whole file each time: `checked_backbone_file`
 compares size and mtime with the record (two syscalls) and re-hashes only when they differ.
 

@@ -5,8 +5,15 @@ use; anything that does not land under the home (or a configured artifact root) 
 `MgrError`, so a planted symlink or a catalog row such as ``../victim`` can never make ``mgr``
 write or delete outside. Paths read from the catalog are relative and go through `Store.resolve`.
 
-Temporary files carry their writer's pid (``.<name>.tmp-<pid>-<rnd>``, ``.pending-<pid>-<rnd>``),
-which is how `mgr gc` tells a running writer's file from an orphan left by a killed one.
+``MGR_ARTIFACT_ROOT`` (a folder every machine of a shared catalog mounts at its own path) holds
+``artifacts/`` and ``backbones/`` instead of the home, and catalog paths are relative to it, so
+one machine's ``artifacts/pets/v3.safetensors`` and W0 are found by every other one; each home
+keeps its own ``live/``, ``runs/`` and ``cache/``.
+
+Temporary files carry their writer's pid and machine (``.<name>.tmp-<pid>@<host>-<rnd>``,
+``.pending-<pid>@<host>-<rnd>.safetensors``, ``<host>`` a short hash of the host name), which is
+how `mgr gc` tells a running writer's file from an orphan left by a killed one: by the pid on this
+machine, by age (`FOREIGN_TEMP_TTL_S`) for another machine's file in a shared artifact root.
 
 No other module calls ``unlink``, ``rmtree``, ``os.replace``, ``open(..., "w")`` and the like on a
 home path; ``tests/test_layout.py`` checks that. The one exception to confinement is output the
@@ -18,10 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import secrets
 import shutil
+import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +42,48 @@ from manager.home import Home
 
 ARTIFACT_ROOT_ENV = "MGR_ARTIFACT_ROOT"
 
-# ".<name>.tmp-<pid>-<rnd>" (atomic writes) and ".pending-<pid>-<rnd>.safetensors" (a trainer's
-# artifact before it has a version number).
-_TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
-_PENDING = re.compile(r"^\.pending-(\d+)-[0-9a-f]+\.safetensors$")
+# Another machine's temporary file in a shared artifact root cannot be checked by pid: it is an
+# orphan once this old (a write takes seconds; a pending artifact lives for one transaction).
+FOREIGN_TEMP_TTL_S = 24 * 3600
+
+# ".<name>.tmp-<pid>@<host>-<rnd>" (atomic writes) and ".pending-<pid>@<host>-<rnd>.safetensors"
+# (a trainer's artifact before it has a version number); "@<host>" is absent from older names.
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)(?:@([0-9a-f]+))?-[0-9a-f]+$")
+_PENDING = re.compile(r"^\.pending-(\d+)(?:@([0-9a-f]+))?-[0-9a-f]+\.safetensors$")
+
+
+def host_tag() -> str:
+    """This machine in temporary file names: 8 hex digits of its host name's hash."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_match(path: str | os.PathLike[str]) -> re.Match[str] | None:
+    name = Path(path).name
+    return _TEMP.match(name) or _PENDING.match(name)
 
 
 def temp_owner(path: str | os.PathLike[str]) -> int | None:
     """The pid that owns a temporary file of ours (by its name), else None."""
-    name = Path(path).name
-    m = _TEMP.match(name) or _PENDING.match(name)
+    m = _temp_match(path)
     return int(m.group(1)) if m else None
+
+
+def temp_writer_alive(path: str | os.PathLike[str]) -> bool:
+    """Whether the writer of a temporary file of ours may still be running.
+
+    This machine's (or an untagged, older name): its pid exists. Another machine's: the file is
+    younger than `FOREIGN_TEMP_TTL_S` (its pid means nothing here).
+    """
+    m = _temp_match(path)
+    if m is None:
+        return False
+    if m.group(2) is None or m.group(2) == host_tag():
+        return pid_alive(int(m.group(1)))
+    try:
+        age = time.time() - os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return False
+    return age < FOREIGN_TEMP_TTL_S
 
 
 def pid_alive(pid: int) -> bool:
@@ -72,7 +113,7 @@ def _replacing(
 ) -> Iterator[Path]:
     """A temporary file beside ``dest``: fsynced and renamed over it on success, else removed.
     ``recheck`` re-confines the destination just before the rename."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}@{host_tag()}-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
     try:
@@ -107,7 +148,7 @@ class Store:
 
     @classmethod
     def of(cls, home: Home) -> Store:
-        """The home's store; ``MGR_ARTIFACT_ROOT`` adds a shared folder artifacts may live in."""
+        """The home's store; ``MGR_ARTIFACT_ROOT`` moves artifacts and backbones to that folder."""
         extra = os.environ.get(ARTIFACT_ROOT_ENV)
         return cls(home, Path(extra).expanduser().resolve() if extra else None)
 
@@ -117,10 +158,18 @@ class Store:
     def root(self) -> Path:
         return Path(os.path.realpath(self.home.root))
 
+    @property
+    def data_root(self) -> Path:
+        """Where ``artifacts/`` and ``backbones/`` live and catalog paths start: the artifact
+        root if one is set, else the home."""
+        if self.artifact_root is None:
+            return self.root
+        return Path(os.path.realpath(self.artifact_root))
+
     def _roots(self) -> list[Path]:
         roots = [self.root]
         if self.artifact_root is not None:
-            roots.append(Path(os.path.realpath(self.artifact_root)))
+            roots.append(self.data_root)
         return roots
 
     def confine(self, path: str | os.PathLike[str]) -> Path:
@@ -134,26 +183,44 @@ class Store:
             f"{self.root} (a symbolic link or a bad catalog path?)"
         )
 
+    def _data_root_name(self) -> str:
+        return "the home" if self.artifact_root is None else f"the artifact root {self.data_root}"
+
     def resolve(self, rel: str) -> Path:
-        """An absolute, confined path from a path recorded in the catalog (relative, no '..')."""
+        """An absolute, confined path from a path recorded in the catalog (relative to the data
+        root, no '..')."""
         p = Path(rel) if isinstance(rel, str) and rel else None
         if p is None or p.is_absolute() or ".." in p.parts or "\x00" in rel:
-            raise MgrError(f"the catalog holds a bad path {rel!r}: it must be relative to the home")
-        return self.confine(self.root / p)
+            raise MgrError(
+                f"the catalog holds a bad path {rel!r}: it must be relative to "
+                f"{self._data_root_name()}"
+            )
+        return self.confine(self.data_root / p)
 
     def rel(self, path: str | os.PathLike[str]) -> str:
-        """``path`` relative to the home, as the catalog records it (POSIX separators)."""
-        return self.confine(path).relative_to(self.root).as_posix()
+        """``path`` relative to the data root, as the catalog records it (POSIX separators)."""
+        real = self.confine(path)
+        if real != self.data_root and self.data_root not in real.parents:
+            raise MgrError(
+                f"{real} is not under {self._data_root_name()}: the catalog cannot record it"
+            )
+        return real.relative_to(self.data_root).as_posix()
+
+    def shown(self, path: str | os.PathLike[str]) -> str:
+        """``path`` for reports: relative to the home when under it, else absolute (a file in
+        the artifact root); either way ``store.root / shown`` is the path again."""
+        p = Path(path)
+        return p.relative_to(self.root).as_posix() if self.root in p.parents else str(p)
 
     # -- where things live ---------------------------------------------------------------------
 
     @property
     def artifacts(self) -> Path:
-        return self.root / "artifacts"
+        return self.data_root / "artifacts"
 
     @property
     def backbones(self) -> Path:
-        return self.root / "backbones"
+        return self.data_root / "backbones"
 
     @property
     def runs(self) -> Path:
@@ -176,7 +243,7 @@ class Store:
 
     def pending_artifact(self, task: str) -> Path:
         """A fresh name for a trainer's artifact before it is numbered (owned by this pid)."""
-        name = f".pending-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
+        name = f".pending-{os.getpid()}@{host_tag()}-{secrets.token_hex(4)}.safetensors"
         return self.confine(self.artifacts / task / name)
 
     def run_dir(self, task: str) -> Path:

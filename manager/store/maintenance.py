@@ -7,8 +7,9 @@ Who owns a file under the home's managed folders:
 * ``backbones/*.safetensors``: its backbone row;
 * ``runs/<task>/``: the task (its training checkpoint), while the task exists;
 * ``live/backbone.safetensors``, ``live/head.safetensors``, ``live/.lock``: the deployment;
-* a temporary file (``.<name>.tmp-<pid>-<rnd>``, ``.pending-<pid>-<rnd>.safetensors``, in any
-  of these folders or at the top of the home): its writer, while that process runs.
+* a temporary file (``.<name>.tmp-<pid>@<host>-<rnd>``, ``.pending-<pid>@<host>-<rnd>.safetensors``,
+  in any of these folders or at the top of the home): its writer, while that process runs (another
+  machine's, in a shared artifact root: for a day, ``fs.FOREIGN_TEMP_TTL_S``).
 
 Anything else there is a leftover: a file of a removed task left by a kill after ``task remove``
 committed, a killed writer's temporary file, a file of a deleted version, a stray file. ``mgr gc``
@@ -44,7 +45,7 @@ from manager.catalog.models import (
 )
 from manager.errors import MgrError
 from manager.home import Home
-from manager.store.fs import Store, pid_alive, temp_owner
+from manager.store.fs import Store, temp_owner, temp_writer_alive
 
 
 class LiveCheck(Protocol):
@@ -90,7 +91,7 @@ class RecordedFile:
 class Leftover:
     """A file under the home that no catalog row or running process owns."""
 
-    path: str  # relative to the home
+    path: str  # relative to the home (absolute when in the artifact root: `Store.shown`)
     bytes: int
     reason: str
 
@@ -172,14 +173,14 @@ def find_leftovers(store: Store, inv: Inventory) -> list[Leftover]:
     out: list[Leftover] = []
 
     def add(p: Path, reason: str) -> None:
-        out.append(Leftover(p.relative_to(root).as_posix(), _size(p), reason))
+        out.append(Leftover(store.shown(p), _size(p), reason))
 
     def temp(p: Path) -> bool:
         """True if ``p`` is a temporary file (a dead writer's is recorded as a leftover)."""
         pid = temp_owner(p)
         if pid is None:
             return False
-        if not pid_alive(pid):
+        if not temp_writer_alive(p):
             add(p, f"temporary file of a writer that died (pid {pid})")
         return True
 
@@ -474,8 +475,7 @@ def verify_all(home: Home, catalog: Catalog, live: LiveCheck) -> VerifyReport:
         versions.append(FileCheck(f.rel, f.bytes, status, detail, task=task, version=int(number)))
     disk_bytes = 0
     for p in _walk(store.artifacts, store):
-        pid = temp_owner(p)
-        if pid is not None and pid_alive(pid):
+        if temp_owner(p) is not None and temp_writer_alive(p):
             continue  # a running writer's: not ours to count yet
         disk_bytes += _size(p)
     return VerifyReport(versions, backbones, leftovers, catalog_bytes, disk_bytes, live)

@@ -34,6 +34,13 @@ def upgrade() -> None:
         batch.alter_column("host", server_default=None, existing_type=sa.String(length=255))
     with op.batch_alter_table("events") as batch:
         batch.add_column(sa.Column("host", sa.String(length=255), nullable=True))
+    if op.get_bind().dialect.name == "postgresql":
+        # Row 1 was inserted with its id, which left the id sequence behind: the next host's row
+        # would get id 1 again.
+        op.execute(
+            "SELECT setval(pg_get_serial_sequence('deployment', 'id'), coalesce(max(id), 1), "
+            "max(id) IS NOT NULL) FROM deployment"
+        )
 
     op.create_table(
         "aliases",
@@ -87,4 +94,6 @@ def downgrade() -> None:
     with op.batch_alter_table("deployment") as batch:
         batch.drop_constraint("uq_deployment_host", type_="unique")
         batch.drop_column("host")
-        batch.create_check_constraint("single_row", "id = 1")
+        # The naming convention prefixes this name again, as in 0001: the constraint gets 0002's
+        # name back ("ck_deployment_ck_deployment_single_row"), which upgrade() drops by.
+        batch.create_check_constraint("ck_deployment_single_row", "id = 1")
