@@ -39,10 +39,12 @@ def _register() -> None:
         gc,
         history,
         predict,
+        promote,
         serve,
         status,
         storage,
         switch,
+        tag,
         task,
         train,
         verify,
@@ -53,6 +55,8 @@ def _register() -> None:
         main.add_command(module.command)
     for module in (switch, predict, serve, status, verify, gc):
         main.add_command(module.command)
+    for command in (promote.promote, promote.rollback, tag.alias, tag.tag):
+        main.add_command(command)
 
 
 _register()
