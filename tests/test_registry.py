@@ -307,6 +307,13 @@ def test_history_at_says_what_was_live_and_who_was_champion(home: Path) -> None:
     assert "digits@2" in text and "pets3: champion v" in text
     everywhere = js(home, "history", "--at", "0s", "--all-hosts")
     assert [x["version"] for x in everywhere["live"]] == ["pets3@2"]
-    proc = CLI(home)("history", "--at", "last tuesday", ok=False)
-    assert_clean_error(proc)
-    assert "bad time" in proc.stderr
+    only = js(home, "history", "--at", "0s", "--task", "pets3")["champions"]
+    assert [(c["task"], c["version"]) for c in only] == [("pets3", 1)]
+    for args, needle in [
+        (("--at", "last tuesday"), "bad time"),
+        (("--at", "0s", "--limit", "3"), "one or the other"),
+        (("--all-hosts",), "goes with --at"),
+    ]:
+        proc = CLI(home)("history", *args, ok=False)
+        assert_clean_error(proc)
+        assert needle in proc.stderr
