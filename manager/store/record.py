@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from manager.catalog import Catalog, budgets, events, reservations, tasks, versions
 from manager.catalog.aliases import PROMOTION_REFUSED, PromotionDecision
-from manager.catalog.models import Task
+from manager.catalog.models import AdapterVersion, Task
 from manager.delta.delta import Delta
 from manager.delta.structure import format_structure
 from manager.errors import MgrError
@@ -108,7 +110,7 @@ def record_version(
 
 
 def _apply_promotion(
-    s: Any, task: Task, version: Any, promote: bool | PromotionDecision
+    s: Session, task: Task, version: AdapterVersion, promote: bool | PromotionDecision
 ) -> dict[str, Any]:
     """Promote or not, as decided; a gate's decision (either way) goes into the history."""
     if not isinstance(promote, PromotionDecision):
