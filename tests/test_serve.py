@@ -310,7 +310,10 @@ def test_bad_inputs_get_a_4xx_with_one_line_and_the_server_stays_up(server, imag
 def test_a_version_promoted_elsewhere_is_served_by_the_next_request(server, home, images) -> None:
     before = send(server, "shapes", images[:2], as_json=False)
     assert before["answered"] == "shapes@1"
-    fork_server().run(home, "train", "shapes", "--epochs", "1", "--batch-size", "48", "--seed", "7")
+    fork_server().run(
+        home, "train", "shapes", "--epochs", "1", "--batch-size", "48", "--seed", "7",
+        "--promote", "always",
+    )  # fmt: skip
     after = send(server, "shapes", images[:2], as_json=False)
     assert after["answered"] == "shapes@2"
     old = send(server, "shapes@1", images[:2], as_json=True)  # an explicit version still answers

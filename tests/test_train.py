@@ -35,7 +35,10 @@ def add_task(mgr, name: str, dataset: str = SMALL, *extra: str) -> None:
 def test_every_method_records_a_version_with_true_bytes(mgr, home):
     add_task(mgr, "shapes")
     for method in METHODS:
-        out = mgr.json("train", "shapes", "--method", method, "--epochs", "1", "--batch-size", "32")
+        out = mgr.json(
+            "train", "shapes", "--method", method, "--epochs", "1", "--batch-size", "32",
+            "--promote", "always",
+        )  # fmt: skip
         assert out["method"] == method
         path = Path(out["path"])
         assert path.is_file() and path.parent == home / "artifacts" / "shapes"

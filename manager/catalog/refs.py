@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from manager.catalog import tasks, versions
-from manager.catalog.models import VERSION_READY, AdapterVersion, Backbone
+from manager.catalog import aliases, tasks, versions
+from manager.catalog.models import VERSION_READY, AdapterVersion, Backbone, Task
 from manager.errors import MgrError
+from manager.names import CHAMPION, Selector, parse_selector
 
 
 @dataclass(frozen=True)
@@ -66,17 +67,34 @@ class BackboneRef:
         return cls(row.id, row.spec, row.content_hash, row.path, row.bytes, row.file_mtime_ns)
 
 
-def resolve_version(s: Session, task_name: str, number: int | None) -> VersionRef:
-    """The task's version ``number`` (None: its active version), which must be ready."""
+def select_version(s: Session, task: Task, selector: Selector) -> AdapterVersion:
+    """The version ``selector`` names: a number, an alias name (``"champion"``: the active
+    version; ``"3"``/``"v3"`` read as numbers) or None (the champion). Any status."""
+    if isinstance(selector, str):
+        selector = parse_selector(selector, task.name)
+    if selector is None:
+        selector = CHAMPION
+    if isinstance(selector, str):
+        return aliases.lookup_alias(s, task, selector)
+    return versions.get_version(s, task, selector)
+
+
+def resolve_version(s: Session, task_name: str, selector: Selector) -> VersionRef:
+    """The task's version ``selector`` (int | alias str | None: its champion), which must be
+    ready. Every command that takes ``TASK[@VERSION|@ALIAS]`` resolves it here."""
     task = tasks.get_task(s, task_name)
-    if number is None:
-        v = task.active_version
-        if v is None:
-            raise MgrError(f"task {task_name!r} has no active version; train it first")
-    else:
-        v = versions.get_version(s, task, number)
+    if selector is None and task.active_version is None:
+        raise MgrError(f"task {task_name!r} has no active version; train it first")
+    v = select_version(s, task, selector)
     if v.status != VERSION_READY:
         raise MgrError(f"version {v.number} of {task_name!r} is {v.status}")
     if task.backbone_id is None:
         raise MgrError(f"task {task_name!r} is not bound to a backbone (never trained)")
     return VersionRef.of(v)
+
+
+def version_number(s: Session, task_name: str, selector: Selector) -> int | None:
+    """``selector`` as a version number (None stays None: the champion when it is used)."""
+    if selector is None or isinstance(selector, int):
+        return selector
+    return select_version(s, tasks.get_task(s, task_name), selector).number

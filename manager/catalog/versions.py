@@ -76,8 +76,15 @@ def get_version(s: Session, task: Task, number: int) -> AdapterVersion:
     return v
 
 
-def promote(s: Session, task: Task, version: AdapterVersion) -> None:
-    """Make `version` the task's active version and record ``promoted``."""
+def promote(
+    s: Session, task: Task, version: AdapterVersion, *, reason: str = "manual", **details: Any
+) -> int | None:
+    """Make `version` the task's champion (its active version) and record ``promoted``.
+
+    ``reason`` says who decided ("manual", "gate", "always", "first version"); ``details`` (the
+    gate's scores, split and margin) go into the event as they are. Returns the previous
+    champion's number.
+    """
     if version.task_id != task.id:
         raise MgrError(f"version {version.number} does not belong to task {task.name!r}")
     if version.status != VERSION_READY:
@@ -92,4 +99,8 @@ def promote(s: Session, task: Task, version: AdapterVersion) -> None:
         version_id=version.id,
         number=version.number,
         previous=previous,
+        alias="champion",
+        reason=reason,
+        **details,
     )
+    return previous

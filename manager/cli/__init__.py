@@ -40,10 +40,12 @@ def _register() -> None:
         gc,
         history,
         predict,
+        promote,
         serve,
         status,
         storage,
         switch,
+        tag,
         task,
         train,
         verify,
@@ -54,6 +56,8 @@ def _register() -> None:
         main.add_command(module.command)
     for module in (switch, predict, serve, status, verify, gc, export):
         main.add_command(module.command)
+    for command in (promote.promote, promote.rollback, tag.alias, tag.tag):
+        main.add_command(command)
 
 
 _register()

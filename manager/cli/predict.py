@@ -19,8 +19,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
     "--task",
     "target",
     type=VersionRefType(),
-    metavar="TASK[@VERSION]",
-    help="Switch the live files to this task first if another one is live.",
+    metavar="TASK[@VERSION|@ALIAS]",
+    help="Switch the live files to this task (or version, or alias) first if another is live.",
 )
 @click.option("--top-k", type=Int64(1), default=5, show_default=True)
 @device_option
@@ -97,17 +97,19 @@ def _local(
 ) -> tuple[str, int, list]:
     """The live files' model in this process: (task, version, predictions)."""
     from manager.catalog.deployment import get_deployment
+    from manager.catalog.refs import version_number
     from manager.cli.switch import describe
     from manager.device import resolve_device
-    from manager.names import parse_version_ref
+    from manager.names import parse_version_selector
     from manager.switch.live import switch_live
     from manager.switch.serve import load_live_model, predict_images, read_images
 
     # Every image is decoded first: a bad one must not switch the live files or load a model.
     decoded = read_images(images, max_pixels)
     if target is not None:
-        task, number = parse_version_ref(target)
+        task, selector = parse_version_selector(target)
         with app.session(write=False) as s:
+            number = version_number(s, task, selector)  # an alias names a number now
             live = get_deployment(s, app.home.host).version
             same = live is not None and live.task.name == task
             same = same and (number is None or live.number == number)

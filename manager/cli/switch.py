@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 @click.command("switch")
-@click.argument("target", required=False, type=VersionRefType(), metavar="TASK[@VERSION]")
+@click.argument("target", required=False, type=VersionRefType(), metavar="TASK[@VERSION|@ALIAS]")
 @click.option("--none", "to_none", is_flag=True, help="Serve the backbone alone (no task live).")
 @click.option(
     "--repair", is_flag=True, help="Rebuild the live files from W0 (alone: for what is live now)."
@@ -35,16 +35,22 @@ def command(app: App, target: str | None, to_none: bool, repair: bool, as_json: 
     Examples:
       mgr switch pets          # pets' active version
       mgr switch pets@2        # a given version
+      mgr switch pets@candidate   # the version an alias points at ('mgr alias list pets')
       mgr switch --none        # the backbone alone
       mgr switch --repair      # rebuild the live files (e.g. after 'mgr status' says NO)
     """
-    from manager.names import parse_version_ref
+    from manager.catalog.refs import version_number
+    from manager.names import parse_version_selector
 
     if target is not None and to_none:
         raise MgrError("name one TASK[@VERSION], or --none for the backbone alone, not both")
     if target is None and not to_none and not repair:
         raise MgrError("name one TASK[@VERSION], or --none for the backbone alone")
-    task, number = parse_version_ref(target) if target is not None else (None, None)
+    task, selector = parse_version_selector(target) if target is not None else (None, None)
+    number = None
+    if task is not None and selector is not None:  # an alias names a number now
+        with app.session(write=False) as s:
+            number = version_number(s, task, selector)
     from manager.switch.live import repair_live, switch_live
 
     if repair and target is None and not to_none:

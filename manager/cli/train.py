@@ -109,10 +109,28 @@ METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full
 )
 @click.option("--resume", is_flag=True, help="Continue from the task's last epoch checkpoint.")
 @click.option(
-    "--no-promote",
-    is_flag=True,
-    help="Keep the task's active version; do not make the new one active.",
+    "--promote",
+    "promote_mode",
+    type=click.Choice(["gate", "always", "never"]),
+    default="gate",
+    show_default=True,
+    help="When the new version becomes the champion (the active version): 'gate' only if it "
+    "beats the champion's top-1 by --gate-margin on the validation split (test where training "
+    "used val); 'always'; 'never'. A task's first version always does.",
 )
+@click.option(
+    "--gate-margin",
+    type=FiniteFloat(-100, 100),
+    default=0.0,
+    show_default=True,
+    help="Points of top-1 the new version must gain over the champion (negative: may lose).",
+)
+@click.option(
+    "--gate-split",
+    type=click.Choice(["val", "test", "train", "trainval"]),
+    help="Compare on this split. [default: val; test where training used val]",
+)
+@click.option("--no-promote", is_flag=True, help="Same as --promote never.")
 @json_option
 @pass_app
 def command(
@@ -137,6 +155,9 @@ def command(
     resume: bool,
     train_split: str | None,
     eval_split: str,
+    promote_mode: str,
+    gate_margin: float,
+    gate_split: str | None,
     no_promote: bool,
     as_json: bool,
 ) -> None:
@@ -152,6 +173,7 @@ def command(
       mgr train flowers102 --epochs 20
       mgr train pets --groups 96,96s --drop-path 0.5
       mgr train pets --method lora --lr 3e-3
+      mgr train pets --promote always      # skip the gate: the new version becomes champion
     """
     # Cheap checks before the heavy imports, so a typo fails in a fraction of a second.
     budget_bytes = parse_size(budget) if budget is not None else None
@@ -194,7 +216,9 @@ def command(
         resume=resume,
         fit_budget=fit_budget,
         budget_bytes=budget_bytes,
-        promote=not no_promote,
+        promote="never" if no_promote else promote_mode,
+        gate_margin=gate_margin,
+        gate_split=gate_split,
         train_split=train_split,
         eval_split=eval_split,
         progress=progress,
@@ -212,6 +236,7 @@ def command(
                 "metrics": out.metrics,
                 "seconds": round(out.seconds, 1),
                 "path": str(out.path),
+                "promotion": out.promotion,
             }
         )
         return
@@ -227,6 +252,10 @@ def command(
         f"{m['train_images_per_s']:.0f} img/s in {out.seconds:.0f} s\n"
         f"  artifact {out.path}"
     )
+    if out.promotion is not None:
+        from manager.cli.promote import describe_promotion
+
+        click.echo(describe_promotion(out.number, out.promotion))
 
 
 def _epoch_lines(event: StepEvent | EpochEvent) -> None:

@@ -164,14 +164,15 @@ class _Validated(click.ParamType):
 
 
 class VersionRefType(_Validated):
-    """``TASK`` or ``TASK@VERSION`` (``TASK@vN`` too), checked by `parse_version_ref`."""
+    """``TASK``, ``TASK@VERSION`` (``TASK@vN`` too) or ``TASK@ALIAS``, checked by
+    `parse_version_selector` (whether the alias exists is the catalog's to say)."""
 
-    name = "TASK[@VERSION]"
+    name = "TASK[@VERSION|@ALIAS]"
 
     def check(self, text: str) -> None:
-        from manager.names import parse_version_ref
+        from manager.names import parse_version_selector
 
-        parse_version_ref(text)
+        parse_version_selector(text)
 
 
 class Groups(_Validated):

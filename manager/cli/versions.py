@@ -33,6 +33,12 @@ def command(app: App, task: str, as_json: bool) -> None:
         t = task_ops.get_task(s, task)
         active = t.active_version.number if t.active_version else None
         rows = [{**version_dict(v), "active": v.number == active} for v in t.versions]
+        # Aliases (champion = active) and tags of each version.
+        from manager.catalog.aliases import aliases_by_version, tags_by_version
+
+        named, tagged = aliases_by_version(s, t), tags_by_version(s, t)
+        for v, row in zip(t.versions, rows, strict=True):
+            row.update(aliases=named.get(v.id, []), tags=tagged.get(v.id, []))
     if as_json:
         echo_json(rows)
         return
@@ -49,8 +55,10 @@ def command(app: App, task: str, as_json: bool) -> None:
         "top-5 %",
         "bytes",
         "status",
+        "aliases",
+        "tags",
         "created",
-        title=f"{task}: adapter versions (* = active)",
+        title=f"{task}: adapter versions (* = active, the champion)",
     )
     for v in rows:
         m = v["metrics"] or {}
@@ -63,6 +71,8 @@ def command(app: App, task: str, as_json: bool) -> None:
             _pct(m.get("top5")),
             size,
             v["status"],
+            ",".join(v["aliases"]) or "-",
+            ",".join(v["tags"]) or "-",
             (v["created_at"] or "")[:19],
         )
     console().print(table)

@@ -29,12 +29,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from manager.catalog import Catalog, tasks, versions
+from manager.catalog import Catalog, tasks
 from manager.catalog.deployment import get_deployment
 from manager.catalog.models import VERSION_READY
-from manager.catalog.refs import VersionRef
+from manager.catalog.refs import VersionRef, select_version
 from manager.errors import MgrError
-from manager.names import parse_version_ref
+from manager.names import parse_version_selector
 from manager.serve.engine import Engine
 from manager.serve.metrics import Metrics
 from manager.serve.scheduler import Job, Result, Scheduler, ServeError
@@ -105,21 +105,18 @@ def resolve(catalog: Catalog, target: str | None) -> tuple[VersionRef, list[str]
             task = v.task
         else:
             try:
-                name, number = parse_version_ref(target)
+                name, selector = parse_version_selector(target)
             except MgrError as exc:
                 raise ServeError(400, str(exc)) from None
             task = tasks.find_task(s, name)
             if task is None:
                 raise ServeError(404, f"unknown task {name!r}")
-            if number is None:
-                v = task.active_version
-                if v is None:
-                    raise ServeError(404, f"task {name!r} has no active version")
-            else:
-                try:
-                    v = versions.get_version(s, task, number)
-                except MgrError as exc:
-                    raise ServeError(404, str(exc)) from None
+            if selector is None and task.active_version is None:
+                raise ServeError(404, f"task {name!r} has no active version")
+            try:  # a number, or an alias ("pets@champion", "pets@candidate")
+                v = select_version(s, task, selector)
+            except MgrError as exc:
+                raise ServeError(404, str(exc)) from None
         if v.status != VERSION_READY:
             raise ServeError(409, f"version {v.number} of {task.name!r} is {v.status}")
         if task.backbone_id is None:
@@ -148,7 +145,7 @@ def _task(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ServeError(400, "task must be a string: 'name' or 'name@version'")
+        raise ServeError(400, "task must be a string: 'name', 'name@version' or 'name@alias'")
     return value
 
 
@@ -253,7 +250,7 @@ PREDICT_DOC = {
                     "required": ["images"],
                     "properties": {
                         "task": {"type": "string", "example": "pets@3",
-                                 "description": "name or name@version; default: the live task"},
+                                 "description": "name, name@version or name@alias; default: live"},
                         "images": {"type": "array", "items": {"type": "string",
                                    "format": "byte"}, "description": "base64 image files"},
                         "top_k": {"type": "integer", "default": 5, "minimum": 1},

@@ -39,6 +39,7 @@ from manager.catalog.models import (
     VERSION_DELETED,
     VERSION_READY,
     AdapterVersion,
+    Alias,
     Backbone,
     Deployment,
     Task,
@@ -297,7 +298,8 @@ def collect_garbage(
     """Delete all but the newest ``keep`` versions of each task (or of ``task``), and every file
     under the home that nothing owns (see the module docstring).
 
-    Always kept besides: a task's active version and the deployment's live and pending ones.
+    Always kept besides: a task's active version, versions an alias names, and every host's live
+    and pending ones.
     Rows are marked deleted in one transaction and their files removed after it commits: a crash
     in between leaves files of deleted rows, which the next gc removes, never a ready row without
     its file. That transaction serialises with a switch's step (a), which re-checks that its
@@ -325,6 +327,9 @@ def collect_garbage(
         for dep in s.scalars(select(Deployment)):
             in_use.setdefault(dep.pending_version_id, "pending")
             in_use[dep.version_id] = "live"
+        # A version an alias names (pets@candidate) is kept: the alias would point at nothing.
+        for vid, name in s.execute(select(Alias.version_id, Alias.name).order_by(Alias.name)):
+            in_use.setdefault(vid, f"alias {name}")
         chosen = [tasks.get_task(s, task)] if task is not None else tasks.list_tasks(s)
         for t in chosen:
             ready = sorted(

@@ -53,6 +53,7 @@ class TrainOutcome:
     metrics: dict[str, float]
     seconds: float
     path: Path
+    promotion: dict[str, Any] | None = None  # the gate's decision (see manager.train.gate)
 
 
 @dataclass(frozen=True)
@@ -211,13 +212,20 @@ def train_task(
     resume: bool = False,
     fit_budget: bool = False,
     budget_bytes: int | None = None,
-    promote: bool = True,
+    promote: bool | str = "gate",
+    gate_margin: float = 0.0,
+    gate_split: str | None = None,
     train_split: str | None = None,
     eval_split: str = EVAL_SPLIT,
     progress: ProgressFn | None = None,
     log: Callable[[str], Any] = print,
 ) -> TrainOutcome:
-    """Train ``task_name``'s adapter and record it as a new version (see the module docstring)."""
+    """Train ``task_name``'s adapter and record it as a new version (see the module docstring).
+
+    ``promote``: ``"gate"`` (the champion changes only if the new version beats it by
+    ``gate_margin`` points on ``gate_split``, see ``manager.train.gate``), ``"always"``,
+    ``"never"``; True and False mean always and never.
+    """
     from manager.datasets.transforms import data_config
 
     t0 = time.perf_counter()
@@ -261,6 +269,15 @@ def train_task(
             progress=progress,
         )
         hyper = {**cfg.to_json(), "img_size": data_config(model)["img_size"], "device": str(dev)}
+        # The promotion gate: score the new delta against the champion before recording.
+        from manager.train.gate import decide
+
+        mode = promote if isinstance(promote, str) else ("always" if promote else "never")
+        trained_on = train_split or TRAIN_SPLIT.get(info.dataset.split(":", 1)[0], "train")
+        decision = decide(
+            home, catalog, task_name, delta, mode, backbone=backbone, trained_on=trained_on,
+            eval_split=eval_split, margin=gate_margin, split=gate_split, device=dev, log=log,
+        )  # fmt: skip
         recorded = record_version(
             catalog,
             task_name,
@@ -269,7 +286,7 @@ def train_task(
             hyperparams=hyper,
             metrics=metrics,
             parent_id=info.parent_id,
-            promote=promote,
+            promote=decision,
             reservation=reservation,
         )
     except BaseException:
@@ -286,4 +303,5 @@ def train_task(
         metrics,
         time.perf_counter() - t0,
         recorded.path,
+        recorded.promotion,
     )

@@ -1,0 +1,98 @@
+"""The promotion gate through the real CLI: tiny synthetic task, one epoch a run.
+
+One task goes through every mode in turn (each run is a new version): the first version is the
+champion without a comparison; ``never`` and ``always`` evaluate nothing; ``gate`` scores the new
+version and the champion on the same split and records the decision, both scores and the split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import TINY_SPEC, assert_clean_error
+from switch_helpers import fork_server, one_thread  # noqa: F401
+
+TRAIN = ("--epochs", "1", "--batch-size", "24")
+
+
+def mgr(home: Path, *args: str, ok: bool = True):
+    return fork_server().run(home, *args, ok=ok)
+
+
+def js(home: Path, *args: str):
+    return mgr(home, *args, "--json").json()
+
+
+def champion(home: Path) -> int:
+    return next(v["number"] for v in js(home, "versions", "g") if v["active"])
+
+
+def last(home: Path, *kinds: str) -> dict:
+    return [e for e in js(home, "history", "--task", "g") if e["kind"] in kinds][-1]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    mgr(h, "task", "add", "g", "--dataset", "synthetic:per_class=4", "--backbone", TINY_SPEC,
+        "--weights", "random")  # fmt: skip
+    return h
+
+
+def test_gate_modes_and_what_the_history_records(home: Path) -> None:
+    first = js(home, "train", "g", *TRAIN)
+    assert first["promotion"]["promoted"] and first["promotion"]["reason"] == "first version"
+    assert champion(home) == 1
+
+    never = js(home, "train", "g", *TRAIN, "--seed", "1", "--promote", "never")
+    assert never["promotion"] == {"mode": "never", "promoted": False, "reason": "--promote never"}
+    assert champion(home) == 1
+    assert last(home, "promoted", "promotion_refused")["details"]["number"] == 1  # nothing new
+
+    always = mgr(home, "train", "g", *TRAIN, "--seed", "2", "--promote", "always")
+    assert "promotion: v3 promoted (--promote always)" in always.stdout
+    assert "gate:" not in always.stderr  # nothing evaluated
+    assert champion(home) == 3
+
+    # A margin no score can reach: refused, both scores and the split recorded.
+    refused = mgr(home, "train", "g", *TRAIN, "--seed", "3", "--gate-margin", "100")
+    line = next(ln for ln in refused.stdout.splitlines() if ln.startswith("gate:"))
+    assert line.startswith("gate: v4 ") and " vs champion v3 " in line
+    assert line.endswith("% on val (margin 100.0): not promoted")
+    assert champion(home) == 3
+    ev = last(home, "promotion_refused")
+    d = ev["details"]
+    assert (d["number"], d["champion"], d["champion_version"]) == (4, 3, 3)
+    assert (d["split"], d["margin"], d["metric"], d["images"]) == ("val", 100.0, "top1", 24)
+    assert 0 <= d["score"] <= 100 and 0 <= d["champion_score"] <= 100
+    assert f"{d['score']:.1f}% vs champion v3 {d['champion_score']:.1f}%" in line
+    v3_score = d["champion_score"]
+
+    # Margin -100: any score passes. The champion is scored again, to the same number.
+    promoted = js(home, "train", "g", *TRAIN, "--seed", "4", "--gate-margin", "-100")
+    p = promoted["promotion"]
+    assert p["promoted"] and p["mode"] == "gate" and p["split"] == "val"
+    assert p["champion_version"] == 3 and p["champion_score"] == v3_score
+    assert champion(home) == 5
+    ev = last(home, "promoted")
+    assert ev["details"]["previous"] == 3 and ev["details"]["score"] == p["score"]
+    assert ev["details"]["margin"] == -100.0 and ev["details"]["split"] == "val"
+
+    # The gate's decision can be undone by hand: the champion history is 1, 3, 5.
+    assert js(home, "rollback", "g")["version"] == 3
+
+
+def test_gate_says_what_it_compared_when_training_used_the_validation_split(home: Path) -> None:
+    mgr(home, "train", "g", *TRAIN)
+    out = mgr(home, "train", "g", *TRAIN, "--seed", "1", "--train-split", "trainval",
+              "--gate-margin", "-100")  # fmt: skip
+    assert "% on test (margin -100.0): promoted" in out.stdout
+    assert "compared on test: no held-out validation split (training used trainval)" in out.stdout
+    d = last(home, "promoted")["details"]
+    assert d["split"] == "test" and "trainval" in d["split_note"]
+    # The split can be named; a split the data set lacks is refused before any training.
+    bad = mgr(home, "train", "g", *TRAIN, "--gate-split", "holdout", ok=False)
+    assert_clean_error(bad)
+    assert "--gate-split" in bad.stderr and "epoch" not in bad.stderr
