@@ -107,7 +107,18 @@ def test_unknown_task_or_version_is_one_line(home, tmp_path):
     proc = mgr(home, "export", "pets3@9", "--out", str(out), ok=False)
     assert_clean_error(proc)
     assert "no version 9" in proc.stderr
+    proc = mgr(home, "export", "pets3@nosuch", "--out", str(out), ok=False)
+    assert_clean_error(proc)
+    assert "nosuch" in proc.stderr
     assert not out.exists()
+
+
+def test_an_alias_names_the_version_to_export(home, tmp_path):
+    champion = mgr(home, "export", "pets3@champion", "--out", str(tmp_path / "a"), "--json").json()
+    active = mgr(home, "export", "pets3", "--out", str(tmp_path / "b"), "--json").json()
+    assert champion["version"] == active["version"]
+    a, b = (tmp_path / d / "model.safetensors" for d in "ab")
+    assert a.read_bytes() == b.read_bytes()
 
 
 def test_a_non_empty_folder_is_refused_without_force_and_kept_with_it(home, tmp_path):

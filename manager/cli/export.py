@@ -11,7 +11,7 @@ from manager.cli.types import VersionRefType
 
 
 @click.command("export")
-@click.argument("target", type=VersionRefType(), metavar="TASK[@VERSION]")
+@click.argument("target", type=VersionRefType(), metavar="TASK[@VERSION|@ALIAS]")
 @click.option(
     "--out",
     required=True,
@@ -39,15 +39,19 @@ def command(app: App, target: str, out: Path, force: bool, onnx: bool, as_json: 
     Examples:
       mgr export pets --out ./pets-timm
       mgr export pets@2 --out ./pets-v2 --onnx
+      mgr export pets@champion --out ./pets-prod
     Then, in plain Python:
       import timm
       model = timm.create_model("local-dir:./pets-timm", pretrained=True).eval()
     """
+    from manager.catalog.refs import version_number
     from manager.export.timm_export import export_version
-    from manager.names import parse_version_ref
+    from manager.names import parse_version_selector
     from manager.units import format_size
 
-    task, number = parse_version_ref(target)
+    task, selector = parse_version_selector(target)
+    with app.session(write=False) as s:  # an alias names a number now
+        number = version_number(s, task, selector)
     report = export_version(app.home, app.catalog, task, number, out, force=force, onnx=onnx)
     if as_json:
         echo_json(report.to_dict())
