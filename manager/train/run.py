@@ -34,6 +34,7 @@ from manager.store.record import record_version
 from manager.train.adapter import TrainData, prepare_model, train_adapter
 from manager.train.checkpoint import Checkpoint
 from manager.train.config import TrainConfig
+from manager.train.groups import resolve_lrs
 from manager.train.loop import ProgressFn
 from manager.train.methods import Method, get_method, storage_dtype
 
@@ -224,8 +225,7 @@ def train_task(
     method = get_method(cfg.method)
     dtype = storage_dtype(cfg.storage_dtype)
     dev = resolve_device(device)
-    if cfg.lr is None:
-        cfg = dataclasses.replace(cfg, lr=method.default_lr)
+    cfg = resolve_lrs(cfg, method)  # every group's rate recorded, defaults filled in
     with catalog.session(write=False) as s:
         info = _task_info(tasks.get_task(s, task_name))
     store = Store.of(home)
