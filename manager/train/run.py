@@ -86,6 +86,12 @@ def _task_info(task: Task) -> _TaskInfo:
     )
 
 
+def load_task_info(catalog: Catalog, task_name: str) -> _TaskInfo:
+    """What a run needs of task ``task_name``, read once (the tuner builds the same model)."""
+    with catalog.session(write=False) as s:
+        return _task_info(tasks.get_task(s, task_name))
+
+
 def _spec_with_size(spec: str, img_size: int | None) -> str:
     if img_size is None:
         return spec

@@ -36,7 +36,7 @@ from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors
 from manager.train.groups import resolve_lrs
 from manager.train.methods import Method, get_method, storage_dtype
-from manager.train.run import TRAIN_SPLIT, _task_info, build_model
+from manager.train.run import TRAIN_SPLIT, build_model, load_task_info
 
 KNOBS = ("lr", "weight_decay", "drop_path")
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-2, 0.1)
@@ -274,8 +274,7 @@ def tune_task(
     t0 = time.perf_counter()
     method = get_method(cfg.method)
     plan = make_plan(cfg, method, knobs, configs=configs, budget=budget)
-    with catalog.session(write=False) as s:
-        info = _task_info(tasks.get_task(s, task_name))
+    info = load_task_info(catalog, task_name)
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)  # the head the final run will start from
     model, backbone = build_model(home, catalog, info, cfg.img_size)
