@@ -88,24 +88,25 @@ class LearningRate(FiniteFloat):
 @click.option(
     "--lr",
     type=LearningRate(),
+    metavar="LR|auto",
     default=TrainConfig.lr,
-    help="Peak learning rate of the head and biases (and the branches and LayerNorms, scaled by "
-    "the method unless --lr-branch/--lr-norm are given); 'auto' searches it on the validation "
-    "split (--tune with the lr alone). [default: the method's, from measurements: 3e-3 for the "
-    "Consolidator; see 'mgr train --help' of each method in README]",
+    help="Peak learning rate of the head and biases, and of the branches and LayerNorms unless "
+    "--lr-branch/--lr-norm say otherwise; 'auto' searches it on the validation split (--tune "
+    "with the lr alone). [default: measured per method: 3e-3 for the Consolidator (its "
+    "LayerNorms at a third), 1e-2 for linear, bitfit, bitfit_ln and lora, 3e-4 for full]",
 )
 @click.option(
     "--lr-norm",
     type=FiniteFloat(0, min_open=True),
     default=TrainConfig.lr_norm,
-    help="Peak learning rate of every LayerNorm. [default: --lr x the method's norm scale]",
+    help="Peak learning rate of every LayerNorm. [default: --lr / 3 for the Consolidator and "
+    "bitfit_ln, --lr for full: LayerNorms are what breaks first at high rates]",
 )
 @click.option(
     "--lr-branch",
     type=FiniteFloat(0, min_open=True),
     default=TrainConfig.lr_branch,
-    help="Peak learning rate of the adapter branches (Consolidator, LoRA A/B). "
-    "[default: --lr x the method's branch scale]",
+    help="Peak learning rate of the adapter branches (Consolidator, LoRA A/B). [default: --lr]",
 )
 @click.option(
     "--tune",
