@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from manager.catalog import tasks as task_ops
 from manager.cli.app import App, console, echo_json, json_option, pass_app
@@ -19,6 +20,22 @@ if TYPE_CHECKING:
     from manager.train.loop import EpochEvent, StepEvent
 
 METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full")
+
+
+class LearningRate(FiniteFloat):
+    """A positive finite number, or ``auto``: search it (``--tune`` with the lr alone)."""
+
+    name = "float|auto"
+
+    def __init__(self) -> None:
+        super().__init__(0, min_open=True)
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return super().convert(value, param, ctx)
 
 
 @click.command("train")
@@ -70,9 +87,48 @@ METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full
 )
 @click.option(
     "--lr",
-    type=FiniteFloat(0, min_open=True),
+    type=LearningRate(),
+    metavar="LR|auto",
     default=TrainConfig.lr,
-    help="Peak learning rate. [default: 1e-3; 1e-4 for full fine-tuning]",
+    help="Peak learning rate of the head and biases, and of the branches and LayerNorms unless "
+    "--lr-branch/--lr-norm say otherwise; 'auto' searches it on the validation split (--tune "
+    "with the lr alone). [default: measured per method: 3e-3 for the Consolidator (its "
+    "LayerNorms at a third), 1e-2 for linear, bitfit, bitfit_ln and lora, 3e-4 for full]",
+)
+@click.option(
+    "--lr-norm",
+    type=FiniteFloat(0, min_open=True),
+    default=TrainConfig.lr_norm,
+    help="Peak learning rate of every LayerNorm. [default: --lr / 3 for the Consolidator and "
+    "bitfit_ln, --lr for full: LayerNorms are what breaks first at high rates]",
+)
+@click.option(
+    "--lr-branch",
+    type=FiniteFloat(0, min_open=True),
+    default=TrainConfig.lr_branch,
+    help="Peak learning rate of the adapter branches (Consolidator, LoRA A/B). [default: --lr]",
+)
+@click.option(
+    "--tune",
+    is_flag=True,
+    help="Search lr, weight decay and DropPath (the Consolidator's) on the validation split, "
+    "or 20% held out of the training split where there is none, by successive halving; then "
+    "train with the best. Any of the three given explicitly is held fixed. The trials and the "
+    "choice are recorded with the version (mgr versions TASK --trials).",
+)
+@click.option(
+    "--tune-budget",
+    type=FiniteFloat(0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="What the search may cost, in runs of --epochs (the final run comes on top).",
+)
+@click.option(
+    "--tune-configs",
+    type=Int64(2, 1000),
+    default=9,
+    show_default=True,
+    help="Candidate settings in the search's first rung (a third survive each rung).",
 )
 @click.option(
     "--weight-decay",
@@ -145,7 +201,12 @@ def command(
     fit_budget: bool,
     epochs: int,
     warmup_epochs: int | None,
-    lr: float | None,
+    lr: float | str | None,
+    lr_norm: float | None,
+    lr_branch: float | None,
+    tune: bool,
+    tune_budget: float,
+    tune_configs: int,
     weight_decay: float,
     batch_size: int,
     img_size: int | None,
@@ -174,6 +235,9 @@ def command(
       mgr train pets --groups 96,96s --drop-path 0.5
       mgr train pets --method lora --lr 3e-3
       mgr train pets --promote always      # skip the gate: the new version becomes champion
+      mgr train pets --lr 3e-3 --lr-norm 1e-3
+      mgr train pets --tune                  # lr, weight decay, DropPath: ~2x one run, then the run
+      mgr train pets --lr auto               # the lr alone
     """
     # Cheap checks before the heavy imports, so a typo fails in a fraction of a second.
     budget_bytes = parse_size(budget) if budget is not None else None
@@ -182,6 +246,7 @@ def command(
     # Linked artifacts/<task> or runs/<task> folders that lead outside the home are refused here.
     store = Store.of(app.home)
     store.task_dir(task)
+    knobs = _tune_knobs(method, lr, tune, resume, fit_budget)
     if resume and not store.checkpoint(task).is_file():
         raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {task!r}")
 
@@ -197,7 +262,9 @@ def command(
         lora_rank=lora_rank,
         epochs=epochs,
         warmup_epochs=warmup_epochs,
-        lr=lr,
+        lr=None if lr == "auto" else lr,
+        lr_norm=lr_norm,
+        lr_branch=lr_branch,
         weight_decay=weight_decay,
         batch_size=batch_size,
         img_size=img_size,
@@ -207,6 +274,23 @@ def command(
     err = console(stderr=True)
     progress = _progress(err, epochs) if err.is_terminal else _epoch_lines
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    if knobs is not None:
+        from manager.train.tune import tune_task
+
+        cfg = tune_task(
+            app.home,
+            app.catalog,
+            task,
+            cfg,
+            knobs,
+            configs=tune_configs,
+            budget=tune_budget,
+            budget_bytes=budget_bytes,
+            device=device,
+            train_split=train_split,
+            eval_split=eval_split,
+            log=log,
+        )
     out = train_task(
         app.home,
         app.catalog,
@@ -237,6 +321,7 @@ def command(
                 "seconds": round(out.seconds, 1),
                 "path": str(out.path),
                 "promotion": out.promotion,
+                "tune": cfg.tune,
             }
         )
         return
@@ -252,10 +337,46 @@ def command(
         f"{m['train_images_per_s']:.0f} img/s in {out.seconds:.0f} s\n"
         f"  artifact {out.path}"
     )
+    if cfg.tune:
+        c, t = cfg.tune["chosen"], cfg.tune
+        click.echo(
+            f"  tuned: lr {c['lr']:.1e}, weight decay {c['weight_decay']:g}, DropPath "
+            f"{c['drop_path']:g} (best of {t['configs']} on {t['split']}: {c['score']:.1f}%, "
+            f"{len(t['trials'])} trials in {t['seconds']:.0f} s)"
+        )
     if out.promotion is not None:
         from manager.cli.promote import describe_promotion
 
         click.echo(describe_promotion(out.number, out.promotion))
+
+
+def _tune_knobs(
+    method: str, lr: float | str | None, tune: bool, resume: bool, fit_budget: bool
+) -> list[str] | None:
+    """What --tune / --lr auto search (None: no search). Of lr, weight decay and DropPath,
+    those given explicitly are held fixed; DropPath is searched for the Consolidator only."""
+    if not tune and lr != "auto":
+        return None
+    flag = "--tune" if tune else "--lr auto"
+    if resume:
+        raise MgrError(f"{flag} cannot resume a run; rerun with the chosen values, or without it")
+    if fit_budget:
+        raise MgrError(
+            f"{flag} cannot be combined with --fit-budget; pass the structure as --groups"
+        )
+    if not tune:
+        return ["lr"]
+    ctx = click.get_current_context()
+    wanted = ["lr", "weight_decay"] + (["drop_path"] if method == "consolidator" else [])
+    knobs = [
+        k
+        for k in wanted
+        if (k == "lr" and lr == "auto")
+        or ctx.get_parameter_source(k) in (ParameterSource.DEFAULT, None)
+    ]
+    if not knobs:
+        raise MgrError(f"{flag}: nothing to tune; lr, weight decay and DropPath are all given")
+    return knobs
 
 
 def _epoch_lines(event: StepEvent | EpochEvent) -> None:

@@ -1,4 +1,4 @@
-"""``mgr versions TASK``: a task's adapter versions with their metrics and bytes."""
+"""``mgr versions TASK``: a task's adapter versions with their metrics, bytes and settings."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from manager.catalog import tasks as task_ops
 from manager.catalog.models import VERSION_DELETED
 from manager.catalog.views import version_dict
 from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.errors import MgrError
+from manager.names import parse_version_selector
 from manager.units import format_size
 
 
@@ -23,14 +25,52 @@ def _pct(value: float | None) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
 
 
+def _num(value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return "0" if value == 0 else f"{value:.1e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def _settings(v: dict) -> str:
+    """The short form: base lr, LayerNorm / branch lr where they differ, weight decay, DropPath."""
+    h = v["hyperparams"] or {}
+    parts = [f"lr {_num(h.get('lr'))}"]
+    for key, label in (("lr_norm", "norm"), ("lr_branch", "branch")):
+        if h.get(key) is not None and h.get(key) != h.get("lr"):
+            parts.append(f"{label} {_num(h[key])}")
+    parts.append(f"wd {_num(h.get('weight_decay'))}")
+    if v["method"] == "consolidator":
+        parts.append(f"dp {h.get('drop_path', 0):g}")
+    tune = h.get("tune")
+    if tune:
+        parts.append(f"(tuned: {len(tune.get('trials', []))} trials on {tune.get('split')})")
+    return " ".join(parts)
+
+
 @click.command("versions")
-@click.argument("task")
+@click.argument("task", metavar="TASK[@VERSION|@ALIAS]")
+@click.option(
+    "--trials",
+    is_flag=True,
+    help="Also list every trial of the searches that chose tuned versions' settings "
+    "(mgr train --tune); --json always holds them, under hyperparams.tune.",
+)
 @json_option
 @pass_app
-def command(app: App, task: str, as_json: bool) -> None:
-    """List TASK's adapter versions: method, structure, accuracy, bytes on disk."""
+def command(app: App, task: str, trials: bool, as_json: bool) -> None:
+    """List TASK's adapter versions: method, structure, accuracy, bytes, training settings.
+
+    \b
+    Examples:
+      mgr versions pets
+      mgr versions pets@3 --trials      # one version, with the trials of its --tune search
+    """
+    from manager.catalog.refs import version_number
+
+    name, selector = parse_version_selector(task)
     with app.session(write=False) as s:
-        t = task_ops.get_task(s, task)
+        t = task_ops.get_task(s, name)
+        number = version_number(s, name, selector)
         active = t.active_version.number if t.active_version else None
         rows = [{**version_dict(v), "active": v.number == active} for v in t.versions]
         # Aliases (champion = active) and tags of each version.
@@ -39,11 +79,15 @@ def command(app: App, task: str, as_json: bool) -> None:
         named, tagged = aliases_by_version(s, t), tags_by_version(s, t)
         for v, row in zip(t.versions, rows, strict=True):
             row.update(aliases=named.get(v.id, []), tags=tagged.get(v.id, []))
+    if number is not None:
+        rows = [v for v in rows if v["number"] == number]
+        if not rows:
+            raise MgrError(f"task {name!r} has no version {number}")
     if as_json:
         echo_json(rows)
         return
     if not rows:
-        click.echo(f"{task}: no versions yet (train one with 'mgr train {task}')")
+        click.echo(f"{name}: no versions yet (train one with 'mgr train {name}')")
         return
     from rich.table import Table
 
@@ -54,11 +98,12 @@ def command(app: App, task: str, as_json: bool) -> None:
         "top-1 %",
         "top-5 %",
         "bytes",
+        "settings",
         "status",
         "aliases",
         "tags",
         "created",
-        title=f"{task}: adapter versions (* = active, the champion)",
+        title=f"{name}: adapter versions (* = active, the champion)",
     )
     for v in rows:
         m = v["metrics"] or {}
@@ -70,9 +115,49 @@ def command(app: App, task: str, as_json: bool) -> None:
             _pct(m.get("top1")),
             _pct(m.get("top5")),
             size,
+            _settings(v),
             v["status"],
             ",".join(v["aliases"]) or "-",
             ",".join(v["tags"]) or "-",
             (v["created_at"] or "")[:19],
         )
     console().print(table)
+    if trials:
+        _print_trials(rows)
+
+
+def _print_trials(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    tuned = [v for v in rows if (v["hyperparams"] or {}).get("tune")]
+    if not tuned:
+        click.echo("no tuned versions (train one with 'mgr train TASK --tune')")
+    for v in tuned:
+        tune = v["hyperparams"]["tune"]
+        chosen = tune["chosen"]
+        table = Table(
+            "trial",
+            "config",
+            "epochs",
+            "lr",
+            "weight decay",
+            "DropPath",
+            f"{tune['split']} top-1 %",
+            title=f"v{v['number']}: {tune['method']} over {', '.join(tune['knobs'])}, "
+            f"{tune['configs']} configs, ~{tune['cost']}x one run (* = chosen)",
+        )
+        last = max(t["rung"] for t in tune["trials"])
+        for i, t in enumerate(tune["trials"], 1):
+            pick = t["rung"] == last and all(
+                t[k] == chosen[k] for k in ("lr", "weight_decay", "drop_path")
+            )
+            table.add_row(
+                f"{i}{' *' if pick else ''}",
+                str(t["config"]),
+                str(t["epochs"]),
+                _num(t["lr"]),
+                _num(t["weight_decay"]),
+                f"{t['drop_path']:g}",
+                _pct(t["score"]) if t.get("score") is not None else "diverged",
+            )
+        console().print(table)

@@ -17,19 +17,24 @@ class TrainConfig:
     lora_rank: int = 8
     epochs: int = 100
     warmup_epochs: int | None = None  # None = 10% of the epochs, as the paper (10 of 100)
-    lr: float | None = None  # None = the method's default
+    lr: float | None = None  # head, biases (and full fine-tuning's weights); None = the method's
+    lr_norm: float | None = None  # every LayerNorm; None = lr x the method's norm scale
+    lr_branch: float | None = None  # adapter branches (Consolidator, LoRA A/B); None = lr x scale
     weight_decay: float = 1e-4
     batch_size: int = 64
     img_size: int | None = None  # None = the backbone's own size
     seed: int = 0
     storage_dtype: str = "float32"
     extra: dict = field(default_factory=dict)
+    tune: dict | None = None  # the search that chose these settings (mgr train --tune)
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
     def fingerprint(self) -> str:
-        """What a checkpoint must match to be resumed (everything but the epoch count)."""
+        """What a checkpoint must match to be resumed (everything but the epoch count and the
+        record of a search that led to these settings)."""
         d = self.to_json()
         d.pop("epochs", None)
+        d.pop("tune", None)
         return json.dumps(d, sort_keys=True)

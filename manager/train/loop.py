@@ -27,6 +27,7 @@ from torch import nn
 from manager.errors import MgrError
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors
+from manager.train.groups import group_lrs, param_groups
 
 CHECK_EVERY = 20  # steps between reads of the running loss (each one is a host sync)
 
@@ -77,18 +78,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and norms (1-d tensors), as the recipe says."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -137,7 +126,7 @@ def fit(
     if len(train) == 0:
         raise MgrError("the training split is empty")
     model.to(device).train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, group_lrs(cfg, lr)), lr=lr)
     steps = math.ceil(len(train) / cfg.batch_size)
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else cfg.epochs // 10
     with _quiet("timm.scheduler.cosine_lr"):  # a one-step run has nothing to anneal: no warning

@@ -34,6 +34,7 @@ from manager.store.record import record_version
 from manager.train.adapter import TrainData, prepare_model, train_adapter
 from manager.train.checkpoint import Checkpoint
 from manager.train.config import TrainConfig
+from manager.train.groups import resolve_lrs
 from manager.train.loop import ProgressFn
 from manager.train.methods import Method, get_method, storage_dtype
 
@@ -84,6 +85,12 @@ def _task_info(task: Task) -> _TaskInfo:
         task.backbone_id,
         parent,
     )
+
+
+def load_task_info(catalog: Catalog, task_name: str) -> _TaskInfo:
+    """What a run needs of task ``task_name``, read once (the tuner builds the same model)."""
+    with catalog.session(write=False) as s:
+        return _task_info(tasks.get_task(s, task_name))
 
 
 def _spec_with_size(spec: str, img_size: int | None) -> str:
@@ -232,8 +239,7 @@ def train_task(
     method = get_method(cfg.method)
     dtype = storage_dtype(cfg.storage_dtype)
     dev = resolve_device(device)
-    if cfg.lr is None:
-        cfg = dataclasses.replace(cfg, lr=method.default_lr)
+    cfg = resolve_lrs(cfg, method)  # every group's rate recorded, defaults filled in
     with catalog.session(write=False) as s:
         info = _task_info(tasks.get_task(s, task_name))
     store = Store.of(home)
