@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from manager.catalog.storage import storage_report
+from manager.catalog.tasks import count_tasks
 from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.paging import footer, make_page, page_options
 from manager.units import format_size
 
 
@@ -16,12 +18,23 @@ def _pct(value: float | None) -> str:
 
 
 @click.command("storage")
+@page_options("tasks")
 @json_option
 @pass_app
-def command(app: App, as_json: bool) -> None:
-    """Storage report: every task and version, budgets, and what full fine-tuning would cost."""
+def command(app: App, pattern: str | None, limit: int | None, offset: int, as_json: bool) -> None:
+    """Storage report: every task and version, budgets, and what full fine-tuning would cost.
+
+    The table lists a page of tasks (--limit, --offset, --task); the totals below it, and
+    "totals" in --json, always cover every task.
+
+    \b
+    mgr storage --task 'pets*'         the pets tasks, totals of all
+    mgr storage --json --limit 10      the first 10 tasks as JSON
+    """
+    page = make_page(pattern, limit, offset, as_json)
     with app.session(write=False) as s:
-        report = storage_report(s, app.home)
+        report = storage_report(s, app.home, page)
+        total = None if as_json or pattern is None else count_tasks(s, pattern)
     if as_json:
         echo_json(report.to_dict())
         return
@@ -55,6 +68,9 @@ def command(app: App, as_json: bool) -> None:
             )
     out = console()
     out.print(table)
+    more = footer(page, len(report.tasks), report.totals.tasks if total is None else total, "tasks")
+    if more:
+        out.print(more, markup=False, highlight=False)
     tot = report.totals
     global_budget = (
         f"{format_size(tot.global_budget_bytes)} ({_pct(tot.global_budget_used_pct)} used)"
