@@ -191,13 +191,13 @@ def _totals(s: Session, specs: _Specs) -> StorageTotals:
     """All tasks, whatever the page: three aggregate queries."""
     V = AdapterVersion
     live = (
-        select(func.count(V.id).label("n"), func.coalesce(func.sum(V.bytes), 0).label("used"))
+        select(func.count().label("n"), func.coalesce(func.sum(V.bytes), 0).label("used"))
         .where(V.status != VERSION_DELETED)
         .subquery()
-    )  # one pass over the (status, bytes) index for both
+    )  # one pass over the (status, bytes) index for both (count(*): PostgreSQL's index holds no id)
     n_tasks, n_versions, used, global_budget = s.execute(
         select(
-            select(func.count(Task.id)).scalar_subquery(),
+            select(func.count()).select_from(Task).scalar_subquery(),
             live.c.n,
             live.c.used,
             budgets.global_max_column(),
@@ -209,7 +209,7 @@ def _totals(s: Session, specs: _Specs) -> StorageTotals:
         select(
             Task.backbone_spec,
             Task.backbone_id,
-            func.count(Task.id).label("n"),
+            func.count().label("n"),
             func.sum(Task.num_classes).label("classes"),
         )
         .group_by(Task.backbone_spec, Task.backbone_id)

@@ -32,7 +32,7 @@ def get_task(s: Session, name: str) -> Task:
 
 def count_tasks(s: Session, pattern: str | None = None) -> int:
     """How many tasks match `pattern` (all of them if None)."""
-    return int(s.scalar(Page(pattern).where(select(func.count(Task.id)))) or 0)
+    return int(s.scalar(Page(pattern).where(select(func.count()).select_from(Task))) or 0)
 
 
 def list_tasks(s: Session, page: Page | None = None) -> list[Task]:
