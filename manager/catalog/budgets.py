@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ScalarSelect, Select, func, select
 from sqlalchemy.orm import Session
 
 from manager.catalog import events
@@ -21,6 +21,7 @@ from manager.catalog.models import (
     Task,
     task_scope,
 )
+from manager.catalog.paging import Page
 from manager.catalog.reservations import reserved_bytes
 from manager.errors import MgrError
 from manager.units import format_size
@@ -62,25 +63,62 @@ def set_budget(s: Session, max_bytes: int | None, task: Task | None = None) -> i
     return previous
 
 
-def used_bytes(s: Session, task: Task | None = None) -> int:
-    """Bytes of the live (not deleted) versions of `task`, or of all tasks."""
+def _used(task_id: Any = None) -> Select:
+    """``SELECT sum(bytes)`` of the live versions of one task (an id or a correlated column),
+    or of all tasks. All tasks is one scan of a covering index (status, bytes); one task, a
+    lookup of the unique (task_id, number) index."""
     q = select(func.coalesce(func.sum(AdapterVersion.bytes), 0)).where(
         AdapterVersion.status != VERSION_DELETED
     )
-    if task is not None:
-        q = q.where(AdapterVersion.task_id == task.id)
-    return int(s.scalar(q) or 0)
+    return q if task_id is None else q.where(AdapterVersion.task_id == task_id)
+
+
+def used_column(task_id: Any) -> ScalarSelect:
+    """A task's used bytes as a column of a query over tasks (`task_id`: e.g. ``Task.id``)."""
+    return _used(task_id).scalar_subquery()
+
+
+def versions_column(task_id: Any) -> ScalarSelect:
+    """How many live versions a task has, as a column of a query over tasks."""
+    return (
+        select(func.count(AdapterVersion.id))
+        .where(AdapterVersion.task_id == task_id, AdapterVersion.status != VERSION_DELETED)
+        .scalar_subquery()
+    )
+
+
+def global_max_column() -> ScalarSelect:
+    """The global budget (NULL: none), as a column."""
+    return select(Budget.max_bytes).where(Budget.scope == GLOBAL_SCOPE).scalar_subquery()
+
+
+def used_bytes(s: Session, task: Task | None = None) -> int:
+    """Bytes of the live (not deleted) versions of `task`, or of all tasks."""
+    return int(s.scalar(_used(None if task is None else task.id)) or 0)
+
+
+def _usage(s: Session, task: Task) -> tuple[int | None, int, int | None, int]:
+    """(task budget, task used, global budget, all used): one query."""
+    task_max = select(Budget.max_bytes).where(Budget.scope == _scope(task)).scalar_subquery()
+    row = s.execute(
+        select(
+            task_max,
+            _used(task.id).scalar_subquery(),
+            global_max_column(),
+            _used().scalar_subquery(),
+        )
+    ).one()
+    return row[0], int(row[1]), row[2], int(row[3])
 
 
 def headroom(s: Session, task: Task) -> int | None:
     """Bytes a new version of `task` may take under both budgets (None: no limit)."""
+    task_max, task_used, global_max, all_used = _usage(s, task)
     limits = []
-    task_max = get_budget(s, task)
     if task_max is not None:
-        limits.append(task_max - used_bytes(s, task) - reserved_bytes(s, task))
-    global_max = get_budget(s)
+        limits.append(task_max - task_used - reserved_bytes(s, task))
     if global_max is not None:
-        limits.append(global_max - used_bytes(s) - reserved_bytes(s))
+        limits.append(global_max - all_used - reserved_bytes(s))
     return max(min(limits), 0) if limits else None
 
 
@@ -90,18 +128,17 @@ def check_fits(s: Session, task: Task, projected_bytes: int) -> None:
     Bytes reserved by running trainings count as used (the caller's own reservation, if any,
     must be released first in the same transaction).
     """
-    task_max = get_budget(s, task)
+    task_max, task_used, global_max, all_used = _usage(s, task)
     if task_max is not None:
-        used, held = used_bytes(s, task), reserved_bytes(s, task)
+        used, held = task_used, reserved_bytes(s, task)
         if used + held + projected_bytes > task_max:
             raise MgrError(
                 f"a new version of {task.name!r} needs {format_size(projected_bytes)} but its "
                 f"budget is {format_size(task_max)} with {format_size(used)} used"
                 + (f" and {format_size(held)} reserved by running trainings" if held else "")
             )
-    global_max = get_budget(s)
     if global_max is not None:
-        used, held = used_bytes(s), reserved_bytes(s)
+        used, held = all_used, reserved_bytes(s)
         if used + held + projected_bytes > global_max:
             raise MgrError(
                 f"a new version of {task.name!r} needs {format_size(projected_bytes)} but the "
@@ -155,10 +192,21 @@ class BudgetReport:
         return cls(BudgetUsage(**d["global"]), [TaskBudget(**t) for t in d["tasks"]])
 
 
-def budget_report(s: Session) -> BudgetReport:
-    """The global budget and every task's, with the bytes each holds now."""
-    tasks = s.scalars(select(Task).order_by(Task.name)).all()
+def budget_report(s: Session, page: Page | None = None) -> BudgetReport:
+    """The global budget and every task's (or `page`'s), with the bytes each holds now.
+
+    Two queries whatever the number of tasks: the global row, and the page's rows with their
+    budgets joined and their used bytes summed by the database.
+    """
+    page = page or Page()
+    g = s.execute(select(global_max_column(), _used().scalar_subquery())).one()
+    ids = page.ids().subquery()
+    rows = s.execute(
+        select(ids.c.name, Budget.max_bytes, used_column(ids.c.id))
+        .select_from(ids)
+        .outerjoin(Budget, Budget.task_id == ids.c.id)
+        .order_by(ids.c.name)
+    ).all()
     return BudgetReport(
-        BudgetUsage(get_budget(s), used_bytes(s)),
-        [TaskBudget(t.name, get_budget(s, t), used_bytes(s, t)) for t in tasks],
+        BudgetUsage(g[0], int(g[1])), [TaskBudget(n, m, int(u)) for n, m, u in rows]
     )

@@ -38,11 +38,17 @@ def record_event(
     return ev
 
 
-def list_events(s: Session, task_name: str | None = None, limit: int | None = None) -> list[Event]:
-    """Events, oldest first; with `limit`, the newest `limit` of them."""
+def list_events(
+    s: Session, task_name: str | None = None, limit: int | None = None, offset: int = 0
+) -> list[Event]:
+    """Events, oldest first; with `limit`, the newest `limit` of them, after skipping the
+    newest `offset` (so ``offset=limit`` is the page before). Newest first by id: the primary
+    key (or the task_name index) gives the order, so a page costs its rows, not the log's."""
     q = select(Event).order_by(Event.id.desc())
     if task_name is not None:
         q = q.where(Event.task_name == task_name)
     if limit is not None:
         q = q.limit(limit)
+    if offset:
+        q = q.offset(offset)
     return list(reversed(s.scalars(q).all()))

@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -74,6 +75,9 @@ class Task(Base):
     """A registered task: its data set, classes and the backbone it adapts."""
 
     __tablename__ = "tasks"
+    # The storage report's totals group every task by backbone: one ordered pass over this
+    # (covering) index instead of the whole table.
+    __table_args__ = (Index("ix_tasks_backbone", "backbone_spec", "backbone_id", "num_classes"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -86,8 +90,9 @@ class Task(Base):
     # Bound when the task is first trained; a backbone in use cannot be deleted.
     backbone_id: Mapped[int | None] = mapped_column(ForeignKey("backbones.id", ondelete="RESTRICT"))
     # tasks <-> adapter_versions reference each other; use_alter breaks the cycle at CREATE time.
+    # Indexed, as parent_id: deleting a version looks up what refers to it (ON DELETE SET NULL).
     active_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("adapter_versions.id", ondelete="SET NULL", use_alter=True)
+        ForeignKey("adapter_versions.id", ondelete="SET NULL", use_alter=True), index=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -108,7 +113,11 @@ class AdapterVersion(Base):
     """One trained, consolidated adapter of a task: an artifact file plus what made it."""
 
     __tablename__ = "adapter_versions"
-    __table_args__ = (UniqueConstraint("task_id", "number"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", "number"),
+        # Bytes of all live versions (totals, the global budget's pre-check): a covering index.
+        Index("ix_adapter_versions_status_bytes", "status", "bytes"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
@@ -122,7 +131,7 @@ class AdapterVersion(Base):
     path: Mapped[str] = mapped_column(String(1000))
     status: Mapped[str] = mapped_column(String(16), default=VERSION_READY)
     parent_id: Mapped[int | None] = mapped_column(
-        ForeignKey("adapter_versions.id", ondelete="SET NULL")
+        ForeignKey("adapter_versions.id", ondelete="SET NULL"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -6,12 +6,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, func, select
+from sqlalchemy.orm import Session, aliased
 
 from manager.catalog import budgets
-from manager.catalog.models import VERSION_DELETED, Task
+from manager.catalog.models import VERSION_DELETED, AdapterVersion, Backbone, Budget, Task
+from manager.catalog.paging import Page
 from manager.catalog.paramcount import FLOAT32_BYTES, ParamInfo, param_info
-from manager.catalog.tasks import list_tasks
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
@@ -30,23 +31,42 @@ def _top1(metrics: dict[str, Any] | None) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _on_disk(home: Home, rel: str) -> int | None:
+def _on_disk(store: Store, rel: str) -> int | None:
     try:
-        path = Store.of(home).resolve(rel)
+        path = store.resolve(rel)
     except MgrError:  # a path outside the home is never looked at
         return None
     return path.stat().st_size if path.is_file() else None
 
 
-def _backbone(task: Task, home: Home) -> tuple[int | None, ParamInfo | None]:
-    """(backbone float32 bytes, param info of the spec) for a task; None where unknown."""
-    try:
-        info = param_info(task.backbone_spec, Store.of(home))
-    except MgrError:
-        info = None
-    if task.backbone is not None:  # bound at training: the materialised backbone is the truth
-        return task.backbone.param_count * FLOAT32_BYTES, info
-    return (info.bytes if info else None), info
+class _Specs:
+    """Parameter counts of backbone specs, looked up once per spec per report."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.known: dict[str, ParamInfo | None] = {}
+
+    def info(self, spec: str) -> ParamInfo | None:
+        if spec not in self.known:
+            try:
+                self.known[spec] = param_info(spec, self.store)
+            except MgrError:
+                self.known[spec] = None
+        return self.known[spec]
+
+    def backbone_bytes(self, spec: str, param_count: int | None) -> int | None:
+        """A task's backbone bytes: the bound backbone's (the truth) if trained, else the spec's."""
+        if param_count is not None:
+            return param_count * FLOAT32_BYTES
+        info = self.info(spec)
+        return info.bytes if info else None
+
+    def full_bytes(self, spec: str, backbone_bytes: int | None, num_classes: int) -> int | None:
+        """A full fine-tune: a whole backbone copy plus the task's head."""
+        info = self.info(spec)
+        if info is None or backbone_bytes is None:
+            return None
+        return backbone_bytes + info.head_bytes(num_classes)
 
 
 @dataclass
@@ -133,61 +153,105 @@ class StorageReport:
         )
 
 
-def task_storage(s: Session, task: Task, home: Home) -> TaskStorage:
-    """One task's row of the report, with its versions."""
-    backbone_bytes, info = _backbone(task, home)
-    active_id = task.active_version_id
-    versions = []
-    for v in task.versions:
-        on_disk = _on_disk(home, v.path) if v.status != VERSION_DELETED else None
-        versions.append(
-            VersionStorage(
-                number=v.number,
-                method=v.method,
-                status=v.status,
-                active=v.id == active_id,
-                bytes=v.bytes,
-                on_disk_bytes=on_disk,
-                missing=v.status != VERSION_DELETED and on_disk is None,
-                pct_of_backbone=_pct(v.bytes, backbone_bytes),
-                top1=_top1(v.metrics),
+def _task_rows(s: Session, page: Page) -> list[Row]:
+    """The page's tasks with their bound backbone, active version, budget and used bytes."""
+    ids = page.ids().subquery()
+    active = aliased(AdapterVersion)
+    return list(
+        s.execute(
+            select(
+                Task.id,
+                Task.name,
+                Task.backbone_spec,
+                Task.num_classes,
+                Backbone.param_count,
+                active.id.label("active_id"),
+                active.number.label("active_number"),
+                Budget.max_bytes,
+                budgets.used_column(Task.id).label("used"),
             )
-        )
-    used = budgets.used_bytes(s, task)
-    budget = budgets.get_budget(s, task)
-    # A full fine-tune stores a whole backbone copy plus the task's head, per task.
-    full = None
-    if info is not None and backbone_bytes is not None:
-        full = backbone_bytes + info.head_bytes(task.num_classes)
-    return TaskStorage(
-        task=task.name,
-        backbone_spec=task.backbone_spec,
-        backbone_bytes=backbone_bytes,
-        active_version=task.active_version.number if task.active_version else None,
-        versions=versions,
-        used_bytes=used,
-        pct_of_backbone=_pct(used, backbone_bytes),
-        budget_bytes=budget,
-        budget_used_pct=_pct(used, budget),
-        full_finetune_bytes=full,
+            .select_from(ids)
+            .join(Task, Task.id == ids.c.id)
+            .outerjoin(Backbone, Backbone.id == Task.backbone_id)
+            .outerjoin(active, active.id == Task.active_version_id)
+            .outerjoin(Budget, Budget.task_id == Task.id)
+            .order_by(ids.c.name)
+        ).all()
     )
 
 
-def storage_report(s: Session, home: Home) -> StorageReport:
-    """Every task and version, and totals against the global budget and full fine-tuning."""
-    rows = [task_storage(s, t, home) for t in list_tasks(s)]
-    used = budgets.used_bytes(s)
-    global_budget = budgets.get_budget(s)
-    # One shared copy of each distinct backbone serves all of its tasks.
-    shared = {r.backbone_spec: r.backbone_bytes for r in rows}
+def _versions(s: Session, page: Page) -> dict[int, list[Row]]:
+    """The page's versions, by task id, in number order."""
+    V = AdapterVersion
+    # IN, not a join: the planner then probes (task_id, number) per listed task, where a join
+    # may scan every version (SQLite picks that order).
+    rows = s.execute(
+        select(V.task_id, V.id, V.number, V.method, V.status, V.bytes, V.path, V.metrics)
+        .where(V.task_id.in_(select(page.ids().subquery().c.id)))
+        .order_by(V.task_id, V.number)
+    )
+    out: dict[int, list[Row]] = {}
+    for r in rows:
+        out.setdefault(r.task_id, []).append(r)
+    return out
+
+
+def _totals(s: Session, specs: _Specs) -> StorageTotals:
+    """All tasks, whatever the page: three aggregate queries."""
+    V = AdapterVersion
+    live = (
+        select(func.count().label("n"), func.coalesce(func.sum(V.bytes), 0).label("used"))
+        .where(V.status != VERSION_DELETED)
+        .subquery()
+    )  # one pass over the (status, bytes) index for both (count(*): PostgreSQL's index holds no id)
+    n_tasks, n_versions, used, global_budget = s.execute(
+        select(
+            select(func.count()).select_from(Task).scalar_subquery(),
+            live.c.n,
+            live.c.used,
+            budgets.global_max_column(),
+        )
+    ).one()
+    used = int(used)
+    # Tasks grouped by spec and bound backbone: a few rows, whatever the number of tasks.
+    by_backbone = (
+        select(
+            Task.backbone_spec,
+            Task.backbone_id,
+            func.count().label("n"),
+            func.sum(Task.num_classes).label("classes"),
+        )
+        .group_by(Task.backbone_spec, Task.backbone_id)
+        .subquery()
+    )  # one ordered pass over the (backbone_spec, backbone_id, num_classes) index
+    groups = s.execute(
+        select(
+            by_backbone.c.backbone_spec,
+            Backbone.param_count,
+            by_backbone.c.n,
+            by_backbone.c.classes,
+        ).outerjoin(Backbone, Backbone.id == by_backbone.c.backbone_id)
+    ).all()
+    # One shared copy of each distinct backbone spec serves all of its tasks; a materialised
+    # backbone, where a task is bound to one, is the truth.
+    bound: dict[str, int] = {}
+    full_total: int | None = 0
+    for spec, param_count, count, classes in groups:
+        bb = specs.backbone_bytes(spec, param_count)
+        if param_count is not None:
+            bound[spec] = max(bound.get(spec, 0), bb)
+        info = specs.info(spec)
+        if full_total is None or info is None or bb is None:
+            full_total = None
+        else:  # a head's bytes are linear in its classes: one sum covers the group's heads
+            full_total += count * bb + info.head_bytes(int(classes))
+    shared = {spec: bound.get(spec, specs.backbone_bytes(spec, None)) for spec, *_ in groups}
     known = [b for b in shared.values() if b is not None]
     backbone_total = sum(known) if len(known) == len(shared) else None
-    fulls = [r.full_finetune_bytes for r in rows]
-    full_total = sum(f for f in fulls if f is not None) if None not in fulls else None
     with_adapters = None if backbone_total is None else backbone_total + used
-    totals = StorageTotals(
-        tasks=len(rows),
-        versions=sum(1 for r in rows for v in r.versions if v.status != VERSION_DELETED),
+    return StorageTotals(
+        tasks=int(n_tasks),
+        versions=int(n_versions),
         adapter_bytes=used,
         global_budget_bytes=global_budget,
         global_budget_used_pct=_pct(used, global_budget),
@@ -198,4 +262,53 @@ def storage_report(s: Session, home: Home) -> StorageReport:
             None if full_total is None or with_adapters is None else full_total - with_adapters
         ),
     )
-    return StorageReport(rows, totals)
+
+
+def storage_report(s: Session, home: Home, page: Page | None = None) -> StorageReport:
+    """Every task (or `page`'s) and its versions, and totals over all tasks against the global
+    budget and full fine-tuning.
+
+    Four queries whatever the catalog's size (the page's tasks, their versions, two for the
+    totals); the only per-row work is a ``stat`` of each listed version's file.
+    """
+    page = page or Page()
+    store = Store.of(home)
+    specs = _Specs(store)
+    versions = _versions(s, page)
+    rows = []
+    for r in _task_rows(s, page):
+        backbone_bytes = specs.backbone_bytes(r.backbone_spec, r.param_count)
+        listed = []
+        for v in versions.get(r.id, []):
+            on_disk = _on_disk(store, v.path) if v.status != VERSION_DELETED else None
+            listed.append(
+                VersionStorage(
+                    number=v.number,
+                    method=v.method,
+                    status=v.status,
+                    active=v.id == r.active_id,
+                    bytes=v.bytes,
+                    on_disk_bytes=on_disk,
+                    missing=v.status != VERSION_DELETED and on_disk is None,
+                    pct_of_backbone=_pct(v.bytes, backbone_bytes),
+                    top1=_top1(v.metrics),
+                )
+            )
+        used, budget = int(r.used), r.max_bytes
+        rows.append(
+            TaskStorage(
+                task=r.name,
+                backbone_spec=r.backbone_spec,
+                backbone_bytes=backbone_bytes,
+                active_version=r.active_number,
+                versions=listed,
+                used_bytes=used,
+                pct_of_backbone=_pct(used, backbone_bytes),
+                budget_bytes=budget,
+                budget_used_pct=_pct(used, budget),
+                full_finetune_bytes=specs.full_bytes(
+                    r.backbone_spec, backbone_bytes, r.num_classes
+                ),
+            )
+        )
+    return StorageReport(rows, _totals(s, specs))

@@ -1,14 +1,15 @@
-"""Task rows: add, look up, list, remove."""
+"""Task rows: add, look up, list (a page at a time), remove."""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from manager.catalog import budgets, events
 from manager.catalog.deployment import get_deployment, live_elsewhere
 from manager.catalog.models import Task
+from manager.catalog.paging import Page
 from manager.errors import MgrError
 from manager.names import validate_task_name
 
@@ -29,9 +30,17 @@ def get_task(s: Session, name: str) -> Task:
     return task
 
 
-def list_tasks(s: Session) -> list[Task]:
-    """All tasks, by name."""
-    return list(s.scalars(select(Task).order_by(Task.name)).all())
+def count_tasks(s: Session, pattern: str | None = None) -> int:
+    """How many tasks match `pattern` (all of them if None)."""
+    return int(s.scalar(Page(pattern).where(select(func.count()).select_from(Task))) or 0)
+
+
+def list_tasks(s: Session, page: Page | None = None) -> list[Task]:
+    """The tasks of `page` (default: all), by name."""
+    q = select(Task).order_by(Task.name)
+    if page is not None:
+        q = q.where(Task.id.in_(select(page.ids().subquery().c.id)))
+    return list(s.scalars(q).all())
 
 
 def add_task(

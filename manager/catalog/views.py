@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, aliased
 
 from manager.catalog import budgets
-from manager.catalog.models import VERSION_DELETED, AdapterVersion, Event, Task
+from manager.catalog.models import VERSION_DELETED, AdapterVersion, Budget, Event, Task
+from manager.catalog.paging import Page
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -58,6 +60,54 @@ def task_dict(s: Session, task: Task, full: bool = False) -> dict[str, Any]:
         out["class_names"] = list(task.class_names)
         out["versions"] = [version_dict(v) for v in task.versions]
     return out
+
+
+def task_rows(s: Session, page: Page | None = None) -> list[dict[str, Any]]:
+    """``task_dict`` of every task of `page` (default: all), in one query.
+
+    The active version's number comes by a join, the budget by a join, the live versions'
+    count and bytes from the database (correlated sums on the (task_id, number) index).
+    """
+    ids = (page or Page()).ids().subquery()
+    active = aliased(AdapterVersion)
+    q = (
+        select(
+            Task.name,
+            Task.dataset,
+            Task.data_root,
+            Task.num_classes,
+            Task.backbone_spec,
+            Task.weights,
+            Task.backbone_id,
+            active.number,
+            budgets.versions_column(Task.id),
+            Budget.max_bytes,
+            budgets.used_column(Task.id),
+            Task.created_at,
+        )
+        .select_from(ids)
+        .join(Task, Task.id == ids.c.id)
+        .outerjoin(active, active.id == Task.active_version_id)
+        .outerjoin(Budget, Budget.task_id == Task.id)
+        .order_by(ids.c.name)
+    )
+    return [
+        {
+            "name": r[0],
+            "dataset": r[1],
+            "data_root": r[2],
+            "num_classes": r[3],
+            "backbone_spec": r[4],
+            "weights": r[5],
+            "backbone_id": r[6],
+            "active_version": r[7],
+            "versions": int(r[8]),
+            "budget_bytes": r[9],
+            "used_bytes": int(r[10]),
+            "created_at": iso(r[11]),
+        }
+        for r in s.execute(q)
+    ]
 
 
 def event_dict(e: Event) -> dict[str, Any]:

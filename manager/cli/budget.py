@@ -7,6 +7,7 @@ import click
 from manager.catalog import budgets
 from manager.catalog import tasks as task_ops
 from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.paging import footer, make_page, page_options
 from manager.cli.types import Size
 from manager.units import format_size, parse_optional_size
 
@@ -36,12 +37,19 @@ def set_(app: App, size: str, task_name: str | None) -> None:
 
 
 @command.command("show")
+@page_options("tasks")
 @json_option
 @pass_app
-def show(app: App, as_json: bool) -> None:
-    """Show the global and per-task budgets."""
+def show(app: App, pattern: str | None, limit: int | None, offset: int, as_json: bool) -> None:
+    """Show the global budget and a page of the per-task ones (--limit, --offset, --task).
+
+    \b
+    mgr budget show --task 'pets*'     the global budget and the pets tasks'
+    """
+    page = make_page(pattern, limit, offset, as_json)
     with app.session(write=False) as s:
-        report = budgets.budget_report(s)
+        report = budgets.budget_report(s, page)
+        total = None if as_json else task_ops.count_tasks(s, pattern)
     if as_json:
         echo_json(report.to_dict())
         return
@@ -54,3 +62,6 @@ def show(app: App, as_json: bool) -> None:
         max_text = format_size(row.max_bytes) if row.max_bytes is not None else "none"
         table.add_row(scope, max_text, format_size(row.used_bytes), pct)
     console().print(table)
+    more = footer(page, len(report.tasks), total or 0, "tasks")
+    if more:
+        click.echo(more)

@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from manager.catalog.storage import storage_report
+from manager.catalog.tasks import count_tasks
 from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.paging import footer, make_page, page_options
 from manager.units import format_size
 
 
@@ -18,6 +20,7 @@ def _pct(value: float | None) -> str:
 
 
 @click.command("storage")
+@page_options("tasks")
 @json_option
 @click.option(
     "--plot",
@@ -30,10 +33,29 @@ def _pct(value: float | None) -> str:
     "--plot-size", default="1200x800", show_default=True, metavar="WxH", help="In pixels."
 )
 @pass_app
-def command(app: App, as_json: bool, plot: Path | None, plot_size: str) -> None:
-    """Storage report: every task and version, budgets, and what full fine-tuning would cost."""
+def command(
+    app: App,
+    pattern: str | None,
+    limit: int | None,
+    offset: int,
+    as_json: bool,
+    plot: Path | None,
+    plot_size: str,
+) -> None:
+    """Storage report: every task and version, budgets, and what full fine-tuning would cost.
+
+    The table lists a page of tasks (--limit, --offset, --task); the totals below it, and
+    "totals" in --json, always cover every task. --plot draws the same page.
+
+    \b
+    mgr storage --task 'pets*'         the pets tasks, totals of all
+    mgr storage --json --limit 10      the first 10 tasks as JSON
+    mgr storage --plot storage.png     the picture, beside the table
+    """
+    page = make_page(pattern, limit, offset, as_json)
     with app.session(write=False) as s:
-        report = storage_report(s, app.home)
+        report = storage_report(s, app.home, page)
+        total = None if as_json or pattern is None else count_tasks(s, pattern)
     if plot is not None:  # the picture of exactly what --json prints
         from manager.report.storage_plot import parse_size, storage_png
         from manager.store.fs import Store
@@ -73,6 +95,9 @@ def command(app: App, as_json: bool, plot: Path | None, plot_size: str) -> None:
             )
     out = console()
     out.print(table)
+    more = footer(page, len(report.tasks), report.totals.tasks if total is None else total, "tasks")
+    if more:
+        out.print(more, markup=False, highlight=False)
     tot = report.totals
     global_budget = (
         f"{format_size(tot.global_budget_bytes)} ({_pct(tot.global_budget_used_pct)} used)"

@@ -9,8 +9,9 @@ import click
 
 from manager.catalog import tasks as task_ops
 from manager.catalog.models import VERSION_DELETED
-from manager.catalog.views import task_dict
+from manager.catalog.views import task_dict, task_rows
 from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.paging import footer, make_page, page_options
 from manager.cli.types import BackboneSpec, DatasetSpec, Size
 from manager.errors import MgrError
 from manager.names import validate_task_name
@@ -113,17 +114,31 @@ def add(
 
 
 @command.command("list")
+@page_options("tasks")
 @json_option
 @pass_app
-def list_(app: App, as_json: bool) -> None:
-    """List tasks."""
+def list_(app: App, pattern: str | None, limit: int | None, offset: int, as_json: bool) -> None:
+    """List tasks, by name: versions, active version, bytes used and budget.
+
+    \b
+    mgr task list                         the first 100 tasks
+    mgr task list --offset 100            the next 100
+    mgr task list --task 'pets*' --json   every task whose name starts with "pets"
+    """
+    page = make_page(pattern, limit, offset, as_json)
     with app.session(write=False) as s:
-        rows = [task_dict(s, t) for t in task_ops.list_tasks(s)]
+        rows = task_rows(s, page)
+        total = None if as_json else task_ops.count_tasks(s, pattern)
     if as_json:
         echo_json(rows)
         return
     if not rows:
-        click.echo("no tasks (add one with 'mgr task add NAME --dataset ...')")
+        if total:
+            click.echo(f"no tasks on this page ({total:,} in all; --offset {offset} is past them)")
+        elif pattern is not None:
+            click.echo(f"no task matches {pattern!r}")
+        else:
+            click.echo("no tasks (add one with 'mgr task add NAME --dataset ...')")
         return
     from rich.table import Table
 
@@ -140,6 +155,9 @@ def list_(app: App, as_json: bool) -> None:
             format_size(r["budget_bytes"]),
         )
     console().print(table)
+    more = footer(page, len(rows), total or 0, "tasks")
+    if more:
+        click.echo(more)
 
 
 @command.command("show")
