@@ -82,7 +82,12 @@ METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full
     help="AdamW weight decay (never on biases and norms).",
 )
 @click.option(
-    "--batch-size", type=Int64(1, 65536), default=TrainConfig.batch_size, show_default=True
+    "--batch-size",
+    type=Int64(1, 65536),
+    default=TrainConfig.batch_size,
+    show_default=True,
+    help="Global batch (under torchrun, shared out among the processes). The learning rate is "
+    "never scaled with it: pass the --lr you want for that batch.",
 )
 @click.option(
     "--img-size",
@@ -100,6 +105,20 @@ METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full
     help="Storage dtype of the artifact.",
 )
 @device_option
+# -- compute settings (issue 11): precision, compile --
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default=TrainConfig.precision,
+    help="Autocast precision of the forward and backward (fp16 scales the loss); parameters, "
+    "optimizer state and the artifact keep their dtypes. [default: bf16 on CUDA, fp32 on CPU]",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the model for training (the first step waits; pays off on long runs).",
+)
 @click.option("--train-split", help="[default: the official training split: train, or trainval]")
 @click.option(
     "--eval-split",
@@ -134,6 +153,8 @@ def command(
     seed: int,
     storage_dtype: str,
     device: str,
+    precision: str | None,
+    compile_: bool,
     resume: bool,
     train_split: str | None,
     eval_split: str,
@@ -145,13 +166,16 @@ def command(
     The paper's recipe by default: AdamW, batch 64, 100 epochs, cosine schedule with 10%
     warm-up, no weight decay on biases and norms, bicubic resize, no augmentation. The
     projected artifact size is checked against the task's and the global budget before any
-    training. Each epoch leaves a checkpoint; after a kill, rerun with --resume.
+    training. Each epoch leaves a checkpoint; after a kill, rerun with --resume. Under
+    torchrun, each process trains its share of every --batch-size batch and rank 0 records.
 
     \b
     Examples:
       mgr train flowers102 --epochs 20
       mgr train pets --groups 96,96s --drop-path 0.5
       mgr train pets --method lora --lr 3e-3
+      mgr train pets --method full --batch-size 256 --lr 4e-4 --compile
+      torchrun --nproc-per-node 4 -m manager train pets --batch-size 256
     """
     # Cheap checks before the heavy imports, so a typo fails in a fraction of a second.
     budget_bytes = parse_size(budget) if budget is not None else None
@@ -165,6 +189,7 @@ def command(
 
     from manager.delta.structure import format_structure
     from manager.train.config import TrainConfig
+    from manager.train.distributed import PeerError
     from manager.train.run import train_task
 
     cfg = TrainConfig(
@@ -181,25 +206,32 @@ def command(
         img_size=img_size,
         seed=seed,
         storage_dtype=storage_dtype,
+        precision=precision,
+        compile=compile_,
     )
     err = console(stderr=True)
     progress = _progress(err, epochs) if err.is_terminal else _epoch_lines
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    out = train_task(
-        app.home,
-        app.catalog,
-        task,
-        cfg,
-        device=device,
-        resume=resume,
-        fit_budget=fit_budget,
-        budget_bytes=budget_bytes,
-        promote=not no_promote,
-        train_split=train_split,
-        eval_split=eval_split,
-        progress=progress,
-        log=log,
-    )
+    try:
+        out = train_task(
+            app.home,
+            app.catalog,
+            task,
+            cfg,
+            device=device,
+            resume=resume,
+            fit_budget=fit_budget,
+            budget_bytes=budget_bytes,
+            promote=not no_promote,
+            train_split=train_split,
+            eval_split=eval_split,
+            progress=progress,
+            log=log,
+        )
+    except PeerError:
+        sys.exit(1)  # rank 0 prints this error; the other torchrun processes stay quiet
+    if out is None:
+        return  # a torchrun process other than rank 0: rank 0 reports
     if as_json:
         echo_json(
             {
