@@ -54,6 +54,7 @@ def _rss_bytes() -> int:
 
 def worker(args: argparse.Namespace) -> None:
     """One method: build, warm up, then answer 'run' with seconds and 'stop' with peak memory."""
+    import timm  # noqa: F401  (imported before the baseline: its import is not the method's)
     import torch
 
     from manager.backbone import build_backbone

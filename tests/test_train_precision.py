@@ -184,3 +184,35 @@ def test_checkpoints_carry_the_grad_scaler_and_resume(tmp_path: Path):
     resumed, _ = run(cfg, straight, resume=True)  # from epoch 1's checkpoint
     for name, w in full.whole.items():
         assert torch.equal(w, resumed.whole[name]), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_a_cuda_step_never_waits_for_the_host(precision):
+    """Batches from the device-resident split and TrainStep's steps (fused AdamW, autocast,
+    GradScaler) queue work without one synchronising call, checked by CUDA's sync debug mode."""
+    from manager.device import resolve_precision
+    from manager.train.data import Normalise
+    from manager.train.loop import param_groups
+    from manager.train.step import TrainStep, make_optimizer
+
+    device = torch.device("cuda")
+    model = tiny_vit(num_classes=3).to(device).train()
+    opt = make_optimizer(param_groups(model, 1e-4), 1e-3)
+    assert opt.defaults["fused"]
+    dtype = resolve_precision(precision, device)
+    step = TrainStep(model, opt, dtype=dtype, device=device)
+    data = _tiny_data(n=64).train.to(device)
+    norm = Normalise(torch.zeros(3), torch.ones(3), device)
+    batches = data.epoch(8, norm, generator=torch.Generator().manual_seed(0))  # order moved once
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for _ in range(2):  # optimizer state and the loss scale are created on the first steps
+        total += step(next(batches))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            total += step(next(batches)).to(torch.float64)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert math.isfinite(total.item())
