@@ -101,6 +101,16 @@ def test_compile_trains_a_tiny_model():
         torch.testing.assert_close(w, eager.whole[name], atol=1e-4, rtol=1e-3)
 
 
+def test_a_compile_that_cannot_build_is_one_line(mgr, tmp_path):
+    """A machine without a working C++ compiler: --compile fails with one line, nothing kept."""
+    add_task(mgr, "nocc")
+    env = {"CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")}
+    proc = mgr("train", "nocc", "--compile", "--method", "linear", "--epochs", "1", ok=False, **env)
+    assert_clean_error(proc)
+    assert "--compile failed" in proc.stderr and "without --compile" in proc.stderr
+    assert mgr.json("versions", "nocc") == []
+
+
 def test_bad_precision_is_one_line(mgr):
     add_task(mgr, "bad")
     proc = mgr("train", "bad", "--precision", "fp8", "--epochs", "1", ok=False)

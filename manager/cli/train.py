@@ -175,7 +175,7 @@ def command(
       mgr train pets --groups 96,96s --drop-path 0.5
       mgr train pets --method lora --lr 3e-3
       mgr train pets --method full --batch-size 256 --lr 4e-4 --compile
-      torchrun --nproc-per-node 4 -m manager train pets --batch-size 256
+      torchrun --standalone --nproc-per-node 4 -m manager train pets --batch-size 256
     """
     # Cheap checks before the heavy imports, so a typo fails in a fraction of a second.
     budget_bytes = parse_size(budget) if budget is not None else None

@@ -9,6 +9,7 @@ when to look at the loss.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -76,12 +77,19 @@ class TrainStep:
         """
         if self._checked:
             return self._step(batch, world)
-        try:  # compilation happens in the first forward and backward
+        # Compilation happens in the first forward and backward; inductor's note that a CPU-only
+        # machine has no CUDA runtime is not the user's concern.
+        cpp_log = logging.getLogger("torch.utils.cpp_extension")
+        level = cpp_log.level
+        cpp_log.setLevel(logging.ERROR)
+        try:
             out = self._step(batch, world)
         except (MgrError, torch.OutOfMemoryError):
             raise
         except Exception as e:
             raise MgrError(f"--compile failed: {_first_line(e)}; run without --compile") from None
+        finally:
+            cpp_log.setLevel(level)
         self._checked = True
         return out
 
