@@ -7,6 +7,12 @@ on the official test split. Prints one table per data set; figures go to BENCHMA
 
     .venv/bin/python bench/accuracy.py            # the full run (about an hour on 2 cores)
     .venv/bin/python bench/accuracy.py --quick    # smoke run: 1 seed, 2 epochs, no sweep
+    python bench/accuracy.py --device cuda --paper      # 100 epochs, 224 px, 3 seeds
+    python bench/accuracy.py --device cuda --paper --precision fp32 --compile
+
+``--paper`` is the paper's recipe (100 epochs, 224 px, batch 64, seeds 0, 1, 2); on CUDA the
+runs compute in bf16 autocast unless ``--precision`` says otherwise, as `mgr train` does. Each
+split is put on the device once, as uint8, and shared by every run.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 from manager.backbone import backbone_state, build_backbone, content_hash
 from manager.datasets import create_dataset
 from manager.delta.delta import DeltaMeta
-from manager.device import resolve_device
+from manager.device import precision_name, resolve_device
 from manager.train.adapter import TrainData, prepare_model, train_adapter
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors, decode_transform
@@ -62,11 +68,13 @@ DATASETS = {  # name -> (train split, sweep-eval split, test split)
 }
 
 
-def load(name: str, img_size: int) -> dict[str, ImageTensors]:
+def load(name: str, img_size: int, device: torch.device) -> dict[str, ImageTensors]:
     root = ASSETS / {"flowers102": "flowers-102", "pets": "oxford-iiit-pet"}[name]
     tf = decode_transform(img_size)
     splits = {s for s in DATASETS[name]} | {"trainval"}
-    return {s: ImageTensors.decode(create_dataset(name, root, s, tf)) for s in sorted(splits)}
+    return {
+        s: ImageTensors.decode(create_dataset(name, root, s, tf)).to(device) for s in sorted(splits)
+    }
 
 
 def run_one(
@@ -80,6 +88,9 @@ def run_one(
     epochs: int,
     seed: int,
     device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    precision: str | None = None,
+    compile: bool = False,
 ) -> dict:
     """One training run through the trainer's own code (``train_adapter``), no catalog."""
     torch.manual_seed(seed)
@@ -91,9 +102,11 @@ def run_one(
         method=method_name,
         epochs=epochs,
         seed=seed,
-        batch_size=64,
+        batch_size=batch_size,
         weight_decay=1e-4,
         lr=lr,
+        precision=precision,
+        compile=compile,
         **overrides,
     )
     method = get_method(method_name)
@@ -123,28 +136,41 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, no sweep")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="[default: as mgr train]")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each run's model")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--paper", action="store_true", help="100 epochs, 224 px, seeds 0,1,2")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = ap.parse_args()
     if not (ASSETS / "deit_tiny_patch16_224.safetensors").exists():
         sys.exit(f"bench/accuracy needs the shared assets at {ASSETS}")
     if args.quick:
         args.seeds, args.epochs, args.no_sweep = "0", 2, True
+    if args.paper:
+        args.seeds, args.epochs, args.img_size = "0,1,2", 100, 224
     seeds = [int(s) for s in args.seeds.split(",")]
     device = resolve_device(args.device)
     configs = [CONFIGS[int(i)] for i in args.configs.split(",")] if args.configs else CONFIGS
+    run_opts = {
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "compile": args.compile,
+    }
     spec = f"deit_tiny_patch16_224:img_size={args.img_size}"
     torch.set_num_threads(torch.get_num_threads())
     backbone_bytes = 4 * sum(p.numel() for p in build_backbone(spec, "random").parameters())
     results = {}
     for ds in args.datasets.split(","):
         t0 = time.perf_counter()
-        data = load(ds, args.img_size)
+        data = load(ds, args.img_size, device)
         train_split, val_split, test_split = DATASETS[ds]
         n_cls = int(max(data[test_split].labels.max(), data["trainval"].labels.max())) + 1
         print(
             f"\n{ds}: train {len(data[train_split])}, val {len(data[val_split])}, "
             f"test {len(data[test_split])}, {n_cls} classes, {args.img_size} px, "
-            f"{args.epochs} epochs (decoded in {time.perf_counter() - t0:.0f} s)",
+            f"{args.epochs} epochs, batch {args.batch_size}, {device} "
+            f"{precision_name(args.precision, device)}{' compiled' if args.compile else ''} "
+            f"(decoded in {time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
         # One sweep per method; the consolidator's runs on its first row's structure.
@@ -174,6 +200,7 @@ def main() -> None:
                     args.epochs,
                     seed=0,
                     device=device,
+                    **run_opts,
                 )
                 scores[lr] = r["top1"]
                 print(f"  sweep {label:36s} lr {lr:.0e}: val top-1 {r['top1']:.1f}", flush=True)
@@ -193,6 +220,7 @@ def main() -> None:
                     args.epochs,
                     seed,
                     device,
+                    **run_opts,
                 )
                 for seed in seeds
             ]

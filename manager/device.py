@@ -22,11 +22,16 @@ def resolve_device(name: str) -> torch.device:
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype:
-    """Inference dtype: ``None`` means bf16 on CUDA and fp32 elsewhere; else ``fp32``, ``bf16``
-    or ``fp16``. Stored weights keep their own dtype; this is only what a model computes in."""
+def precision_name(precision: str | None, device: torch.device) -> str:
+    """The precision a run computes in: ``None`` means bf16 on CUDA and fp32 elsewhere."""
     if precision is None:
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
         raise MgrError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
+    return precision
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype:
+    """Compute dtype: ``None`` means bf16 on CUDA and fp32 elsewhere; else ``fp32``, ``bf16``
+    or ``fp16``. Stored weights keep their own dtype; this is only what a model computes in."""
+    return PRECISIONS[precision_name(precision, device)]

@@ -138,7 +138,12 @@ class LearningRate(FiniteFloat):
     help="AdamW weight decay (never on biases and norms).",
 )
 @click.option(
-    "--batch-size", type=Int64(1, 65536), default=TrainConfig.batch_size, show_default=True
+    "--batch-size",
+    type=Int64(1, 65536),
+    default=TrainConfig.batch_size,
+    show_default=True,
+    help="Global batch (under torchrun, shared out among the processes). The learning rate is "
+    "never scaled with it: pass the --lr you want for that batch.",
 )
 @click.option(
     "--img-size",
@@ -156,6 +161,20 @@ class LearningRate(FiniteFloat):
     help="Storage dtype of the artifact.",
 )
 @device_option
+# -- compute settings (issue 11): precision, compile --
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default=TrainConfig.precision,
+    help="Autocast precision of the forward and backward (fp16 scales the loss); parameters, "
+    "optimizer state and the artifact keep their dtypes. [default: bf16 on CUDA, fp32 on CPU]",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the model for training (the first step waits; pays off on long runs).",
+)
 @click.option("--train-split", help="[default: the official training split: train, or trainval]")
 @click.option(
     "--eval-split",
@@ -213,6 +232,8 @@ def command(
     seed: int,
     storage_dtype: str,
     device: str,
+    precision: str | None,
+    compile_: bool,
     resume: bool,
     train_split: str | None,
     eval_split: str,
@@ -227,7 +248,8 @@ def command(
     The paper's recipe by default: AdamW, batch 64, 100 epochs, cosine schedule with 10%
     warm-up, no weight decay on biases and norms, bicubic resize, no augmentation. The
     projected artifact size is checked against the task's and the global budget before any
-    training. Each epoch leaves a checkpoint; after a kill, rerun with --resume.
+    training. Each epoch leaves a checkpoint; after a kill, rerun with --resume. Under
+    torchrun, each process trains its share of every --batch-size batch and rank 0 records.
 
     \b
     Examples:
@@ -238,6 +260,8 @@ def command(
       mgr train pets --lr 3e-3 --lr-norm 1e-3
       mgr train pets --tune                  # lr, weight decay, DropPath: ~2x one run, then the run
       mgr train pets --lr auto               # the lr alone
+      mgr train pets --method full --batch-size 256 --lr 4e-4 --compile
+      torchrun --standalone --nproc-per-node 4 -m manager train pets --batch-size 256
     """
     # Cheap checks before the heavy imports, so a typo fails in a fraction of a second.
     budget_bytes = parse_size(budget) if budget is not None else None
@@ -252,6 +276,7 @@ def command(
 
     from manager.delta.structure import format_structure
     from manager.train.config import TrainConfig
+    from manager.train.distributed import PeerError
     from manager.train.run import train_task
 
     cfg = TrainConfig(
@@ -270,13 +295,19 @@ def command(
         img_size=img_size,
         seed=seed,
         storage_dtype=storage_dtype,
+        precision=precision,
+        compile=compile_,
     )
     err = console(stderr=True)
     progress = _progress(err, epochs) if err.is_terminal else _epoch_lines
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     if knobs is not None:
+        import os
+
         from manager.train.tune import tune_task
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise MgrError("--tune and --lr auto run in one process; run them without torchrun")
         cfg = tune_task(
             app.home,
             app.catalog,
@@ -291,23 +322,28 @@ def command(
             eval_split=eval_split,
             log=log,
         )
-    out = train_task(
-        app.home,
-        app.catalog,
-        task,
-        cfg,
-        device=device,
-        resume=resume,
-        fit_budget=fit_budget,
-        budget_bytes=budget_bytes,
-        promote="never" if no_promote else promote_mode,
-        gate_margin=gate_margin,
-        gate_split=gate_split,
-        train_split=train_split,
-        eval_split=eval_split,
-        progress=progress,
-        log=log,
-    )
+    try:
+        out = train_task(
+            app.home,
+            app.catalog,
+            task,
+            cfg,
+            device=device,
+            resume=resume,
+            fit_budget=fit_budget,
+            budget_bytes=budget_bytes,
+            promote="never" if no_promote else promote_mode,
+            gate_margin=gate_margin,
+            gate_split=gate_split,
+            train_split=train_split,
+            eval_split=eval_split,
+            progress=progress,
+            log=log,
+        )
+    except PeerError:
+        sys.exit(1)  # rank 0 prints this error; the other torchrun processes stay quiet
+    if out is None:
+        return  # a torchrun process other than rank 0: rank 0 reports
     if as_json:
         echo_json(
             {

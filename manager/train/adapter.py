@@ -18,7 +18,8 @@ from manager.delta.structure import Structure, parse_structure
 from manager.errors import MgrError
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors
-from manager.train.loop import CheckpointIO, ProgressFn, check_settings, fit
+from manager.train.distributed import Dist
+from manager.train.loop import CheckpointIO, FitResult, ProgressFn, check_settings, fit
 from manager.train.methods import Method, default_structure
 
 
@@ -46,45 +47,64 @@ def prepare_model(model: nn.Module, method: Method, cfg: TrainConfig) -> Structu
     return structure
 
 
-def train_adapter(
+def fit_adapter(
     model: nn.Module,
     method: Method,
     cfg: TrainConfig,
     data: TrainData,
     device: torch.device | str = "cpu",
     *,
-    meta: DeltaMeta,
     checkpoint: CheckpointIO | None = None,
     resume: bool = False,
     progress: ProgressFn | None = None,
-) -> tuple[Delta, dict[str, Any]]:
-    """Train a model made by ``prepare_model``; return its exported delta and metrics.
-
-    ``meta`` names the backbone and storage dtype of the delta. A run whose loss or weights go
-    non-finite raises MgrError, and so does a delta with any non-finite value (e.g. one that
-    overflows the storage dtype): such a delta is never returned.
-    """
+    ctx: Dist | None = None,
+) -> FitResult:
+    """Train a model made by ``prepare_model`` (every rank of a torchrun run calls this)."""
     from manager.datasets.transforms import data_config
-    from manager.train.evaluate import evaluate
 
     lr = cfg.lr if cfg.lr is not None else method.default_lr
     check_settings(cfg, lr)
     dc = data_config(model)
-    mean, std = torch.tensor(dc["mean"]), torch.tensor(dc["std"])
-    result = fit(
+    return fit(
         model,
         data.train,
         cfg,
         lr=lr,
-        mean=mean,
-        std=std,
+        mean=torch.tensor(dc["mean"]),
+        std=torch.tensor(dc["std"]),
         device=device,
         checkpoint=checkpoint,
         resume=resume,
         progress=progress,
+        ctx=ctx,
     )
+
+
+def export_adapter(
+    model: nn.Module,
+    method: Method,
+    data: TrainData,
+    result: FitResult,
+    device: torch.device | str = "cpu",
+    *,
+    meta: DeltaMeta,
+) -> tuple[Delta, dict[str, Any]]:
+    """Evaluate a trained model on ``data.eval`` (float32, on ``device``) and export its delta.
+
+    A delta with any non-finite value (e.g. one that overflows the storage dtype) raises
+    MgrError: such a delta is never returned.
+    """
+    from manager.datasets.transforms import data_config
+    from manager.train.evaluate import evaluate
+
+    dc = data_config(model)
     metrics: dict[str, Any] = evaluate(
-        model, data.eval, num_classes_of(model), mean, std, device=device
+        model,
+        data.eval.to(device),
+        num_classes_of(model),
+        torch.tensor(dc["mean"]),
+        torch.tensor(dc["std"]),
+        device=device,
     )
     metrics.update(
         train_images_per_s=round(result.images_per_s, 2),
@@ -102,3 +122,26 @@ def train_adapter(
             "the run diverged and nothing was recorded; try a smaller --lr"
         )
     return delta, metrics
+
+
+def train_adapter(
+    model: nn.Module,
+    method: Method,
+    cfg: TrainConfig,
+    data: TrainData,
+    device: torch.device | str = "cpu",
+    *,
+    meta: DeltaMeta,
+    checkpoint: CheckpointIO | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+) -> tuple[Delta, dict[str, Any]]:
+    """Train a model made by ``prepare_model`` in this one process; return its delta and metrics.
+
+    ``meta`` names the backbone and storage dtype of the delta. A run whose loss or weights go
+    non-finite raises MgrError, and so does a non-finite delta (see ``export_adapter``).
+    """
+    result = fit_adapter(
+        model, method, cfg, data, device, checkpoint=checkpoint, resume=resume, progress=progress
+    )
+    return export_adapter(model, method, data, result, device, meta=meta)

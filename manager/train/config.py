@@ -25,6 +25,11 @@ class TrainConfig:
     img_size: int | None = None  # None = the backbone's own size
     seed: int = 0
     storage_dtype: str = "float32"
+    # Compute settings (issue 11). precision: "fp32", "bf16" or "fp16" autocast (None = bf16 on
+    # CUDA, fp32 elsewhere; parameters and artifact keep their dtypes); compile: torch.compile
+    # the forward. batch_size above is the global batch, over every torchrun process.
+    precision: str | None = None
+    compile: bool = False
     extra: dict = field(default_factory=dict)
     tune: dict | None = None  # the search that chose these settings (mgr train --tune)
 

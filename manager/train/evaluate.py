@@ -23,9 +23,12 @@ def evaluate(
     """Accuracy over all samples (``average="micro"``): the paper's top-1 figure."""
     was_training = model.training
     model.eval()
-    top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro").to(device)
+    # Rank-local even inside a torchrun process group: rank 0 alone evaluates, so no metric sync.
+    top1 = MulticlassAccuracy(
+        num_classes=num_classes, top_k=1, average="micro", sync_on_compute=False
+    ).to(device)
     top5 = MulticlassAccuracy(
-        num_classes=num_classes, top_k=min(5, num_classes), average="micro"
+        num_classes=num_classes, top_k=min(5, num_classes), average="micro", sync_on_compute=False
     ).to(device)
     for x, y in data.batches(batch_size, mean, std):
         logits = model(x.to(device))

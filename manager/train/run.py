@@ -5,6 +5,7 @@ home and the settings checked against the model before any data is decoded; the 
 is checked against the budgets and reserved in one write transaction before any training (so
 trainings started together cannot all pass); the trained delta is recorded by
 ``manager.store.record.record_version``, which leaves either a complete version or nothing.
+Under torchrun, rank 0 alone does all of that; see ``manager.train.distributed``.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from manager.catalog import Catalog, budgets, reservations, tasks
 from manager.catalog.models import Backbone, Task
 from manager.delta.delta import DeltaMeta
 from manager.delta.structure import Structure, format_structure
-from manager.device import resolve_device
+from manager.device import precision_name, resolve_device
 from manager.errors import MgrError
 from manager.home import Home
 from manager.specs import format_spec, split_spec
 from manager.store.backbones import load_backbone, materialise_backbone
 from manager.store.fs import Store
 from manager.store.record import record_version
-from manager.train.adapter import TrainData, prepare_model, train_adapter
+from manager.train import distributed
+from manager.train.adapter import TrainData, export_adapter, fit_adapter, prepare_model
 from manager.train.checkpoint import Checkpoint
 from manager.train.config import TrainConfig
+from manager.train.distributed import Dist
 from manager.train.groups import resolve_lrs
 from manager.train.loop import ProgressFn
 from manager.train.methods import Method, get_method, storage_dtype
@@ -226,19 +229,106 @@ def train_task(
     eval_split: str = EVAL_SPLIT,
     progress: ProgressFn | None = None,
     log: Callable[[str], Any] = print,
-) -> TrainOutcome:
+) -> TrainOutcome | None:
     """Train ``task_name``'s adapter and record it as a new version (see the module docstring).
 
     ``promote``: ``"gate"`` (the champion changes only if the new version beats it by
     ``gate_margin`` points on ``gate_split``, see ``manager.train.gate``), ``"always"``,
     ``"never"``; True and False mean always and never.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this: rank 0 returns the outcome,
+    the other ranks train their share and return None (``manager.train.distributed``).
     """
+    ctx = distributed.from_env()
+    dev = distributed.rank_device(resolve_device(device), ctx)
+    with distributed.process_group(ctx, dev):
+        return _train(
+            home,
+            catalog,
+            task_name,
+            cfg,
+            dev,
+            ctx,
+            resume=resume,
+            fit_budget=fit_budget,
+            budget_bytes=budget_bytes,
+            promote=promote,
+            gate_margin=gate_margin,
+            gate_split=gate_split,
+            train_split=train_split,
+            eval_split=eval_split,
+            progress=progress,
+            log=log,
+        )
+
+
+@dataclass
+class _Prepared:
+    """A run's model and settings, checked against the budgets (and reserved, on rank 0)."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    backbone: Backbone
+    structure: Structure | None
+    meta: DeltaMeta
+    reservation: int | None = None
+
+
+def _prepare(
+    home: Home,
+    catalog: Catalog,
+    info: _TaskInfo,
+    cfg: TrainConfig,
+    method: Method,
+    dtype: torch.dtype,
+    *,
+    fit_budget: bool,
+    budget_bytes: int | None,
+    reserve: bool,
+    log: Callable[[str], Any],
+) -> _Prepared:
+    torch.manual_seed(cfg.seed)
+    model, backbone = build_model(home, catalog, info, cfg.img_size)
+    meta = DeltaMeta(method.name, backbone.spec, backbone.content_hash, dtype, info.num_classes)
+    if fit_budget:
+        cfg = _fit_budget(catalog, info, model, cfg, method, meta, budget_bytes, log)
+    structure = prepare_model(model, method, cfg)
+    if not reserve:
+        return _Prepared(cfg, model, backbone, structure, meta)
+    projected = len(method.export(model, meta).to_bytes())
+    if budget_bytes is not None and projected > budget_bytes:
+        raise MgrError(
+            f"the {method.name} artifact needs {projected} bytes, over --budget "
+            f"{budget_bytes}; use a coarser --groups or --fit-budget"
+        )
+    return _Prepared(cfg, model, backbone, structure, meta, _reserve(catalog, info, projected))
+
+
+def _train(
+    home: Home,
+    catalog: Catalog,
+    task_name: str,
+    cfg: TrainConfig,
+    dev: torch.device,
+    ctx: Dist | None,
+    *,
+    resume: bool,
+    fit_budget: bool,
+    budget_bytes: int | None,
+    promote: bool | str,
+    gate_margin: float,
+    gate_split: str | None,
+    train_split: str | None,
+    eval_split: str,
+    progress: ProgressFn | None,
+    log: Callable[[str], Any],
+) -> TrainOutcome | None:
     from manager.datasets.transforms import data_config
 
     t0 = time.perf_counter()
     method = get_method(cfg.method)
     dtype = storage_dtype(cfg.storage_dtype)
-    dev = resolve_device(device)
+    cfg = dataclasses.replace(cfg, precision=precision_name(cfg.precision, dev))
     cfg = resolve_lrs(cfg, method)  # every group's rate recorded, defaults filled in
     with catalog.session(write=False) as s:
         info = _task_info(tasks.get_task(s, task_name))
@@ -248,64 +338,88 @@ def train_task(
     if resume and not checkpoint.exists():
         raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {task_name!r}")
 
-    torch.manual_seed(cfg.seed)
-    model, backbone = build_model(home, catalog, info, cfg.img_size)
-    meta = DeltaMeta(method.name, backbone.spec, backbone.content_hash, dtype, info.num_classes)
-    if fit_budget:
-        cfg = _fit_budget(catalog, info, model, cfg, method, meta, budget_bytes, log)
-    structure = prepare_model(model, method, cfg)
-    projected = len(method.export(model, meta).to_bytes())
-    if budget_bytes is not None and projected > budget_bytes:
-        raise MgrError(
-            f"the {method.name} artifact needs {projected} bytes, over --budget "
-            f"{budget_bytes}; use a coarser --groups or --fit-budget"
-        )
-    reservation = _reserve(catalog, info, projected)
-    try:
-        data = load_data(info, model, train_split, eval_split)
-        delta, metrics = train_adapter(
-            model,
-            method,
+    def prepare(cfg: TrainConfig, *, fit: bool, reserve: bool) -> _Prepared:
+        return _prepare(
+            home,
+            catalog,
+            info,
             cfg,
+            method,
+            dtype,
+            fit_budget=fit,
+            budget_bytes=budget_bytes,
+            reserve=reserve,
+            log=log,
+        )
+
+    if ctx is None:
+        run = prepare(cfg, fit=fit_budget, reserve=True)
+    elif ctx.is_main:
+        # Rank 0 decides (backbone bound, structure fitted, budget reserved) before any rank
+        # trains; the others wait for the verdict and build the same model from its settings.
+        try:
+            run = prepare(cfg, fit=fit_budget, reserve=True)
+        except Exception as e:
+            ctx.decide(str(e) if isinstance(e, MgrError) else f"rank 0 failed: {e}")
+            raise
+        ctx.decide(None, run.cfg.to_json())
+    else:
+        cfg = TrainConfig(**ctx.decide(None))
+        run = prepare(cfg, fit=False, reserve=False)
+    try:
+        data = load_data(info, run.model, train_split, eval_split)
+        result = fit_adapter(
+            run.model,
+            method,
+            run.cfg,
             data,
             dev,
-            meta=meta,
             checkpoint=checkpoint,
             resume=resume,
             progress=progress,
+            ctx=ctx,
         )
-        hyper = {**cfg.to_json(), "img_size": data_config(model)["img_size"], "device": str(dev)}
+        if ctx is not None and not ctx.is_main:
+            return None
+        delta, metrics = export_adapter(run.model, method, data, result, dev, meta=run.meta)
+        hyper = {
+            **run.cfg.to_json(),
+            "img_size": data_config(run.model)["img_size"],
+            "device": str(dev),
+            "world_size": ctx.world if ctx is not None else 1,
+        }
         # The promotion gate: score the new delta against the champion before recording.
         from manager.train.gate import decide
 
         mode = promote if isinstance(promote, str) else ("always" if promote else "never")
         trained_on = train_split or TRAIN_SPLIT.get(info.dataset.split(":", 1)[0], "train")
         decision = decide(
-            home, catalog, task_name, delta, mode, backbone=backbone, trained_on=trained_on,
+            home, catalog, task_name, delta, mode, backbone=run.backbone, trained_on=trained_on,
             eval_split=eval_split, margin=gate_margin, split=gate_split, device=dev, log=log,
         )  # fmt: skip
         recorded = record_version(
             catalog,
             task_name,
             delta,
-            structure=structure,
+            structure=run.structure,
             hyperparams=hyper,
             metrics=metrics,
             parent_id=info.parent_id,
             promote=decision,
-            reservation=reservation,
+            reservation=run.reservation,
         )
     except BaseException:
-        _release(catalog, reservation)
+        if run.reservation is not None:
+            _release(catalog, run.reservation)
         raise
     checkpoint.remove()
     return TrainOutcome(
         task_name,
         recorded.number,
         method.name,
-        structure,
+        run.structure,
         recorded.bytes,
-        backbone.bytes,
+        run.backbone.bytes,
         metrics,
         time.perf_counter() - t0,
         recorded.path,
