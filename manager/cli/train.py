@@ -302,11 +302,10 @@ def command(
     progress = _progress(err, epochs) if err.is_terminal else _epoch_lines
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     if knobs is not None:
-        import os
-
+        from manager.train import distributed
         from manager.train.tune import tune_task
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if distributed.from_env() is not None:  # torchrun's env, checked (a bad value is one line)
             raise MgrError("--tune and --lr auto run in one process; run them without torchrun")
         cfg = tune_task(
             app.home,
