@@ -37,6 +37,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from hardware import hardware_line
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -191,7 +193,8 @@ def pct(values: list[float], q: float) -> float:
 # -- main -------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The bench's options (the GPU suite fills them with ``parse_args([...])``)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="deit_tiny_patch16_224", help="timm spec of the backbone")
     ap.add_argument("--groups", type=int, default=96, help="Consolidator g of every task")
@@ -206,7 +209,12 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary home")
-    args = ap.parse_args()
+    ap.add_argument("--kinds", default="uniform,skewed", help="task mixes beyond one task")
+    return ap
+
+
+def measure(args: argparse.Namespace) -> list[tuple]:
+    """Make the home, start `mgr serve`, run every phase; one row per phase (see ``main``)."""
     counts = [int(t) for t in args.tasks.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="mgr-bench-serve-"))
@@ -260,7 +268,8 @@ def main() -> None:
             raise SystemExit(f"the server did not start: {banner} {server.stderr.read()}")
         load = Load(port, bodies, args.concurrency)
         asyncio.run(load.run(names, len(names) + args.concurrency, 60))  # warm-up: every task
-        scenarios = [(1, "-")] + [(n, m) for n in counts if n > 1 for m in ("uniform", "skewed")]
+        kinds = args.kinds.split(",")
+        scenarios = [(1, "-")] + [(n, m) for n in counts if n > 1 for m in kinds]
         for n, kind in scenarios:
             before = metrics(port)
             r = asyncio.run(load.run(mix(names, n, kind), args.requests, args.seconds))
@@ -287,8 +296,14 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"home kept at {home}")
+    return rows
 
+
+def main() -> None:
+    args = parser().parse_args()
+    rows = measure(args)
     print()
+    print(hardware_line(args.device))
     threads = args.threads or "default"
     print(
         f"model {args.model}, device {args.device}, server threads {threads}, schedule "
