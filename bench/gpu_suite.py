@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib.util
+import importlib
 import json
 import statistics
 import sys
@@ -66,7 +66,12 @@ TINY = {"depth": 1, "img_size": 32}  # --smoke model options (timm kwargs)
 
 def have_catalog() -> str | None:
     """None if the catalog's packages import, else why not (they travel as wheels)."""
-    missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+    missing = []
+    for name in ("sqlalchemy", "alembic"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     return f"needs {' and '.join(missing)} (not installed)" if missing else None
 
 
