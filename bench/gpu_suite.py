@@ -311,7 +311,7 @@ def run_inference(sec: Section, a: argparse.Namespace) -> None:
     for (label, v), net in nets.items():
         m = net.to(device, torch.bfloat16)
         with compile_backend(backend):
-            cm = torch.compile(m)
+            cm = torch.compile(m, dynamic=False)  # a static graph per batch size, as served
         for batch in batches:
             what = f"{label} {v} batch {batch} bf16 compiled"
             if sec.fits(what, "compiled", 60):
@@ -423,12 +423,18 @@ def mgr_train_img_s(a: argparse.Namespace, batch: int, img: int, extra: str) -> 
 
         def mgr(*args: str) -> str:
             buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                mgr_main.main(["--home", tmp, *args], prog_name="mgr", standalone_mode=False)
+            try:
+                with contextlib.redirect_stdout(buf):
+                    mgr_main.main(["--home", tmp, *args], prog_name="mgr", standalone_mode=False)
+            except SystemExit as e:  # a command's own exit must not end the suite
+                if e.code:
+                    msg = f"mgr {args[0]} exited {e.code}: {buf.getvalue()[-300:]}"
+                    raise RuntimeError(msg) from None
             return buf.getvalue()
 
         mgr("task", "add", "bench", "--dataset", data, "--backbone", spec, "--weights", "random")
-        out = mgr("train", "bench", "--method", "consolidator", "--epochs", "1", "--batch-size",
+        epochs = "1" if a.smoke else "2"
+        out = mgr("train", "bench", "--method", "consolidator", "--epochs", epochs, "--batch-size",
                   str(batch), "--precision", "bf16", "--device", a.device, "--promote", "always",
                   "--json")  # fmt: skip
         return float(json.loads(out)["metrics"]["train_images_per_s"])
