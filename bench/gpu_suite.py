@@ -296,7 +296,27 @@ def run_inference(sec: Section, a: argparse.Namespace) -> None:
                     times.append(time.perf_counter() - t)
         return _median_rate(batch, times)
 
-    # Eager rows first, all of them; then the compiled ones (each compiles: the costly rows).
+    try:
+        _inference_rows(sec, a, nets, batches, measure, results)
+    finally:  # what was measured is kept, also when a later row fails
+        for label, _ in models:
+            for batch in batches:
+                for v in ("merged", "unmerged"):
+                    r = [results.get((label, v, batch, p)) for p in ("fp32", "bf16", "compiled")]
+                    if not any(r):
+                        continue
+                    f32 = r[0]
+                    ratios = [x / f32 if (x and f32) else None for x in r[1:]]
+                    sec.rows.append([label, batch, v, *r, *ratios])
+        sec.notes.append("fp32 is torch's default (no TF32 matmuls); target: bf16 >= 7x fp32")
+
+
+def _inference_rows(sec: Section, a, nets: dict, batches: list[int], measure, results) -> None:
+    """Eager rows first, all of them; then the compiled ones (each compiles: the costly rows),
+    the merged model at the largest batch first."""
+    import torch
+
+    device = torch.device(a.device)
     for (label, v), net in nets.items():
         for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             m = net.to(device, dtype)
@@ -308,30 +328,29 @@ def run_inference(sec: Section, a: argparse.Namespace) -> None:
         net.to("cpu", torch.float32)
         _free()
     backend = "eager" if a.smoke else None
-    for (label, v), net in nets.items():
-        m = net.to(device, torch.bfloat16)
-        with compile_backend(backend):
-            cm = torch.compile(m, dynamic=False)  # a static graph per batch size, as served
-        for batch in batches:
-            what = f"{label} {v} batch {batch} bf16 compiled"
-            if sec.fits(what, "compiled", 60):
-                with sec.timing("compiled"):
-                    ips = measure(cm, label, batch, torch.bfloat16)
-                    results[(label, v, batch, "compiled")] = ips
-        del cm
+    compiled: dict[tuple, torch.nn.Module] = {}
+    order = [(lab, v, b) for v in ("merged", "unmerged") for b in sorted(batches, reverse=True)
+             for lab, vv in nets if vv == v]  # fmt: skip
+    for label, v, batch in order:
+        what = f"{label} {v} batch {batch} bf16 compiled"
+        if not sec.fits(what, "compiled", 60):
+            continue
+        if (label, v) not in compiled:
+            with compile_backend(backend):  # a static graph per batch size, as served
+                m = nets[(label, v)].to(device, torch.bfloat16)
+                compiled[(label, v)] = torch.compile(m, dynamic=False)
+        try:
+            with sec.timing("compiled"):
+                ips = measure(compiled[(label, v)], label, batch, torch.bfloat16)
+        except Exception as e:  # e.g. no C++ compiler / Triton: the eager rows still count
+            sec.skipped.append(f"{what}: compile failed: {str(e).splitlines()[0][:200]}")
+            break
+        results[(label, v, batch, "compiled")] = ips
+    compiled.clear()
+    torch._dynamo.reset()
+    for net in nets.values():
         net.to("cpu", torch.float32)
-        torch._dynamo.reset()
-        _free()
-    for label, _ in models:
-        for batch in batches:
-            for v in ("merged", "unmerged"):
-                r = [results.get((label, v, batch, p)) for p in ("fp32", "bf16", "compiled")]
-                if not any(r):
-                    continue
-                f32 = r[0]
-                ratios = [x / f32 if (x and f32) else None for x in r[1:]]
-                sec.rows.append([label, batch, v, *r, *ratios])
-    sec.notes.append("target: bf16 >= 7x fp32")
+    _free()
 
 
 # -- 3. training speed ------------------------------------------------------------------------
@@ -340,8 +359,6 @@ def run_inference(sec: Section, a: argparse.Namespace) -> None:
 def run_train(sec: Section, a: argparse.Namespace) -> None:
     import torch
     import train_speed as ts
-
-    from manager.errors import MgrError
 
     if a.smoke:
         img, batch, steps, extra = 32, 8, 2, "depth=1"
@@ -358,40 +375,17 @@ def run_train(sec: Section, a: argparse.Namespace) -> None:
     if a.smoke:
         eager, compiled = [0, 3, 4], [3]  # the rest are the same code path
     res: dict[tuple[int, bool], tuple[float, float | None]] = {}
-    backend = "eager" if a.smoke else None
-    for setting, rows, guess in (("bf16 eager", eager, 15), ("bf16 compiled", compiled, 90)):
-        comp = setting.endswith("compiled")
-        for i in rows:
-            what = f"{ts.ROWS[i][0]}, {setting}"
-            if not sec.fits(what, setting, guess):
-                continue
-            with sec.timing(setting):
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                try:
-                    with compile_backend(backend if comp else None):
-                        p = ts.prepare(i, model, img, batch, a.device, "bf16", comp, extra)
-                        sec_s = p.run(steps)
-                except MgrError as e:
-                    sec.skipped.append(f"{what}: {e}")
+    try:
+        _train_rows(sec, a, res, eager, compiled, (model, img, batch, steps, extra))
+    finally:  # what was measured is kept, also when a later row fails
+        for comp in (False, True):
+            full = res.get((0, comp), (None,))[0]
+            for i in eager if not comp else compiled:
+                if (i, comp) not in res:
                     continue
-                peak = (
-                    torch.cuda.max_memory_allocated(device) / 2**20
-                    if device.type == "cuda" else None
-                )  # fmt: skip
-                res[(i, comp)] = (batch * steps / sec_s, peak)
-                del p
-                if comp:
-                    torch._dynamo.reset()
-                _free()
-    for comp in (False, True):
-        full = res.get((0, comp), (None,))[0]
-        for i in eager if not comp else compiled:
-            if (i, comp) not in res:
-                continue
-            ips, peak = res[(i, comp)]
-            setting = "bf16 compiled" if comp else "bf16 eager"
-            sec.rows.append([ts.ROWS[i][0], setting, ips, ips / full if full else None, peak])
+                ips, peak = res[(i, comp)]
+                setting = "bf16 compiled" if comp else "bf16 eager"
+                sec.rows.append([ts.ROWS[i][0], setting, ips, ips / full if full else None, peak])
     sec.notes.append("targets: Consolidator >= 1.2x full; >= 12,000 img/s compiled at batch 256")
     # mgr train's own reported img/s, Consolidator (DropPath 0, eager), against the bench's.
     why = have_catalog()
@@ -407,6 +401,44 @@ def run_train(sec: Section, a: argparse.Namespace) -> None:
     sec.notes.append(f"mgr train --method consolidator --precision bf16 --batch-size {batch}: "
                      f"reports {ips:,.0f} img/s{ratio}")  # fmt: skip
     sec.settings["mgr train img/s"] = round(ips, 1)
+
+
+def _train_rows(sec: Section, a, res: dict, eager: list, compiled: list, shape: tuple) -> None:
+    """Each method, eager then compiled, as far as the section's share goes."""
+    import torch
+    import train_speed as ts
+
+    from manager.errors import MgrError
+
+    model, img, batch, steps, extra = shape
+    device = torch.device(a.device)
+    backend = "eager" if a.smoke else None
+    for setting, rows, guess in (("bf16 eager", eager, 15), ("bf16 compiled", compiled, 90)):
+        comp = setting.endswith("compiled")
+        for i in rows:
+            what = f"{ts.ROWS[i][0]}, {setting}"
+            if not sec.fits(what, setting, guess):
+                continue
+            with sec.timing(setting):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                try:
+                    with compile_backend(backend if comp else None):
+                        p = ts.prepare(i, model, img, batch, a.device, "bf16", comp, extra)
+                        sec_s = p.run(steps)
+                except (MgrError, torch.OutOfMemoryError) as e:
+                    sec.skipped.append(f"{what}: {str(e).splitlines()[0][:200]}")
+                    p = None
+                else:
+                    peak = (
+                        torch.cuda.max_memory_allocated(device) / 2**20
+                        if device.type == "cuda" else None
+                    )  # fmt: skip
+                    res[(i, comp)] = (batch * steps / sec_s, peak)
+                del p
+                if comp:
+                    torch._dynamo.reset()
+                _free()
 
 
 def mgr_train_img_s(a: argparse.Namespace, batch: int, img: int, extra: str) -> float:
