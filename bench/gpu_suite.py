@@ -567,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     wanted = [s.strip() for s in a.sections.split(",") if s.strip()]
+    if not wanted:
+        ap.exit(2, f"error: --sections names no section (choose from {', '.join(SECTIONS)})\n")
     bad = [s for s in wanted if s not in SECTIONS]
     if bad:
         ap.exit(2, f"error: unknown section {bad[0]!r} (choose from {', '.join(SECTIONS)})\n")
@@ -614,8 +616,25 @@ def main(argv: list[str] | None = None) -> int:
         (a.out / f"{stem}.json").write_text(json.dumps(sec.record(hw), indent=1) + "\n")
         print(text, flush=True)
         sections.append(sec)
-    skipped_sections = [s for s in SECTIONS if s not in order]
-    total = time.monotonic() - t0
+        # Rewritten after every section: a run killed at its time limit keeps what was done.
+        lines = write_summary(a, hw, hw_line, sections, order, time.monotonic() - t0)
+    print("\n".join(lines), flush=True)
+    return 1 if failed else 0
+
+
+def write_summary(
+    a: argparse.Namespace,
+    hw: dict,
+    hw_line: str,
+    sections: list[Section],
+    order: list[str],
+    total: float,
+) -> list[str]:
+    """``summary.md`` (the state of every section, every skipped row, then all the tables) and
+    ``summary.json``; returns the summary's head lines."""
+    done = {s.name for s in sections}
+    pending = [n for n in order if n not in done]
+    not_asked = [n for n in SECTIONS if n not in order]
     lines = [f"# GPU suite: {a.device}{' (smoke)' if a.smoke else ''}", "", hw_line, "",
              f"budget {a.budget_s:.0f} s, used {total:.0f} s", "",
              "| section | status | seconds | rows | skipped |",
@@ -628,17 +647,17 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"- {s.name}: skipped {x}" for x in s.skipped]
         if s.error:
             lines.append(f"- {s.name}: FAILED {s.error}")
-    lines += [f"- {n}: not asked for (--sections)" for n in skipped_sections]
+    lines += [f"- {n}: not reached (the run was still going, or was killed)" for n in pending]
+    lines += [f"- {n}: not asked for (--sections)" for n in not_asked]
     summary = "\n".join(lines) + "\n\n" + "\n".join(s.markdown(hw_line) for s in sections)
     (a.out / "summary.md").write_text(summary)
     (a.out / "summary.json").write_text(json.dumps({
         "hardware": hw, "device": a.device, "smoke": a.smoke, "budget_s": a.budget_s,
-        "seconds": round(total, 1), "not_asked": skipped_sections,
+        "seconds": round(total, 1), "not_asked": not_asked, "not_reached": pending,
         "sections": [{"name": s.name, "status": s.status, "skipped": s.skipped,
                       "error": s.error, "file": f"{s.number}_{s.name}.json"} for s in sections],
     }, indent=1) + "\n")  # fmt: skip
-    print("\n".join(lines), flush=True)
-    return 1 if failed else 0
+    return lines
 
 
 if __name__ == "__main__":
