@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import TINY_SPEC
 from sqlalchemy import select
-from switch_helpers import fork_server, one_thread  # noqa: F401
+from switch_helpers import fork_server, live_file, one_thread  # noqa: F401
 
 from manager.catalog import open_catalog
 from manager.catalog.models import Deployment, Event
@@ -35,12 +35,12 @@ def live(home: Path) -> tuple[str, dict, dict]:
     file time it records."""
     from safetensors import safe_open
 
-    with safe_open(str(home / "live/head.safetensors"), framework="pt") as f:
+    with safe_open(str(live_file(home, "head")), framework="pt") as f:
         meta = {k: v for k, v in f.metadata().items() if k != "live_mtime_ns"}
         names = f.keys()
         raw = {k: f.get_tensor(k).contiguous().flatten().view(torch.uint8) for k in names}
     head = {k: hashlib.sha256(v.numpy().tobytes()).hexdigest() for k, v in raw.items()}
-    return sha(home / "live/backbone.safetensors"), head, meta
+    return sha(live_file(home)), head, meta
 
 
 def deployment_row(url: str, home: Path, host: str) -> tuple:

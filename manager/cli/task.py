@@ -234,20 +234,22 @@ def _remove_forced(app: App, name: str) -> None:
     """
     from manager.cli.switch import describe
     from manager.store.fs import Store
-    from manager.switch.live import switch_live_locked
+    from manager.switch.live import clear_task_locked
 
     store = Store.of(app.home)
     with store.lock(store.live_lock_file):
         with app.session(write=False) as s:
-            live = task_ops.is_live(s, task_ops.get_task(s, name), app.home.host)
+            task = task_ops.get_task(s, name)
+            live = task_ops.is_live(s, task, app.home.host)
         if live:
             try:
-                report = switch_live_locked(store, app.catalog, None, None)
+                reports = clear_task_locked(store, app.catalog, task.id)
             except MgrError as exc:
                 raise MgrError(
                     f"task {name!r} is live and the live files could not be restored to the "
                     f"backbone alone ({exc}); nothing was removed"
                 ) from None
-            click.echo(describe(report))
+            for report in reports:
+                click.echo(describe(report))
         with app.session() as s:
             task_ops.remove_task(s, name, app.home.host, force=True)
