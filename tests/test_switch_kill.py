@@ -55,8 +55,8 @@ class Expected:
 
     def live(self) -> tuple[dict, dict]:
         return (
-            load_file(self.live_file(home)),
-            load_file(self.live_file(home, "head")),
+            load_file(live_file(self.home)),
+            load_file(live_file(self.home, "head")),
         )
 
     def holds(self, label: str | None, body: dict | None = None) -> bool:
