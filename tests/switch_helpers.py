@@ -191,8 +191,10 @@ def _perturbed_delta(base_model, method: str, structure, dtype, seed: int, backb
     return m.export(model, meta)
 
 
-def add_python_tasks(home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes") -> None:
-    """Tasks whose versions are made here (fast), bound to ``bind_to``'s backbone."""
+def add_python_tasks(
+    home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes", spec: str = TINY_SPEC
+) -> None:
+    """Tasks whose versions are made here (fast), bound to ``bind_to``'s backbone (``spec``)."""
     from manager.backbone import new_head
     from manager.catalog import open_catalog, tasks
     from manager.home import Home
@@ -214,7 +216,7 @@ def add_python_tasks(home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes") -
                     name=name,
                     dataset="synthetic",
                     class_names=[f"{name}-c{i}" for i in range(n)],
-                    backbone_spec=TINY_SPEC,
+                    backbone_spec=spec,
                     weights="random",
                 )
                 t.backbone_id = row.id
