@@ -262,3 +262,88 @@ def test_an_old_single_live_home_migrates(tmp_path_factory, tmp_path):
     st = mgr(home, "status", "--json").json()
     assert (st["task"], st["verified"]) == ("shapes", True)
     assert mgr(home, "verify", "--json").json()["ok"] is True
+
+
+SPEC2 = "deit_tiny_patch16_224:img_size=48,depth=1"
+WIDE = {
+    "wide": (3, [("consolidator", ((8, False),), torch.float32), ("lora", None, torch.float32)])
+}
+KILLS = 16
+SLOW = "0.003"  # seconds per tensor written by a switch: widens its write phase
+
+
+def _live_rows(home: Path) -> dict[str, str | None]:
+    """``{backbone hash: "task@N" or None}`` of every deployment row, read with sqlite3."""
+    con = sqlite3.connect(home / "catalog.db", timeout=30)
+    try:
+        rows = con.execute(
+            "SELECT b.content_hash, t.name, v.number FROM deployment d "
+            "JOIN backbones b ON b.id = d.backbone_id "
+            "LEFT JOIN adapter_versions v ON v.id = d.version_id "
+            "LEFT JOIN tasks t ON t.id = v.task_id"
+        ).fetchall()
+    finally:
+        con.close()
+    return {h: (f"{t}@{n}" if t else None) for h, t, n in rows}
+
+
+@pytest.mark.slow
+def test_kills_during_cross_backbone_switches_leave_every_backbone_consistent(
+    two_backbone_home, tmp_path
+):
+    """SIGKILLs at random moments of switches between tasks on three backbones: after each,
+    the next command (status) finds every backbone idle and verified, and each backbone's live
+    file is bit-for-bit the merge of the version its row names."""
+    import os
+    import random
+    import signal
+    import time
+
+    from manager.backbone import build_backbone
+    from manager.catalog import open_catalog, tasks
+    from manager.home import Home
+    from manager.store.backbones import materialise_backbone
+
+    home = copy_home(two_backbone_home, tmp_path / "home")
+    h = Home.resolve(home)
+    cat = open_catalog(h)
+    try:
+        with cat.session() as s:
+            row = materialise_backbone(s, h, build_backbone(SPEC2, "random"), SPEC2, "random")
+            tasks.add_task(
+                s, name="carrier2", dataset="synthetic", class_names=["a"], backbone_spec=SPEC2
+            )
+            tasks.get_task(s, "carrier2").backbone_id = row.id
+    finally:
+        cat.close()
+    add_python_tasks(home, WIDE, "carrier2", spec=SPEC2)
+    srv = fork_server()
+    labels = [*catalog_versions(home)]
+    assert len({_backbones(home)[lab.split("@")[0]][1] for lab in labels}) == 3
+    srv.run(home, "switch", "shapes@1")
+    srv.run(home, "switch", "small@1")  # all three backbones live from here on
+    window = srv.run(home, "switch", "wide@1", MGR_SWITCH_TEST_SLOWDOWN=SLOW).seconds
+    rng = random.Random(17)
+    killed = attempts = 0
+    while killed < KILLS:
+        attempts += 1
+        assert attempts < 5 * KILLS
+        target = rng.choice([*labels, None])
+        args = ("switch", target) if target else ("switch", "--none")
+        started = srv.start(home, *args, MGR_SWITCH_TEST_SLOWDOWN=SLOW)
+        time.sleep(rng.uniform(0.0, window))
+        os.kill(started[0], signal.SIGKILL)
+        res = srv.wait(started)
+        killed += res.returncode == -signal.SIGKILL
+        st = srv.run(home, "status", "--json").json()  # finishes or rolls back the switch
+        assert st["state"] == "idle" and st["verified"] is True, st
+        for digest, label in _live_rows(home).items():
+            if label is not None:
+                assert_live_is(home, label)
+            else:  # the backbone alone: the live file is W0
+                base = load_file(str(home / next(v[2] for v in _backbones(home).values()
+                                                 if v[1] == digest)))  # fmt: skip
+                live = load_file(str(live_file(home, "backbone", digest)))
+                assert all(torch.equal(live[n], t) for n, t in base.items())
+    assert len(_live_rows(home)) == 3
+    assert srv.run(home, "verify", "--json").json()["ok"] is True
