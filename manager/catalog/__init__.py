@@ -71,6 +71,22 @@ def _refuse_if_lost(home: Home, path: Path, state: str) -> None:
         )
 
 
+def _bind_fresh_home(home: Home, engine: Engine) -> None:
+    """Record the catalog's id in a home that has none and no files yet (see `identity`): one
+    stat per command once it is there."""
+    from manager.catalog import identity
+
+    store = Store.of(home)
+    if all(v is not None for v in store.read_catalog_ids().values()):
+        return
+    if identity.home_has_files(store):
+        return  # adopted by gc, once the catalog is seen to record them
+    with session_scope(engine, write=False) as s:
+        cid = identity.catalog_id(s)
+    if cid is not None:
+        identity.bind_fresh(store, cid)
+
+
 def open_catalog(
     home: Home, url: str | None = None, migrate: bool = True, allow_lost: bool = False
 ) -> Catalog:
@@ -94,6 +110,7 @@ def open_catalog(
             check_reachable(engine)
         if migrate:
             ensure_current(engine, Store.of(home))
+            _bind_fresh_home(home, engine)
     except DatabaseError as exc:
         engine.dispose()
         if is_damage(exc):

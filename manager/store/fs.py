@@ -41,6 +41,7 @@ from manager.errors import MgrError
 from manager.home import Home
 
 ARTIFACT_ROOT_ENV = "MGR_ARTIFACT_ROOT"
+CATALOG_ID_FILE = "catalog-id"
 
 # Another machine's temporary file in a shared artifact root cannot be checked by pid: it is an
 # orphan once this old (a write takes seconds; a pending artifact lives for one transaction).
@@ -271,6 +272,29 @@ class Store:
     @property
     def migrate_lock_file(self) -> Path:
         return self.confine(self.root / ".migrate.lock")
+
+    @property
+    def catalog_id_files(self) -> list[Path]:
+        """``catalog-id`` in the home (and in the artifact root, whose files gc also deletes):
+        the id of the catalog these files belong to (``manager.catalog.identity``)."""
+        return [self.confine(r / CATALOG_ID_FILE) for r in self._roots()]
+
+    def read_catalog_ids(self) -> dict[Path, str | None]:
+        """Each ``catalog-id`` file and the id it holds (None where there is none yet)."""
+        out: dict[Path, str | None] = {}
+        for p in self.catalog_id_files:
+            try:
+                out[p] = p.read_text(encoding="ascii", errors="replace").strip() or None
+            except (FileNotFoundError, NotADirectoryError):
+                out[p] = None
+            except OSError as exc:
+                raise MgrError(f"cannot read {p}: {exc.strerror or exc}") from None
+        return out
+
+    def write_catalog_id(self, catalog_id: str) -> None:
+        """Record (atomically) in the home and the artifact root which catalog they belong to."""
+        for p in self.catalog_id_files:
+            self.write_bytes(p, catalog_id.encode("ascii") + b"\n")
 
     # -- mutations -----------------------------------------------------------------------------
 
