@@ -15,6 +15,8 @@ def get_deployment(s: Session, host: str) -> Deployment:
     dep = s.scalar(select(Deployment).where(Deployment.host == host))
     if dep is not None:
         return dep
+    if s.get_bind().url.query.get("immutable") == "1":  # a read-only home: nothing live there
+        return Deployment(host=host, state=DEPLOY_IDLE)
     dep = s.scalar(select(Deployment).where(Deployment.host == UNCLAIMED))
     if dep is not None:
         dep.host = host

@@ -30,7 +30,12 @@ def _weights(value: str | None) -> str | None:
     """None (the hub's pretrained weights), "random", or an existing local file (absolute)."""
     if value is None or value == RANDOM_WEIGHTS:
         return value
+    from manager.store.fs import not_regular
+
     path = Path(value).expanduser()
+    kind = not_regular(path)
+    if kind is not None:
+        raise MgrError(f"weights {value!r} is {kind}, not a regular file")
     if not path.is_file():
         raise MgrError(f"weights file {value!r} not found (use a file path or 'random')")
     return str(path.resolve())
