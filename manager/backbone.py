@@ -23,7 +23,8 @@ from torch import nn
 
 from manager.digest import tensors_digest
 from manager.errors import MgrError
-from manager.specs import split_spec
+from manager.specs import validate_backbone_spec
+from manager.store.fs import not_regular
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 DEFAULT_HEADS = ("head", "head_dist")  # timm ViT/DeiT classifier names
@@ -38,7 +39,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
     Raises `MgrError` for a name timm does not know, with the closest known names.
     """
-    name, kwargs = split_spec(spec)
+    # Also for a spec read from the catalog: only allow-listed options reach timm.create_model.
+    name, kwargs = validate_backbone_spec(spec)
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -178,6 +180,9 @@ def build_backbone(
 
 def read_state_file(path: Path) -> dict[str, torch.Tensor] | None:
     """Tensors of a weights file by name; None for an original JAX ``.npz`` (timm loads those)."""
+    kind = not_regular(path)
+    if kind is not None:
+        raise MgrError(f"weights {path} is {kind}, not a regular file")
     if not path.is_file():
         raise MgrError(f"weights file not found: {path}")
     suffix = path.suffix.lower()

@@ -129,9 +129,10 @@ def check_options(
     return out
 
 
-# Backbone keyword arguments whose type and range we can check without timm. Other keys go to
-# timm as they are (it knows its own models); these are the ones where a wrong value gives a
-# cryptic timm error, or (a huge depth or width) builds for minutes before failing.
+# The keyword arguments a backbone spec may carry, with their types and ranges: an allow-list.
+# A spec goes to timm.create_model, whose other arguments read files or the network
+# (checkpoint_path, cache_dir, pretrained_cfg_overlay, ...): a spec in a catalog row must not make
+# mgr read /etc/shadow. The ranges stop a huge depth or width building for minutes first.
 BACKBONE_OPTIONS: dict[str, Option] = {
     "img_size": Option(int, None, 1, 8192, "input resolution"),
     "patch_size": Option(int, None, 1, 8192, "patch side"),
@@ -148,20 +149,37 @@ BACKBONE_OPTIONS: dict[str, Option] = {
     "pos_drop_rate": Option(float, None, 0.0, 1.0),
     "qkv_bias": Option(bool),
     "class_token": Option(bool),
+    "no_embed_class": Option(bool),
+    "qk_norm": Option(bool),
+    "reg_tokens": Option(int, None, 0, 1024, "register tokens"),
+    "init_values": Option(float, None, 0.0, 1e6, "LayerScale init"),
+    "global_pool": Option(str, None, help="token, avg, max, avgmax, map or ''"),
 }
+GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
+# Named in the refusal: they read files or reach the network.
+BACKBONE_REFUSED = ("checkpoint_path", "cache_dir", "pretrained_cfg", "pretrained_cfg_overlay")
 
 
 def validate_backbone_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """`split_spec` plus type and range checks of the options in `BACKBONE_OPTIONS`.
+    """`split_spec` plus the allow-list `BACKBONE_OPTIONS`: each key known, of its type and range.
 
     A model name must look like a timm name (letters, digits, ``_``, ``.``, ``-``, ``/``); whether
-    timm knows it, and the other keys, is checked where timm is imported. No value may be infinite.
+    timm knows it is checked where timm is imported. Options that name a file or a URL are refused.
     """
     name, kwargs = split_spec(spec)
     if not re.fullmatch(r"[A-Za-z0-9_./-]+", name, re.ASCII):
         raise MgrError(f"bad backbone name {_short(name, 40)}: expected a timm model name")
     owner = f"backbone {name}"
-    for key, value in kwargs.items():  # keys timm alone knows: no number of theirs is infinite
-        if isinstance(value, float) and not math.isfinite(value):
-            raise MgrError(f"{owner}: {_short(key, 30)} must be a finite number, got {value}")
-    return name, check_options(owner, kwargs, BACKBONE_OPTIONS, strict=False)
+    for key in kwargs:
+        if key in BACKBONE_REFUSED or key.endswith(("_path", "_dir", "_url", "_file")):
+            raise MgrError(
+                f"{owner}: option {_short(key, 30)} is refused: a spec may not name a file or a "
+                f"URL (weights come from --weights); allowed: {', '.join(BACKBONE_OPTIONS)}"
+            )
+    out = check_options(owner, kwargs, BACKBONE_OPTIONS, strict=True)
+    if out.get("global_pool") not in (None, *GLOBAL_POOLS):
+        raise MgrError(
+            f"{owner}: global_pool must be one of {', '.join(map(repr, GLOBAL_POOLS))}, "
+            f"got {_short(out['global_pool'], 30)}"
+        )
+    return name, out

@@ -149,12 +149,12 @@ def runner_home():
         yield home
 
 
-def _run(home: Path, args: list[str]) -> None:
+def _run(home: Path, args: list[str], **env: str) -> None:
     from click.testing import CliRunner
 
     from manager.cli import main
 
-    result = CliRunner().invoke(main, args, env={"MGR_HOME": str(home)})
+    result = CliRunner().invoke(main, args, env={"MGR_HOME": str(home), **env})
     # An exception other than SystemExit is one click did not turn into a message: a bug.
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         args,
@@ -193,3 +193,114 @@ def test_cli_switch(runner_home: Path, text: str) -> None:
 @example("99999999999999999999999")
 def test_cli_train_seed(runner_home: Path, text: str) -> None:
     _run(runner_home, ["train", "nosuch", "--seed", text])
+
+
+# --- issue 18: times past the calendar, catalog URLs, file names of any length ------------------
+
+times = st.one_of(
+    texts,
+    st.builds(
+        lambda n, unit: f"{n}{unit}",
+        st.integers(0, 10**9 - 1),
+        st.sampled_from(["s", "m", "h", "d", "w", "h ago"]),
+    ),
+    st.builds(
+        lambda y, tz: f"{y:04d}-{'12-31T23:59:59' if y > 5000 else '01-01T00:00'}{tz}",
+        st.integers(1, 9999),
+        st.sampled_from(["", "Z", "+14:00", "-12:00", "+23:59", "-23:59", "+00:00"]),
+    ),
+)
+
+
+@FAST
+@given(times)
+@example("999999999h")
+@example("10000000d")
+@example("9999-12-31T23:59:59-12:00")
+@example("0001-01-01T00:00+14:00")
+@example("0001-01-01")
+def test_parse_when(text: str) -> None:
+    from datetime import timezone
+
+    from manager.catalog.timeline import parse_when
+
+    ok, value = outcome(parse_when, text)
+    assert not ok or value.tzinfo == timezone.utc
+
+
+urls = st.builds(
+    lambda scheme, user, host, port, db: f"{scheme}://{user}{host}{port}/{db}",
+    st.sampled_from(["postgresql", "postgresql+psycopg", "sqlite", "mysql", "nosuch", ""]),
+    st.sampled_from(["", "u@", "u:p@", "u:p:q@", "@", "u:%zz@"]),
+    st.sampled_from(["127.0.0.1", "", "[::1]", "h h", "[", "é"]),
+    st.one_of(st.just(""), st.builds(lambda t: ":" + t, st.one_of(texts, st.sampled_from(TOKENS)))),
+    texts,
+)
+
+
+@FAST
+@given(st.one_of(urls, texts))
+@example("postgresql://u:p@127.0.0.1:abc/x")
+@example("postgresql://u:p@127.0.0.1:99999999999999999999/x")
+def test_catalog_url(text: str) -> None:
+    from manager.catalog.db import make_engine, sqlite_file
+
+    outcome(sqlite_file, text)  # never raises but MgrError
+    ok, engine = outcome(make_engine, text)
+    if ok:
+        engine.dispose()
+
+
+names = st.one_of(
+    st.text(min_size=1, max_size=600),
+    st.builds(
+        lambda c, n: c * n,
+        st.sampled_from(["a", "é", "/", "x/", ".", "\u2003"]),
+        st.integers(1, 700),
+    ),
+)
+
+
+@FAST
+@given(names)
+@example("a" * 300)
+@example("x/" + "a" * 300)
+@example("afile/sub")
+def test_user_file_names(tmp_path_factory, text: str) -> None:
+    from manager.home import Home
+    from manager.store.fs import Store
+
+    base = tmp_path_factory.getbasetemp() / "fuzz-names"
+    base.mkdir(exist_ok=True)
+    (base / "afile").write_text("keep")
+    store = Store(Home(base / "home"))
+    if "\x00" in text:
+        return  # no OS path holds a NUL; click refuses it before
+    outcome(lambda t: store.write_user_file(base / t, b"png"), text)
+    assert (base / "afile").read_text() == "keep"
+
+
+@CLI_RUNS
+@given(times)
+@example("999999999h")
+@example("0001-01-01T00:00+14:00")
+def test_cli_history_at(runner_home: Path, text: str) -> None:
+    _run(runner_home, ["history", "--at", text])
+
+
+@CLI_RUNS
+@given(
+    st.one_of(urls.filter(lambda u: "127.0.0.1" in u or u.startswith("sqlite")), texts).filter(
+        lambda u: "\x00" not in u  # no environment variable can hold a NUL
+    )
+)
+@example("postgresql://u:p@127.0.0.1:abc/x")
+def test_cli_catalog_url(runner_home: Path, text: str) -> None:
+    _run(runner_home, ["task", "list"], MGR_DB_URL=text)
+
+
+@CLI_RUNS
+@given(names.filter(lambda t: "\x00" not in t))
+@example("a" * 300 + ".png")
+def test_cli_plot_file_names(runner_home: Path, text: str) -> None:
+    _run(runner_home, ["storage", "--plot", str(runner_home.parent / "plots" / text)])

@@ -16,6 +16,8 @@ from manager.delta.delta import ConsolidatorLayer
 from manager.delta.structure import scatter_branches, scatter_union, support_numel
 from manager.errors import MgrError
 
+BF16_U = 2.0**-8  # bf16's unit roundoff: 8 significant bits
+
 # (structure or None for a whole-only delta, classes)
 TASKS = [
     (((4, False),), 3),
@@ -66,14 +68,28 @@ def test_mixed_batch_equals_each_tasks_merged_model(dtype: torch.dtype) -> None:
     multi = MultiTaskModel(copy.deepcopy(model).to(dtype), deltas)
     got = multi(x.to(dtype), ids).float()
     assert got.shape == (10, max(c for _, c in TASKS))
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
-    for t, (_, classes) in enumerate(TASKS):
+    for t, (structure, classes) in enumerate(TASKS):
         rows = (ids == t).nonzero().flatten()
-        # The reference is the merged model in float32: a merged bf16 model is itself only
-        # within bf16 rounding of it, as this one is.
+        # The reference is the merged model in float32.
         want = _merged_logits(model, deltas[t], classes, x[rows])
         scale = want.abs().max().clamp_min(1.0)
-        assert (got[rows, :classes] - want).abs().max() <= tol * scale
+        if dtype == torch.float32:
+            tol = 1e-5 * scale
+        else:
+            # The bound from the arithmetic, not from one CPU: a bf16 forward pass is as exact
+            # as its roundings, and the merged model run in bf16 through this CPU's own kernels
+            # measures what they cost here. The mixed batch takes the same roundings plus one
+            # per adapted linear (x @ W0 and x @ dW summed): within twice that cost. u (bf16's
+            # unit roundoff) floors it where the reference's errors happen to cancel.
+            model16 = copy.deepcopy(model).to(dtype)
+            ref16 = _merged_logits(model16, deltas[t], classes, x[rows].to(dtype))
+            tol = 2 * torch.maximum((ref16.float() - want).abs().max(), BF16_U * scale)
+            if structure is not None:  # not vacuous: the bound is far below the delta's effect
+                whole = copy.deepcopy(deltas[t])
+                whole.layers.clear()
+                effect = (want - _merged_logits(model, whole, classes, x[rows])).abs().max()
+                assert tol < effect / 4, (tol, effect)
+        assert (got[rows, :classes] - want).abs().max() <= tol
         assert torch.isinf(got[rows, classes:]).all()  # padding: probability 0 after softmax
 
 

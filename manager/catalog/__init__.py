@@ -23,6 +23,8 @@ from manager.catalog.db import (
     is_connection_error,
     is_damage,
     make_engine,
+    no_space_catalog_message,
+    read_only_url,
     session_scope,
     sqlite_file,
     unreachable_message,
@@ -30,7 +32,7 @@ from manager.catalog.db import (
 from manager.catalog.migrate import ensure_current
 from manager.errors import MgrError
 from manager.home import Home
-from manager.store.fs import Store
+from manager.store.fs import Store, is_no_space, read_only_folder
 
 
 @dataclass
@@ -72,6 +74,22 @@ def _refuse_if_lost(home: Home, path: Path, state: str) -> None:
         )
 
 
+def _bind_fresh_home(home: Home, engine: Engine) -> None:
+    """Record the catalog's id in a home that has none and no files yet (see `identity`): one
+    stat per command once it is there."""
+    from manager.catalog import identity
+
+    store = Store.of(home)
+    if all(v is not None for v in store.read_catalog_ids().values()):
+        return
+    if identity.home_has_files(store):
+        return  # adopted by gc, once the catalog is seen to record them
+    with session_scope(engine, write=False) as s:
+        cid = identity.catalog_id(s)
+    if cid is not None:
+        identity.bind_fresh(store, cid)
+
+
 def open_catalog(
     home: Home, url: str | None = None, migrate: bool = True, allow_lost: bool = False
 ) -> Catalog:
@@ -89,14 +107,21 @@ def open_catalog(
         state = inspect_sqlite_file(path)
         if state != "ok" and not allow_lost:
             _refuse_if_lost(home, path, state)
+        if read_only_folder(path.parent):
+            if state != "ok":
+                raise MgrError(f"the catalog {path} is {state} and its folder is read-only")
+            url = read_only_url(path)  # readers work on a read-only home; writers are told
     engine = make_engine(url)
     try:
         if path is None:
             check_reachable(engine)
         if migrate:
             ensure_current(engine, Store.of(home))
+            _bind_fresh_home(home, engine)
     except DatabaseError as exc:
         engine.dispose()
+        if path is not None and is_no_space(exc, path.parent):
+            raise MgrError(no_space_catalog_message(path)) from None
         if is_damage(exc):
             raise MgrError(damaged_message(path or engine.url, exc)) from None
         if is_connection_error(exc):

@@ -16,12 +16,13 @@ SQLite read transaction has. ``postgresql://`` URLs use psycopg 3.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -29,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModul
 from sqlalchemy.orm import Session, sessionmaker
 
 from manager.errors import MgrError
+from manager.store.fs import free_bytes, is_no_space
 
 BUSY_TIMEOUT_MS = 30_000
 # Execution option read by the "begin" hook: "IMMEDIATE" (default, for writers) or "DEFERRED".
@@ -58,7 +60,7 @@ def sqlite_file(url: str) -> Path | None:
     """The database file of a SQLite URL; None for other back-ends and in-memory databases."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # e.g. a port that is not a number
         return None
     if parsed.get_backend_name() != "sqlite" or _is_memory(parsed.database):
         return None
@@ -76,12 +78,46 @@ def is_damage(exc: BaseException) -> bool:
     return any(t in text for t in _DAMAGE_TEXT)
 
 
+DEFAULT_CATALOG_NAME = "catalog.db"
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """Whether a SQLite error says the database cannot be written (a read-only home)."""
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlite_errorname", None) == "SQLITE_READONLY" or (
+        "readonly database" in str(orig).lower()
+    )
+
+
+def read_only_message(where: object) -> str:
+    """The one line a writer gets on a read-only home."""
+    return (
+        f"the catalog {where} is read-only (a read-only home?): this command writes; "
+        "commands that only read (status, verify, versions, history, task list) work there"
+    )
+
+
+def no_space_catalog_message(path: Path) -> str:
+    """A catalog that cannot write for want of space (SQLite says "disk I/O error")."""
+    free = free_bytes(path.parent)
+    shown = f" ({free // 1000} kB free)" if free is not None else ""
+    return f"no space left on device for the catalog {path}{shown}; free some space and rerun"
+
+
 def damaged_message(where: object, reason: object) -> str:
     """The one line a damaged catalog is reported with: what, where, and what to do."""
     reason = " ".join(str(getattr(reason, "orig", None) or reason).split())
     return (
         f"the catalog {where} is damaged ({reason}); mgr leaves it untouched: restore it from a "
         f"backup, or move it aside (mv {where} {where}.damaged) to start a fresh catalog"
+    )
+
+
+def not_a_catalog_message(path: Path) -> str:
+    """A file that never was a SQLite database, named by a URL: nothing to advise moving."""
+    return (
+        f"{path} is not a SQLite database, so not a catalog mgr made; mgr leaves it untouched: "
+        "check MGR_DB_URL"
     )
 
 
@@ -104,6 +140,11 @@ def _header_problem(path: Path) -> str | None:
     return None
 
 
+def _has_sqlite_header(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
+
+
 def inspect_sqlite_file(path: Path) -> Literal["missing", "empty", "ok"]:
     """Check a catalog file without writing to it: ``missing``, ``empty`` (no tables) or ``ok``.
 
@@ -120,6 +161,10 @@ def inspect_sqlite_file(path: Path) -> Literal["missing", "empty", "ok"]:
         return "empty"
     problem = _header_problem(path)
     if problem is not None:
+        # mgr only ever creates SQLite files: one without the header that is not the home's
+        # own catalog.db (e.g. sqlite:////etc/passwd) was never a catalog; never advise moving it.
+        if not _has_sqlite_header(path) and path.name != DEFAULT_CATALOG_NAME:
+            raise MgrError(not_a_catalog_message(path))
         raise MgrError(damaged_message(path, problem))
     try:
         with closing(
@@ -135,13 +180,60 @@ def inspect_sqlite_file(path: Path) -> Literal["missing", "empty", "ok"]:
     return "ok" if tables else "empty"
 
 
-def _on_sqlite_connect(dbapi_conn: Any, _record: Any, memory: bool) -> None:
+# Deeper JSON than any row mgr writes (a few levels) is a forged or damaged row: read, printed
+# or walked it would exhaust Python's recursion limit.
+MAX_JSON_DEPTH = 64
+
+
+def _json_depth_over(value: Any, limit: int) -> bool:
+    """Whether a decoded JSON value nests deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > limit:
+                return True
+            items = v.values() if isinstance(v, dict) else v
+            stack.extend((x, depth + 1) for x in items if isinstance(x, (dict, list)))
+    return False
+
+
+def json_loads(text: str | bytes) -> Any:
+    """The catalog's JSON columns, decoded; a value nested absurdly deep is a damaged row."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value, deep = None, True
+    else:
+        deep = _json_depth_over(value, MAX_JSON_DEPTH)
+    if deep:
+        raise MgrError(
+            f"the catalog holds a damaged row: a JSON value nested more than {MAX_JSON_DEPTH} "
+            "levels deep (mgr writes a few); mgr leaves it untouched: restore the catalog from "
+            "a backup"
+        )
+    return value
+
+
+def read_only_url(path: Path) -> str:
+    """A SQLite URL that reads ``path`` without creating anything beside it.
+
+    A WAL database opened read-write (or ``mode=ro``) needs its ``-shm`` file, which a read-only
+    folder cannot hold; ``immutable=1`` reads the file as it is, taking no locks: right for a
+    home nobody can write either.
+    """
+    return f"sqlite:///file:{quote(str(path))}?immutable=1&uri=true"
+
+
+def _on_sqlite_connect(dbapi_conn: Any, _record: Any, memory: bool, read_only: bool) -> None:
     # Take BEGIN away from pysqlite: the "begin" hook below emits it.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     try:
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys = ON")
+        if read_only:
+            return
         # WAL is persistent in the file; switching needs a lock, so only do it once.
         if not memory and cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             cur.execute("PRAGMA journal_mode = WAL")
@@ -177,16 +269,24 @@ def make_engine(url: str) -> Engine:
                 if "connect_timeout" in parsed.query
                 else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
             )
-            engine = create_engine(parsed, connect_args=args)
+            engine = create_engine(parsed, connect_args=args, json_deserializer=json_loads)
             event.listen(engine, "begin", _on_pg_begin)
             return engine
         if backend != "sqlite":
             return create_engine(parsed)
-        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(
+            parsed,
+            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+            json_deserializer=json_loads,
+        )
     except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
-        raise MgrError(f"bad catalog URL {_shown(url)}: {exc}") from exc
+        reason = str(exc)
+        if isinstance(exc, ValueError) and "int()" in reason:  # SQLAlchemy's int(port)
+            reason = "the port is not a number"
+        raise MgrError(f"bad catalog URL {_shown(url)}: {reason}") from None
     memory = _is_memory(parsed.database)
-    event.listen(engine, "connect", lambda c, r: _on_sqlite_connect(c, r, memory))
+    read_only = parsed.query.get("immutable") == "1" or parsed.query.get("mode") == "ro"
+    event.listen(engine, "connect", lambda c, r: _on_sqlite_connect(c, r, memory, read_only))
     event.listen(engine, "begin", _on_sqlite_begin)
     return engine
 
@@ -194,8 +294,8 @@ def make_engine(url: str) -> Engine:
 def _shown(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return repr(url)
+    except (ArgumentError, ValueError):
+        return repr(url.split("@")[-1]) if "@" in url else repr(url)
 
 
 def reader(engine: Engine) -> Engine:
@@ -267,6 +367,13 @@ def session_scope(engine: Engine, write: bool = True) -> Iterator[Session]:
             if is_connection_error(exc):  # the server went away (or restarted) mid-command
                 raise MgrError(unreachable_message(engine, exc)) from None
             raise
+        where = sqlite_file(engine.url.render_as_string(hide_password=False))
+        if where is not None and is_no_space(exc, where.parent):
+            raise MgrError(no_space_catalog_message(where)) from None
+        if is_read_only(exc):
+            db = str(engine.url.database or "")
+            where = unquote(db[5:]) if db.startswith("file:") else db  # see read_only_url
+            raise MgrError(read_only_message(where)) from None
         # A file damaged while in use (or by another program) is not a bug in mgr.
         if is_damage(exc):
             where = sqlite_file(engine.url.render_as_string(hide_password=False))

@@ -15,8 +15,15 @@ from manager.catalog.models import DEPLOY_IDLE, Deployment
 UNCLAIMED = ""  # the host of rows a single-host catalog had before deployments were per host
 
 
+def _read_only(s: Session) -> bool:
+    """A read-only home's catalog (opened ``immutable``): nothing may be written, nothing is live."""
+    return s.get_bind().url.query.get("immutable") == "1"
+
+
 def _claim(s: Session, host: str) -> None:
     """The first home to open a migrated catalog takes over its unclaimed rows."""
+    if _read_only(s):
+        return
     if s.scalar(select(Deployment.id).where(Deployment.host == host).limit(1)) is None:
         s.execute(
             update(Deployment).where(Deployment.host == UNCLAIMED).values(host=host),
@@ -52,10 +59,12 @@ def get_deployment(s: Session, host: str, backbone_id: int | None = None) -> Dep
                     Deployment.pending_version_id.is_(None),
                 )
             )
-            if dep is not None:
+            if dep is not None and not _read_only(s):
                 dep.backbone_id = backbone_id
     if dep is None:
         dep = Deployment(host=host, state=DEPLOY_IDLE, backbone_id=backbone_id)
+        if _read_only(s):
+            return dep
         s.add(dep)
     s.flush()
     return dep

@@ -267,3 +267,13 @@ class VersionTag(Base):
     )
     name: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CatalogIdentity(Base):
+    """The catalog's one random id, also recorded in each home that uses it (``catalog-id``):
+    ``mgr gc`` deletes nothing in a home that belongs to another catalog."""
+
+    __tablename__ = "catalog_identity"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

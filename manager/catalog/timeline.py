@@ -31,20 +31,32 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
     """An aware UTC time from ISO 8601 (no offset: local time) or a span ago ("90m", "3d")."""
     now = now or datetime.now(timezone.utc)
     raw = str(text).strip()
+    shown = raw if len(raw) <= 40 else raw[:36] + "..."
     m = _AGO.fullmatch(raw)
-    if m:
-        return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
     try:
-        when = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith("Z") else raw)
-    except ValueError:
-        shown = raw if len(raw) <= 40 else raw[:36] + "..."
+        if m:
+            return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+        try:
+            when = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith("Z") else raw)
+        except ValueError:
+            raise MgrError(
+                f"bad time {shown!r}: use ISO 8601 (2026-11-25T14:30, 2026-11-25T14:30:00+00:00) "
+                "or a span ago (90s, 15m, 2h, 3d, 1w)"
+            ) from None
+        if when.tzinfo is None:
+            # The user's local time. astimezone() asks the C library, which cannot place the
+            # years near 1 or 9999: there, today's offset.
+            try:
+                when = when.astimezone()
+            except (OverflowError, ValueError, OSError):
+                when = when.replace(tzinfo=datetime.now().astimezone().tzinfo)
+        when = when.astimezone(timezone.utc)
+        return when
+    except (OverflowError, ValueError):
+        # The parse succeeded; the date arithmetic (a span, the offset to UTC) left the calendar.
         raise MgrError(
-            f"bad time {shown!r}: use ISO 8601 (2026-11-25T14:30, 2026-11-25T14:30:00+00:00) "
-            "or a span ago (90s, 15m, 2h, 3d, 1w)"
+            f"time {shown!r} is out of range: it must fall between the years 1 and 9999 in UTC"
         ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # a time without an offset is the user's local time
-    return when.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from manager.catalog import open_catalog
+from manager.catalog import identity, open_catalog
 from manager.catalog.migrate import current_revision, ensure_current, head_revision
 from manager.cli.app import App, echo_json, json_option, pass_app
 from manager.store.fs import Store
@@ -32,7 +32,9 @@ def upgrade(app: App) -> None:
     "--force",
     is_flag=True,
     help="Start an empty catalog even though the home holds artifacts or live files "
-    "(after the old catalog was lost; the files are left where they are).",
+    "(after the old catalog was lost; the files are left where they are), and bind the home "
+    "to this catalog (<home>/catalog-id): 'mgr gc' then treats files it does not record as "
+    "leftovers.",
 )
 @pass_app
 def init(app: App, force: bool) -> None:
@@ -41,6 +43,9 @@ def init(app: App, force: bool) -> None:
     try:
         before = current_revision(catalog.engine)
         ensure_current(catalog.engine, Store.of(app.home))
+        if force:  # the user hands the home's files to this catalog (see catalog/identity.py)
+            with catalog.session() as s:
+                identity.bind(Store.of(app.home), identity.ensure_catalog_id(s))
         rev = current_revision(catalog.engine)
         url = catalog.engine.url.render_as_string(hide_password=True)
     finally:

@@ -23,7 +23,9 @@ def command(app: App, keep: int, task: str | None, dry_run: bool, as_json: bool)
     A task's active version and the live (or pending) version are always kept. Rows are marked
     deleted (history is kept) and their artifact files removed. Files under artifacts/,
     backbones/, runs/ and live/ that no catalog row or running process owns (a removed task's
-    files, a killed writer's temporary file) are removed too.
+    files, a killed writer's temporary file) are removed too. A home that belongs to another
+    catalog (see <home>/catalog-id; a wrong MGR_DB_URL) is refused before anything is deleted;
+    --dry-run lists what would go and says whether gc would refuse.
     """
     from manager.store.maintenance import collect_garbage
 
@@ -42,5 +44,7 @@ def command(app: App, keep: int, task: str | None, dry_run: bool, as_json: bool)
             f"kept {len(rep.kept)}"
             + (f"; {len(rep.leftovers)} leftover file(s)" if rep.leftovers else "")
         )
+    if rep.refused:
+        click.echo(f"warning: {rep.refused}", err=True)
     for failure in rep.failed:
         click.echo(f"warning: could not remove {failure}", err=True)

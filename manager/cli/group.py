@@ -29,6 +29,16 @@ class MgrGroup(click.Group):
         except MgrError as exc:
             click.echo(f"error: {one_line(exc)}", err=True)
             ctx.exit(1)
+        except (OSError, RuntimeError) as exc:
+            # A full disk where no caller named what it was writing: still one line.
+            from manager.store.fs import is_no_space
+
+            if not is_no_space(exc):
+                raise
+            where = getattr(exc, "filename", None)
+            where = f" while writing {where}" if where else ""
+            click.echo(f"error: no space left on device{where}; free space and rerun", err=True)
+            ctx.exit(1)
 
     def main(  # type: ignore[override]
         self,

@@ -30,7 +30,12 @@ def _weights(value: str | None) -> str | None:
     """None (the hub's pretrained weights), "random", or an existing local file (absolute)."""
     if value is None or value == RANDOM_WEIGHTS:
         return value
+    from manager.store.fs import not_regular
+
     path = Path(value).expanduser()
+    kind = not_regular(path)
+    if kind is not None:
+        raise MgrError(f"weights {value!r} is {kind}, not a regular file")
     if not path.is_file():
         raise MgrError(f"weights file {value!r} not found (use a file path or 'random')")
     return str(path.resolve())
@@ -238,6 +243,13 @@ def remove(app: App, name: str, yes: bool, force: bool) -> None:
         if not sys.stdin.isatty():
             raise MgrError(f"removing task {name!r} needs confirmation: add --yes")
         click.confirm(f"remove task {name!r} and all its adapter versions?", abort=True)
+    from manager.catalog import identity
+    from manager.store.fs import Store
+
+    with app.session(write=False) as s:  # another catalog's task of that name: not these files
+        why = identity.mismatch(Store.of(app.home), identity.catalog_id(s))
+    if why is not None:
+        raise MgrError(f"refusing to remove task {name!r}: {why}; check MGR_DB_URL")
     if force:
         _remove_forced(app, name)
     else:  # remove_task refuses a live task, in the same transaction that would delete it
@@ -245,8 +257,6 @@ def remove(app: App, name: str, yes: bool, force: bool) -> None:
             task_ops.remove_task(s, name, app.home.host)
     # After the commit: a failure here leaves only files nothing owns ('mgr gc' removes them),
     # never rows without their files.
-    from manager.store.fs import Store
-
     store = Store.of(app.home)
     for folder in (store.artifacts / name, store.runs / name):
         try:

@@ -161,7 +161,14 @@ def describe(
     """
     kind, options = _kind(name, **options)
     found = kind.locate(resolve_root(root), **options)
-    return kind.classes(found, **options), found
+    classes = kind.classes(found, **options)
+    if len(classes) < 2:  # a classifier of one class cannot be trained (nor measured)
+        where = f" at {found}" if found is not None else ""
+        raise MgrError(
+            f"data set {name!r}{where} has {len(classes)} class(es): a task needs at least 2 "
+            "(for an image folder: one sub-folder per class)"
+        )
+    return classes, found
 
 
 class Labeled(Dataset):

@@ -163,6 +163,7 @@ def export_version(
 
     if onnx:
         require_onnx()  # before the work, so a missing package costs nothing
+    Store.of(home).user_path(out, "the export")  # a bad --out costs nothing either
     merged = merged_model(home, catalog, task, number)
     config = timm_config(merged)
     files = {

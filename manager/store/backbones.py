@@ -66,7 +66,7 @@ def materialise_backbone(
     if row is not None and store.resolve(row.path).is_file():
         return row
     path = store.backbone_file(digest)
-    store.write_bytes(path, data)
+    store.write_bytes(path, data, what=f"the backbone weights of {spec}")
     st = path.stat()
     if row is None:
         name = spec.split(":", 1)[0]

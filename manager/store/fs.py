@@ -24,6 +24,7 @@ user explicitly asked for elsewhere (``mgr export --out DIR``, ``--plot FILE``):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -31,6 +32,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from manager.errors import MgrError
 from manager.home import Home
 
 ARTIFACT_ROOT_ENV = "MGR_ARTIFACT_ROOT"
+CATALOG_ID_FILE = "catalog-id"
 
 # Another machine's temporary file in a shared artifact root cannot be checked by pid: it is an
 # orphan once this old (a write takes seconds; a pending artifact lives for one transaction).
@@ -99,6 +102,86 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def read_only_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether files cannot be created in ``folder`` (or its nearest existing parent): a
+    read-only mount, or no permission."""
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        if os.statvfs(p).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    return not os.access(p, os.W_OK)
+
+
+# Texts of a full disk in errors that carry no errno: torch.save's stream writer ("file write
+# failed"), safetensors' Rust io errors ("os error 28"), SQLite ("database or disk is full").
+_NO_SPACE_TEXT = ("no space left", "os error 28", "os error 122", "disk is full")
+_WRITE_FAILED_TEXT = ("write failed", "unexpected pos", "disk i/o error")
+MB = 1_000_000
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int | None:
+    """Bytes an unprivileged writer may still use on ``folder``'s file system (None: unknown)."""
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def is_no_space(
+    exc: BaseException, folder: str | os.PathLike[str] | None = None, need: int | None = None
+) -> bool:
+    """Whether ``exc`` says the disk (or quota) is full. A write error without an errno
+    (torch.save's, SQLite's "disk I/O error") counts when ``folder``'s file system has less
+    room than ``need`` bytes (the write's size), or under 1 MB."""
+    for e in (exc, exc.__cause__, exc.__context__, getattr(exc, "orig", None)):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e).lower() if e is not None else ""
+        if any(t in text for t in _NO_SPACE_TEXT):
+            return True
+        if folder is not None and any(t in text for t in _WRITE_FAILED_TEXT):
+            free = free_bytes(folder)
+            if free is not None and free < max(MB, need or 0):
+                return True
+    return False
+
+
+def no_space_message(what: str, path: str | os.PathLike[str], need: int | None = None) -> str:
+    """``no space left on device while writing <what> (<path>); free N MB and rerun``."""
+    free = free_bytes(Path(path).parent) or 0
+    short = max(1, -(-((need or 0) - free) // MB)) if need else None
+    amount = f"{short} MB" if short else "some space"
+    return f"no space left on device while writing {what} ({path}); free {amount} and rerun"
+
+
+def not_regular(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it exists but is not a regular file ("a folder", "a FIFO (named
+    pipe)", "a character device"...; links followed), else None. Reading a FIFO or /dev/zero as
+    weights would block or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
 def _fsync_dir(folder: Path) -> None:
     # Not every platform lets a directory be opened for fsync; the rename is still atomic.
     with contextlib.suppress(OSError):
@@ -134,6 +217,32 @@ def _replacing(
     _fsync_dir(dest.parent)
 
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
+def _check_user_path(real: Path, shown: str | os.PathLike[str]) -> None:
+    """Refuse, in words, a user's output path the OS would reject with an errno: a name too
+    long, or a parent that is a file (so nothing is tried, and no traceback comes of it)."""
+    for part in real.parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            short = part if len(part) <= 24 else part[:20] + "..."
+            raise MgrError(
+                f"cannot write {short!r} (in {str(shown)[:60]}): the name is {size} bytes, "
+                f"file systems allow at most {NAME_MAX}"
+            )
+    for parent in reversed(real.parents):  # from the top down to the first that is missing
+        try:
+            is_dir = parent.is_dir()
+            exists = is_dir or parent.exists()
+        except OSError:
+            return  # unreadable: the write reports it in its words
+        if not exists:
+            return
+        if not is_dir:
+            raise MgrError(f"cannot write {shown}: its parent {parent} is a file, not a folder")
+
+
 def _user_mkdir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -152,7 +261,14 @@ class Store:
     def of(cls, home: Home) -> Store:
         """The home's store; ``MGR_ARTIFACT_ROOT`` moves artifacts and backbones to that folder."""
         extra = os.environ.get(ARTIFACT_ROOT_ENV)
-        return cls(home, Path(extra).expanduser().resolve() if extra else None)
+        if not extra:
+            return cls(home, None)
+        root = Path(extra).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            # Else every artifact under it reads as missing, and nothing can be written there.
+            what = not_regular(root) or "a file"
+            raise MgrError(f"{ARTIFACT_ROOT_ENV}={extra} is {what}, not a folder")
+        return cls(home, root)
 
     # -- confinement -------------------------------------------------------------------------
 
@@ -290,6 +406,29 @@ class Store:
     def migrate_lock_file(self) -> Path:
         return self.confine(self.root / ".migrate.lock")
 
+    @property
+    def catalog_id_files(self) -> list[Path]:
+        """``catalog-id`` in the home (and in the artifact root, whose files gc also deletes):
+        the id of the catalog these files belong to (``manager.catalog.identity``)."""
+        return [self.confine(r / CATALOG_ID_FILE) for r in self._roots()]
+
+    def read_catalog_ids(self) -> dict[Path, str | None]:
+        """Each ``catalog-id`` file and the id it holds (None where there is none yet)."""
+        out: dict[Path, str | None] = {}
+        for p in self.catalog_id_files:
+            try:
+                out[p] = p.read_text(encoding="ascii", errors="replace").strip() or None
+            except (FileNotFoundError, NotADirectoryError):
+                out[p] = None
+            except OSError as exc:
+                raise MgrError(f"cannot read {p}: {exc.strerror or exc}") from None
+        return out
+
+    def write_catalog_id(self, catalog_id: str) -> None:
+        """Record (atomically) in the home and the artifact root which catalog they belong to."""
+        for p in self.catalog_id_files:
+            self.write_bytes(p, catalog_id.encode("ascii") + b"\n")
+
     # -- mutations -----------------------------------------------------------------------------
 
     def mkdir(self, path: str | os.PathLike[str]) -> Path:
@@ -302,17 +441,31 @@ class Store:
         return self.confine(real)  # a parent may have been a link made meanwhile
 
     @contextlib.contextmanager
-    def atomic(self, path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[Path]:
+    def atomic(
+        self,
+        path: str | os.PathLike[str],
+        mode: int = 0o644,
+        what: str | None = None,
+        need: int | None = None,
+    ) -> Iterator[Path]:
         """Yield a temporary path next to ``path``; on success it replaces ``path``.
 
         Write the temporary file by any means (e.g. ``safetensors.torch.save_file``); it is
         fsynced, renamed over ``path`` and the folder fsynced, so readers see the old file or the
-        new one, never a torn one. On error the temporary file is removed.
+        new one, never a torn one. On error the temporary file is removed; a full disk is an
+        `MgrError` naming ``what`` and about how much to free (``need``: the bytes written).
         """
         dest = self.confine(path)
         self.mkdir(dest.parent)
-        with _replacing(dest, mode, self.confine) as tmp:
-            yield tmp
+        try:
+            with _replacing(dest, mode, self.confine) as tmp:
+                yield tmp
+        except MgrError:
+            raise
+        except Exception as exc:
+            if is_no_space(exc, dest.parent, need):
+                raise MgrError(no_space_message(what or dest.name, dest, need)) from None
+            raise
 
     # -- what the user asked to have written elsewhere -------------------------------------------
     # The one exception to confinement: `mgr export --out DIR` and `--plot FILE` write where the
@@ -330,6 +483,7 @@ class Store:
                     f"refusing to write {what} {path} inside the manager home {root}: "
                     "choose a path outside it"
                 )
+        _check_user_path(real, path)
         return real
 
     def write_user_file(self, path: str | os.PathLike[str], data: bytes) -> Path:
@@ -392,15 +546,19 @@ class Store:
         _fsync_dir(dest.parent)
         return dest
 
-    def write_bytes(self, path: str | os.PathLike[str], data: bytes) -> int:
+    def write_bytes(
+        self, path: str | os.PathLike[str], data: bytes, what: str | None = None
+    ) -> int:
         """Write ``data`` to ``path`` atomically; returns the byte count."""
-        with self.atomic(path) as tmp:
+        with self.atomic(path, what=what, need=len(data)) as tmp:
             tmp.write_bytes(data)
         return len(data)
 
-    def copy(self, src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    def copy(
+        self, src: str | os.PathLike[str], dest: str | os.PathLike[str], what: str | None = None
+    ) -> None:
         """Copy a file to ``dest`` (under the home) atomically; ``src`` is only read."""
-        with self.atomic(dest) as tmp:
+        with self.atomic(dest, what=what, need=os.stat(src).st_size) as tmp:
             shutil.copyfile(src, tmp)
 
     def replace(self, src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
@@ -453,8 +611,23 @@ class Store:
     def lock(self, path: str | os.PathLike[str], shared: bool = False) -> Iterator[None]:
         """An flock on a lock file under the home; the kernel drops it if the process dies."""
         real = self.confine(path)
-        self.mkdir(real.parent)
-        fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.mkdir(real.parent)
+            fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o644)
+        except (OSError, MgrError):
+            if not read_only_folder(real.parent):
+                raise
+            if not shared:
+                raise MgrError(
+                    f"the home {self.root} is read-only: this command writes; commands that "
+                    "only read (status, verify, versions, history, task list) work there"
+                ) from None
+            try:
+                fd = os.open(real, os.O_RDONLY)  # flock needs no write access
+            except OSError:
+                # No lock file, and none can be made: no writer can work in this home either.
+                yield
+                return
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield

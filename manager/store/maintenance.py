@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from manager.catalog import Catalog, events, tasks
+from manager.catalog import Catalog, events, identity, tasks
 from manager.catalog.models import (
     VERSION_DELETED,
     VERSION_READY,
@@ -271,6 +271,7 @@ class GcReport:
     kept: list[GcVersion] = field(default_factory=list)
     leftovers: list[Leftover] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    refused: str | None = None  # a dry run's: why a real gc would delete nothing
 
     @property
     def freed_bytes(self) -> int:
@@ -291,6 +292,7 @@ class GcReport:
             "freed_bytes": self.freed_bytes,
             "leftover_bytes": self.leftover_bytes,
             "failed": self.failed,
+            "refused": self.refused,
         }
 
 
@@ -327,6 +329,14 @@ def collect_garbage(
                 f"refusing to collect garbage: the catalog row of {what} is bad{more}: "
                 f"{f.bad}; nothing was deleted (see 'mgr verify')"
             )
+        # The wrong catalog (an empty URL, another database) owns none of these files: its gc
+        # would take the whole home for leftovers. A dry run says so and lists what would go.
+        try:
+            identity.check_before_deleting(s, store, (f.path for f in inv.files), "collect garbage")
+        except MgrError as exc:
+            if not dry_run:
+                raise
+            rep.refused = str(exc)
         by_rel = {f.rel: f.path for f in inv.files if f.kind == "version"}
         # Every host's live and pending versions: a shared catalog's other homes use them too.
         in_use: dict[int | None, str] = {}

@@ -67,7 +67,7 @@ def record_version(
     data = delta.to_bytes()
     digest = hashlib.sha256(data).hexdigest()
     written = store.pending_artifact(task_name)
-    store.write_bytes(written, data)
+    store.write_bytes(written, data, what=f"a new version of {task_name!r}")
     try:
         with catalog.session() as s:
             task = tasks.get_task(s, task_name)

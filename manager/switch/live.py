@@ -462,7 +462,7 @@ def _ensure_live_file(store: Store, base: LiveFile, digest: str, force: bool = F
     # Until the copy is in place the file is what it was (maybe damaged outside any support):
     # with no head file, a crash from here makes recovery reset every tensor.
     store.unlink(live_head(store, digest))
-    store.copy(base.path, weights)
+    store.copy(base.path, weights, what="the live weights")
     return True
 
 
@@ -490,7 +490,7 @@ def _write_head(
         "live_size": str(st.st_size),
     }
     tensors = {n: t.to(dtype).contiguous() for n, t in head.items()}
-    store.write_bytes(live_head(store, digest), save(tensors, metadata=meta))
+    store.write_bytes(live_head(store, digest), save(tensors, metadata=meta), what="the live head")
 
 
 # -- the single live folder of older homes -------------------------------------------------------

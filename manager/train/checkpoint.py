@@ -7,6 +7,7 @@ checkpoint holds only tensors, numbers and strings, so no pickled code is ever e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ class Checkpoint:
         return self.store.confine(self.path).is_file()
 
     def save(self, state: dict[str, Any]) -> None:
-        with self.store.atomic(self.path) as tmp:
+        need = sum(t.numel() * t.element_size() for t in _tensors(state))
+        with self.store.atomic(self.path, what="the training checkpoint", need=need) as tmp:
             torch.save(state, tmp)
 
     def load(self) -> dict[str, Any]:
@@ -52,3 +54,15 @@ class Checkpoint:
 
     def remove(self) -> None:
         self.store.unlink(self.path)
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a nested state (model, optimizer, ...): what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
