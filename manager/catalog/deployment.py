@@ -16,7 +16,7 @@ UNCLAIMED = ""  # the host of rows a single-host catalog had before deployments 
 
 
 def _read_only(s: Session) -> bool:
-    """A read-only home's catalog (opened ``immutable``): nothing may be written, nothing is live."""
+    """A read-only home's catalog (opened ``immutable``): nothing written, nothing live."""
     return s.get_bind().url.query.get("immutable") == "1"
 
 

@@ -1,7 +1,7 @@
 """The catalog's identity: one random id, recorded also in every home that uses the catalog.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-06
 
 ``mgr gc`` deletes files that no row of the catalog records; aimed at the wrong catalog (an
