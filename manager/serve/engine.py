@@ -96,6 +96,10 @@ class ResidentSwitcher(Switcher):
         allowed |= {f"{head}.weight", f"{head}.bias"}
         return set(delta.whole) <= allowed and f"{head}.weight" in delta.whole
 
+    def load_backbone(self, backbone_id: int) -> None:
+        """Load the backbone (W0 on the device) before any delta."""
+        self._ensure_backbone(backbone_id)
+
     def resident_tasks(self) -> set[str]:
         return set(self.tasks_of.values())
 
@@ -152,15 +156,35 @@ class Engine:
 
     # -- start-up --------------------------------------------------------------------------
 
-    def start(self, warn: Callable[[str], None] = lambda m: None) -> None:
+    def start(
+        self,
+        warn: Callable[[str], None] = lambda m: None,
+        progress: Callable[[str], None] = lambda m: None,
+    ) -> None:
         """Load the backbone, the pinned tasks, and measure the cost model.
 
-        Tasks that fail to load are reported through ``warn`` and skipped: they answer 5xx
-        when asked for, and the others are served.
+        Each phase is reported through ``progress`` with its time. Tasks that fail to load are
+        reported through ``warn`` and skipped: they answer 5xx when asked for, and the others
+        are served.
         """
         refs: list[VersionRef] = []
         mixable = False
-        for ref in self.active_refs(prefer=self.sw.pins):
+        candidates = self.active_refs(prefer=self.sw.pins)
+        if candidates:
+            t0 = time.perf_counter()
+            try:
+                self.sw.load_backbone(candidates[0].backbone_id)
+            except MgrError as exc:
+                warn(f"backbone of {candidates[0].label}: {exc}")
+            else:
+                spec = self.sw.backbone.spec if self.sw.backbone else "?"
+                dtype = str(self.dtype).removeprefix("torch.")
+                took = time.perf_counter() - t0
+                progress(f"backbone: {spec} on {self.device} ({dtype}) in {took:.2f} s")
+        else:
+            progress("backbone: not loaded yet (no servable task)")
+        t0 = time.perf_counter()
+        for ref in candidates:
             # Pinned tasks all; besides them only what the measurements need: two tasks, one
             # of them mixable if any is (the rest load on first use).
             if ref.task not in self.sw.pins and len(refs) >= 2 and (mixable or len(refs) >= 8):
@@ -171,10 +195,21 @@ class Engine:
                 refs.append(ref)
             except MgrError as exc:
                 warn(f"{ref.label}: {exc}")
-        for name in self.sw.pins - {r.task for r in refs}:
+        for name in sorted(self.sw.pins - {r.task for r in refs}):
             warn(f"pinned task {name!r} has no servable active version")
+        if candidates:
+            progress(
+                f"deltas: {len(refs)} resident ({', '.join(r.label for r in refs) or 'none'}) "
+                f"in {time.perf_counter() - t0:.2f} s"
+            )
         if refs:
-            self.calibrate(refs[:8])
+            t0 = time.perf_counter()
+            costs = self.calibrate(refs[:8])
+            progress(
+                f"calibration: switch {costs.switch * 1e3:.2f} ms, forward "
+                f"{costs.merged(1) * 1e3:.1f} ms/1 {costs.merged(self.max_batch) * 1e3:.1f} "
+                f"ms/{self.max_batch} in {time.perf_counter() - t0:.2f} s"
+            )
 
     def active_refs(self, prefer: set[str] = frozenset()) -> list[VersionRef]:  # type: ignore[assignment]
         """Every task's active ready version, ``prefer``'d tasks first."""
