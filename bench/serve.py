@@ -274,6 +274,39 @@ def run_server_phases(
     return rows
 
 
+def frontend_split(spec: str, img: bytes, body: bytes, repeats: int = 2000) -> list[tuple]:
+    """Microseconds per one-image request of each front-end step, in this process (one core)."""
+    import timeit
+
+    import torch
+
+    from manager.backbone import build_backbone
+    from manager.datasets.transforms import data_config, eval_transform
+    from manager.serve import inputs
+
+    model = build_backbone(spec, "random", num_classes=0)
+    dc = data_config(model)
+    transform = eval_transform(dc["img_size"], dc["mean"], dc["std"])
+    image = inputs.decode("a", img)
+    probs = torch.softmax(torch.randn(1, 37), -1)
+    names = [f"class-{i}" for i in range(37)]
+
+    def answer() -> bytes:
+        values, idx = probs.topk(5, dim=-1)
+        top = [{"class": names[i], "index": i, "probability": float(v)}
+               for v, i in zip(values[0].tolist(), idx[0].tolist(), strict=True)]  # fmt: skip
+        return json.dumps({"task": "t", "predictions": [{"image": "a", "top": top}]}).encode()
+
+    steps = [
+        ("JSON body + base64 (parse_json)", lambda: inputs.parse_json(body)),
+        ("header check (check_sizes)", lambda: inputs.check_sizes([("a", img)], 10**9, 10**9)),
+        ("PNG decode to RGB", lambda: inputs.decode("a", img)),
+        ("transform (resize, crop, normalise)", lambda: transform(image)),
+        ("answer: top-k + JSON", answer),
+    ]
+    return [(name, timeit.timeit(fn, number=repeats) / repeats * 1e6) for name, fn in steps]
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))] if s else float("nan")
@@ -300,6 +333,7 @@ def main() -> None:
     ap.add_argument(
         "--compare", metavar="DIR", help="also run the server phases with this checkout"
     )
+    ap.add_argument("--split", action="store_true", help="time each front-end step in-process")
     args = ap.parse_args()
     counts = [int(t) for t in args.tasks.split(",")]
 
@@ -337,6 +371,11 @@ def main() -> None:
         rows.append(("mgr predict (a process per request)", 1, "-", len(lat), 0,
                      len(lat) / sum(lat), pct(lat, 0.5), pct(lat, 0.99), None, None))  # fmt: skip
 
+    if args.split:
+        print("\nfront end, per one-image request, in one process (us):")
+        for name, us in frontend_split(args.model, img, bodies[names[0]]):
+            print(f"| {name} | {us:.0f} |")
+        print()
     trees = [("this tree", ROOT)]
     if args.compare:
         trees.insert(0, ("before", Path(args.compare).resolve()))

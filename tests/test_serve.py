@@ -206,10 +206,15 @@ def test_bad_inputs_get_a_4xx_with_one_line_and_the_server_stays_up(server, imag
 def test_a_version_promoted_elsewhere_is_served_by_the_next_request(server, home, images) -> None:
     before = send(server, "shapes", images[:2], as_json=False)
     assert before["answered"] == "shapes@1"
+    # Resolved from the in-memory view, not one catalog transaction per request ...
+    hits = metric(server, "mgr_resolver_hits_total")
+    assert send(server, "shapes", images[:2], as_json=True)["answered"] == "shapes@1"
+    assert metric(server, "mgr_resolver_hits_total") == hits + 1
     fork_server().run(
         home, "train", "shapes", "--epochs", "1", "--batch-size", "48", "--seed", "7",
         "--promote", "always",
     )  # fmt: skip
+    # ... yet the first request after the promotion commits is served by the new version.
     after = send(server, "shapes", images[:2], as_json=False)
     assert after["answered"] == "shapes@2"
     old = send(server, "shapes@1", images[:2], as_json=True)  # an explicit version still answers
