@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from hardware import hardware_line
 
 from manager.backbone import backbone_state, build_backbone, content_hash
 from manager.datasets import create_dataset
@@ -165,6 +166,7 @@ def main() -> None:
         data = load(ds, args.img_size, device)
         train_split, val_split, test_split = DATASETS[ds]
         n_cls = int(max(data[test_split].labels.max(), data["trainval"].labels.max())) + 1
+        print(hardware_line(str(device)))
         print(
             f"\n{ds}: train {len(data[train_split])}, val {len(data[val_split])}, "
             f"test {len(data[test_split])}, {n_cls} classes, {args.img_size} px, "

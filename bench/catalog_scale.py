@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hardware import hardware_line
 from sqlalchemy import Connection, Table, TableClause, column, text
 from sqlalchemy import table as sa_table
 
@@ -272,6 +273,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mgr-scale-") as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
+        print(hardware_line("cpu"))
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPU(s); median of {args.repeats}")
         for n in [] if args.no_sqlite else sizes:
             home = root / f"sqlite-{n}"

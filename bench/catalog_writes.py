@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hardware import hardware_line
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -62,6 +64,7 @@ def main() -> None:
         sqlite.close()
     finally:
         server.stop()
+    print(hardware_line("cpu"))
     print(
         f"{args.n} write transactions each (read + set the global budget, one event), interleaved\n"
     )

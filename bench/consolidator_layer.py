@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hardware import hardware_line
 from torch import nn
 
 import manager.adapters.consolidator as new
@@ -93,6 +94,7 @@ def bench(model: str, rounds: int, modules: dict) -> None:
                 row = best.setdefault(name, {})
                 row[layer_name] = min(row.get(layer_name, float("inf")), dt)
     full = sum(best["full fine-tuning"].values())
+    print(hardware_line("cpu"))
     print(
         f"\n{model}: width {width}, batch {batch} x {tokens} tokens, "
         f"{torch.get_num_threads()} threads, fastest of {rounds} interleaved rounds"

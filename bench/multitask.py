@@ -20,6 +20,7 @@ import time
 
 import timm
 import torch
+from hardware import hardware_line
 
 from manager.adapters.inject import delta_whole_params, target_linears
 from manager.adapters.multitask import MultiTaskModel
@@ -52,6 +53,61 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def measure(
+    model: str,
+    groups: int,
+    batch: int,
+    counts: list[int],
+    device: str | torch.device,
+    dtype: torch.dtype,
+    reps: int,
+    compile: bool = False,
+    mix: str = "uniform",
+    compile_backend: str = "inductor",
+    **model_kwargs,
+) -> dict[str, list[float]]:
+    """Seconds of each timed pass, per model: ``merged`` and ``"<n> tasks"`` for n in ``counts``,
+    interleaved so machine noise hits all of them alike. ``model_kwargs`` go to timm (e.g.
+    ``depth=1, img_size=32`` for smoke runs)."""
+    device = torch.device(device)
+    base = timm.create_model(model, pretrained=False, num_classes=0, **model_kwargs).eval()
+    deltas = [make_delta(base, groups, 10 + (i * 37) % 91, i) for i in range(max(counts))]
+    merged = copy.deepcopy(base)
+    merged.reset_classifier(100)
+    merged = merged.to(device, dtype).eval()
+    models = {
+        n: MultiTaskModel(copy.deepcopy(base).to(device, dtype), deltas[:n]).eval() for n in counts
+    }
+    if compile:
+        merged = torch.compile(merged, backend=compile_backend)
+        models = {n: torch.compile(m, backend=compile_backend) for n, m in models.items()}
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, *base.patch_embed.img_size, generator=gen)
+    x = x.to(device, dtype)
+    ids = {}
+    for n in counts:
+        uniform = torch.randint(0, n, (batch,), generator=gen)
+        if mix == "skewed":
+            uniform[: batch // 2] = 0
+        ids[n] = uniform.to(device)
+
+    runs = {"merged": lambda: merged(x)} | {
+        f"{n} tasks": (lambda n=n: models[n](x, ids[n])) for n in counts
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.inference_mode():
+        for fn in runs.values():  # warm-up
+            fn()
+        for _ in range(reps):
+            for k, fn in runs.items():
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="deit_tiny_patch16_224")
@@ -69,43 +125,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.precision]
     counts = [int(t) for t in args.tasks.split(",")]
-
-    base = timm.create_model(args.model, pretrained=False, num_classes=0).eval()
-    deltas = [make_delta(base, args.groups, 10 + (i * 37) % 91, i) for i in range(max(counts))]
-    merged = copy.deepcopy(base)
-    merged.reset_classifier(100)
-    merged = merged.to(device, dtype).eval()
-    models = {
-        n: MultiTaskModel(copy.deepcopy(base).to(device, dtype), deltas[:n]).eval() for n in counts
-    }
-    if args.compile:
-        merged = torch.compile(merged)
-        models = {n: torch.compile(m) for n, m in models.items()}
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, *base.default_cfg["input_size"][1:], generator=gen)
-    x = x.to(device, dtype)
-    ids = {}
-    for n in counts:
-        uniform = torch.randint(0, n, (args.batch,), generator=gen)
-        if args.mix == "skewed":
-            uniform[: args.batch // 2] = 0
-        ids[n] = uniform.to(device)
-
-    runs = {"merged": lambda: merged(x)} | {
-        f"{n} tasks": (lambda n=n: models[n](x, ids[n])) for n in counts
-    }
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    with torch.inference_mode():
-        for fn in runs.values():  # warm-up
-            fn()
-        for _ in range(args.reps):
-            for k, fn in runs.items():
-                sync(device)
-                t0 = time.perf_counter()
-                fn()
-                sync(device)
-                times[k].append(time.perf_counter() - t0)
+    times = measure(args.model, args.groups, args.batch, counts, device, dtype, args.reps,
+                    args.compile, args.mix)  # fmt: skip
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(hardware_line(args.device))
     print(
         f"{args.model}, batch {args.batch}, g={args.groups}, {args.precision}, {args.mix} mix, "
         f"{'compiled, ' if args.compile else ''}"

@@ -45,6 +45,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from hardware import hardware_line
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -246,7 +248,8 @@ def run_server_phases(
         print(f"{tree}: ready in {time.perf_counter() - t0:.1f} s ({src})", flush=True)
         load = Load(port, bodies, args.concurrency)
         asyncio.run(load.run(names, len(names) + args.concurrency, 60))  # warm-up: every task
-        scenarios = [(1, "-")] + [(n, m) for n in counts if n > 1 for m in ("uniform", "skewed")]
+        kinds = args.kinds.split(",")
+        scenarios = [(1, "-")] + [(n, m) for n in counts if n > 1 for m in kinds]
         for n, kind in scenarios:
             before = metrics(port)
             cpu0 = cpu_seconds(server.pid)
@@ -262,7 +265,8 @@ def run_server_phases(
             mean_batch = d("mgr_batch_size_sum") / batches if batches else float("nan")
             mixed = d('mgr_batches_total{mode="mixed"}') / batches if batches else float("nan")
             name = "one task" if n == 1 else f"{n} tasks, {kind}"
-            rows.append((f"mgr serve ({tree}): {name}", n, kind, len(lats), len(r["errors"]),
+            label = f"mgr serve ({tree}): {name}" if args.compare else f"mgr serve: {name}"
+            rows.append((label, n, kind, len(lats), len(r["errors"]),
                          len(lats) / r["wall"], pct(lats, 0.5), pct(lats, 0.99),
                          mean_batch, mixed, cpu * 1e3 / max(1, len(lats))))  # fmt: skip
             for e in r["errors"][:3]:
@@ -315,7 +319,8 @@ def pct(values: list[float], q: float) -> float:
 # -- main -------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The bench's options (the GPU suite fills them with ``parse_args([...])``)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="deit_tiny_patch16_224", help="timm spec of the backbone")
     ap.add_argument("--groups", type=int, default=96, help="Consolidator g of every task")
@@ -334,7 +339,13 @@ def main() -> None:
         "--compare", metavar="DIR", help="also run the server phases with this checkout"
     )
     ap.add_argument("--split", action="store_true", help="time each front-end step in-process")
-    args = ap.parse_args()
+    ap.add_argument("--kinds", default="uniform,skewed", help="task mixes beyond one task")
+    return ap
+
+
+def measure(args: argparse.Namespace) -> list[tuple]:
+    """Make the home, start `mgr serve` (and ``--compare``'s), run every phase; one row per
+    phase (see ``main``)."""
     counts = [int(t) for t in args.tasks.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="mgr-bench-serve-"))
@@ -385,8 +396,14 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         print(f"home kept at {home}")
+    return rows
 
+
+def main() -> None:
+    args = parser().parse_args()
+    rows = measure(args)
     print()
+    print(hardware_line(args.device))
     threads = args.threads or "default"
     print(
         f"model {args.model}, device {args.device}, server threads {threads}, schedule "
@@ -405,13 +422,15 @@ def main() -> None:
         cps = f"{cpu[0]:.2f}" if cpu else "-"
         print(f"| {label} | {reqs} | {errs} | {tput:.1f} | {p50 * 1e3:.1f} | {p99 * 1e3:.1f} "
               f"| {p99 / p50:.1f} | {mbs} | {mxs} | {cps} |")  # fmt: skip
-    for tree, _ in [("before", None), ("this tree", None)]:
-        mine = [r for r in rows if r[0].startswith(f"mgr serve ({tree})")]
+    for tree in ("before", "this tree") if args.compare else ("",):
+        prefix = f"mgr serve ({tree}):" if tree else "mgr serve:"
+        mine = [r for r in rows if r[0].startswith(prefix)]
         one = next((r for r in mine if r[1] == 1), None)
         eight = [r for r in mine if r[1] == 8]
         if one and eight:
             ratios = ", ".join(f"{r[2]} {r[5] / one[5]:.2f}x" for r in eight)
-            print(f"\n{tree}: 8 tasks vs one task, throughput: {ratios} (target >= 0.8x)")
+            who = tree or "server"
+            print(f"\n{who}: 8 tasks vs one task, throughput: {ratios} (target >= 0.8x)")
     print(f"errors in all: {sum(r[4] for r in rows)} (target 0)")
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import safetensors.torch as st
 import timm
 import torch
+from hardware import hardware_line
 
 from manager.adapters import Branch, ConsolidatorConfig, inject_consolidator
 from manager.adapters.inject import delta_whole_params, target_linears
@@ -46,15 +47,17 @@ from manager.switch.livefile import LiveFile
 BRANCHES = ((384, False),)
 
 
-def make_delta(model: torch.nn.Module, seed: int, dtype: torch.dtype) -> Delta:
+def make_delta(
+    model: torch.nn.Module, seed: int, dtype: torch.dtype, branches: tuple = BRANCHES
+) -> Delta:
     """A random consolidated delta with the structure and size of a trained one."""
     gen = torch.Generator().manual_seed(seed)
     layers = {}
     for name, lin in target_linears(model):
         shape = tuple(lin.weight.shape)
-        n = support_numel(shape, BRANCHES)
+        n = support_numel(shape, branches)
         layers[f"{name}.weight"] = ConsolidatorLayer(
-            shape, BRANCHES, (torch.randn(n, generator=gen) * 1e-2).to(dtype)
+            shape, branches, (torch.randn(n, generator=gen) * 1e-2).to(dtype)
         )
     whole = {  # built on the CPU, whatever the model's device (a delta file is read there)
         n: (p.detach().cpu() + torch.randn(p.shape, generator=gen) * 1e-2).to(dtype)
@@ -126,6 +129,75 @@ def fused_latency(model, base, a: Delta, b: Delta, device, reps: int) -> float:
 
 
 @torch.no_grad()
+def floor_latency(model, base, a: Delta, reps: int) -> float:
+    """The floor of any exact switch: one gather plus one scatter over A's support positions in
+    the flat buffer (what a switch must at least read and write), no W0 restore, no plan."""
+    m = copy.deepcopy(model)
+    fw = FlatWeights.adopt(m, list(base))
+    index = PlanCache(fw, base).plan(a).index
+    flat = fw.flat
+    return timed(lambda: flat.index_copy_(0, index, flat.index_select(0, index)), reps, warmup=2)
+
+
+@torch.no_grad()
+def switch_cycles(model, base, a: Delta, b: Delta, cycles: int) -> dict:
+    """``cycles`` fused switches A <-> B, each checked bit-identical (``torch.equal``) to a fresh
+    merge of the delta switched to (``apply`` on W0); returns the count of mismatches."""
+    m = copy.deepcopy(model)
+    fw = FlatWeights.adopt(m, list(base))
+    cache = PlanCache(fw, base)
+    plans = (cache.plan(a), cache.plan(b))
+    fresh = []
+    for d in (a, b):
+        want = {n: t.clone() for n, t in base.items()}
+        apply(want, base, d)
+        fresh.append(torch.cat([want[n].reshape(-1) for n in fw.offsets]))  # the flat layout
+    fused_switch(fw.flat, None, plans[0])
+    mismatches, cur = 0, 0
+    for _ in range(cycles):
+        nxt = 1 - cur
+        fused_switch(fw.flat, plans[cur], plans[nxt])
+        cur = nxt
+        if not torch.equal(fw.flat[: fresh[cur].numel()], fresh[cur]):
+            mismatches += 1
+    return {"cycles": cycles, "mismatches": mismatches}
+
+
+@torch.no_grad()
+def dense_latency(model, base, a: Delta, b: Delta, device, reps: int) -> float:
+    """PEFT-style dense unmerge A + merge B, in place on the model's weights (left at W0)."""
+    live = dict(model.named_parameters())
+    da, db = Dense(a, device), Dense(b, device)
+    da.merge(live)
+    dstate = [da, db]
+
+    def dense():
+        dstate[0].unmerge(live)
+        dstate[1].merge(live)
+        dstate.reverse()
+
+    sec = timed(dense, reps)
+    for n, t in base.items():
+        live[n].copy_(t)
+    return sec
+
+
+@torch.no_grad()
+def checkpoint_latency(model, base, b: Delta, tmp: Path, device, reps: int) -> float:
+    """Loading a full fine-tuned checkpoint of the whole model (task B's weights) from disk."""
+    full = copy.deepcopy(model)
+    apply(dict(full.named_parameters()), base, b)
+    ckpt = tmp / "full_b.safetensors"
+    st.save_file({k: v.contiguous().cpu() for k, v in full.state_dict().items()}, str(ckpt))
+    del full
+    sec = timed(lambda: model.load_state_dict(st.load_file(str(ckpt), device=str(device))), reps)
+    live = dict(model.named_parameters())
+    for n, t in base.items():
+        live[n].copy_(t)
+    return sec
+
+
+@torch.no_grad()
 def latency(model, base, a, b, tmp: Path, device, reps: int) -> dict[str, float]:
     live = dict(model.named_parameters())
     out = {}
@@ -139,33 +211,8 @@ def latency(model, base, a, b, tmp: Path, device, reps: int) -> dict[str, float]
     out["ours"] = timed(ours, reps, warmup=2)
 
     restore(live, base, state[0])  # back to W0, then the dense path from A
-    da, db = Dense(a, device), Dense(b, device)
-    da.merge(live)
-    dstate = [da, db]
-
-    def dense():
-        dstate[0].unmerge(live)
-        dstate[1].merge(live)
-        dstate.reverse()
-
-    out["dense"] = timed(dense, reps)
-    dstate.clear()  # free the dense deltas
-    da = db = None
-    for n, t in base.items():
-        live[n].copy_(t)
-
-    # A full fine-tuned checkpoint of the whole model (task B's weights), read from disk.
-    full = copy.deepcopy(model)
-    apply(dict(full.named_parameters()), base, b)
-    ckpt = tmp / "full_b.safetensors"
-    st.save_file({k: v.contiguous().cpu() for k, v in full.state_dict().items()}, str(ckpt))
-    del full
-    out["checkpoint"] = timed(
-        lambda: model.load_state_dict(st.load_file(str(ckpt), device=str(device))),
-        max(3, reps // 4),
-    )
-    for n, t in base.items():
-        live[n].copy_(t)
+    out["dense"] = dense_latency(model, base, a, b, device, reps)
+    out["checkpoint"] = checkpoint_latency(model, base, b, tmp, device, max(3, reps // 4))
 
     # This switcher on a live file: memory-mapped, the two supports written, msync + fsync.
     w0_file, live_file = tmp / "w0.safetensors", tmp / "live.safetensors"
@@ -229,12 +276,14 @@ def drift(model, a: Delta, cycles: int, dtype: torch.dtype, device) -> dict[str,
 
 
 @torch.no_grad()
-def throughput(model, batch: int, device, reps: int) -> dict[str, float]:
+def throughput(
+    model, batch: int, device, reps: int, branches: tuple = BRANCHES
+) -> dict[str, float]:
     """Images/s of the merged (plain) model and of the unmerged ConsolidatorLinear model."""
-    x = torch.randn(batch, 3, 224, 224, device=device)
+    x = torch.randn(batch, 3, *model.patch_embed.img_size, device=device)
     merged = model.eval()
     adapter = inject_consolidator(
-        copy.deepcopy(model), ConsolidatorConfig(tuple(Branch(g, s) for g, s in BRANCHES))
+        copy.deepcopy(model), ConsolidatorConfig(tuple(Branch(g, s) for g, s in branches))
     ).eval()
     out = {}
     for name, m in (("merged", merged), ("unmerged", adapter)):
@@ -284,6 +333,7 @@ def main() -> None:
     def dcol(d: dict | None, key: str) -> str:
         return "-" if d is None else f"{d[key]:.2e}"
 
+    print(hardware_line(args.device))
     print(
         f"ViT-B/16 ({n_params / 1e6:.1f}M params), one g=384 branch: a switch writes "
         f"{touched:,} values per delta ({100 * touched / n_params:.2f}%); device {device}, "

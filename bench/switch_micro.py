@@ -22,6 +22,7 @@ import time
 
 import timm
 import torch
+from hardware import hardware_line
 
 from manager.adapters import Branch, ConsolidatorConfig, inject_consolidator, unwrap
 from manager.adapters.consolidate import consolidate
@@ -149,6 +150,7 @@ def main() -> None:
     bit_exact = all(torch.equal(live[n], fresh[n]) for n in base)
 
     exact_ms = rows[1][1]  # the dense rows touch layers only: compare like with like
+    print(hardware_line("cpu"))
     print(
         f"ViT-B/16, one g=384 branch: {values:,} delta values + {whole:,} whole values per delta;"
     )

@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from hardware import hardware_line
+
 ROWS = [
     ("full fine-tuning", "full", {}),
     ("BitFit + LN", "bitfit_ln", {}),
@@ -52,77 +54,116 @@ def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def worker(args: argparse.Namespace) -> None:
-    """One method: build, warm up, then answer 'run' with seconds and 'stop' with peak memory."""
+class Prepared:
+    """One method's model, optimizer and `TrainStep`, warmed up (the first step is done)."""
+
+    def __init__(self, step, batches, total, device, batch: int):
+        self.step, self.batches, self.total, self.device, self.batch = (
+            step, batches, total, device, batch,
+        )  # fmt: skip
+
+    def run(self, steps: int) -> float:
+        """Seconds for ``steps`` steady-state steps, between device synchronisations."""
+        from manager.train.step import synchronize
+
+        synchronize(self.device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.total += self.step(next(self.batches))
+        synchronize(self.device)
+        return time.perf_counter() - t
+
+
+def prepare(
+    row: int,
+    model: str,
+    img_size: int,
+    batch: int,
+    device: str,
+    precision: str | None,
+    compile: bool,
+    spec_extra: str = "",
+) -> Prepared:
+    """Build ``ROWS[row]``'s method as `mgr train` does and take its warm-up step.
+
+    Raises ``MgrError`` (e.g. --compile without a compiler) with the trainer's own message.
+    ``spec_extra`` adds backbone options (``depth=1`` for smoke runs).
+    """
     import timm  # noqa: F401  (imported before the baseline: its import is not the method's)
     import torch
 
     from manager.backbone import build_backbone
     from manager.delta.structure import format_structure
     from manager.device import resolve_device, resolve_precision
-    from manager.errors import MgrError
     from manager.train.adapter import prepare_model
     from manager.train.config import TrainConfig
     from manager.train.data import ImageTensors, Normalise
     from manager.train.groups import param_groups
     from manager.train.methods import get_method
-    from manager.train.step import TrainStep, make_optimizer, synchronize
+    from manager.train.step import TrainStep, make_optimizer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    label, name, over = ROWS[args.worker]
-    device = resolve_device(args.device)
-    base_rss = _rss_bytes()
-    model = build_backbone(f"{args.model}:img_size={args.img_size}", "random", num_classes=100)
-    g = model.embed_dim // 2  # two input channels per group, as the paper's release
+    _label, name, over = ROWS[row]
+    dev = resolve_device(device)
+    spec = f"{model}:img_size={img_size}" + (f",{spec_extra}" if spec_extra else "")
+    net = build_backbone(spec, "random", num_classes=100)
+    g = net.embed_dim // 2  # two input channels per group, as the paper's release
     structure = ((g * 2, False), (g, True)) if over.get("groups") == "*2" else ((g, False),)
     cfg = TrainConfig(
         method=name,
         **{**over, "groups": format_structure(structure)},
-        batch_size=args.batch,
-        precision=args.precision,
-        compile=args.compile,
+        batch_size=batch,
+        precision=precision,
+        compile=compile,
     )
-    prepare_model(model, get_method(name), cfg)  # the trainer's own checks and surgery
-    model.to(device).train()
+    prepare_model(net, get_method(name), cfg)  # the trainer's own checks and surgery
+    net.to(dev).train()
     gen = torch.Generator().manual_seed(0)
-    n = 4 * args.batch  # whole batches only: one shape, one warm-up
+    n = 4 * batch  # whole batches only: one shape, one warm-up
     data = ImageTensors(
-        torch.randint(
-            0, 256, (n, 3, args.img_size, args.img_size), dtype=torch.uint8, generator=gen
-        ),
+        torch.randint(0, 256, (n, 3, img_size, img_size), dtype=torch.uint8, generator=gen),
         torch.randint(0, 100, (n,), generator=gen),
-    ).to(device)
-    norm = Normalise(
-        torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225]), device
+    ).to(dev)
+    norm = Normalise(torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225]), dev)
+    opt = make_optimizer(param_groups(net, 1e-4), 1e-4)
+    dtype = resolve_precision(precision, dev)
+    step = TrainStep(net, opt, dtype=dtype, device=dev, compile=compile)
+    batches = itertools.chain.from_iterable(
+        data.epoch(batch, norm, generator=gen) for _ in itertools.count()
     )
-    opt = make_optimizer(param_groups(model, 1e-4), 1e-4)
-    dtype = resolve_precision(args.precision, device)
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    total += step(next(batches))  # warm-up: kernel set-up, compilation
+    prepared = Prepared(step, batches, total, dev, batch)
+    prepared.run(0)  # synchronise: the warm-up is done
+    return prepared
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One method: build, warm up, then answer 'run' with seconds and 'stop' with peak memory."""
+    import timm  # noqa: F401  (imported before the baseline: its import is not the method's)
+    import torch
+
+    from manager.errors import MgrError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base_rss = _rss_bytes()
     try:
-        step = TrainStep(model, opt, dtype=dtype, device=device, compile=args.compile)
-        batches = itertools.chain.from_iterable(
-            data.epoch(args.batch, norm, generator=gen) for _ in itertools.count()
-        )
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        total += step(next(batches))  # warm-up: kernel set-up, compilation
+        prepared = prepare(args.worker, args.model, args.img_size, args.batch, args.device,
+                           args.precision, args.compile)  # fmt: skip
     except MgrError as e:
-        print(f"error: {label}: {e}", flush=True)
+        print(f"error: {ROWS[args.worker][0]}: {e}", flush=True)
         sys.exit(1)
-    synchronize(device)
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() != "run":
             break
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            total += step(next(batches))
-        synchronize(device)
-        print(time.perf_counter() - t, flush=True)
+        print(prepared.run(args.steps), flush=True)
+    device = prepared.device
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = _rss_bytes() - base_rss
-    print(json.dumps({"peak": peak, "loss": total.item()}), flush=True)
+    print(json.dumps({"peak": peak, "loss": prepared.total.item()}), flush=True)
 
 
 def _mib(n: int) -> str:
@@ -185,8 +226,10 @@ def main() -> None:
     prec = precision_name(args.precision, torch.device(args.device))
     full = img_s(0) if 0 in times else None
     mem = "peak CUDA memory allocated" if args.device.startswith("cuda") else "peak RSS growth"
+    print()
+    print(hardware_line(args.device))
     print(
-        f"\n{args.model} {args.img_size}px, batch {args.batch}, {args.device}, {prec}"
+        f"{args.model} {args.img_size}px, batch {args.batch}, {args.device}, {prec}"
         f"{', compiled' if args.compile else ''}, {args.rounds} interleaved rounds of "
         f"{args.steps} step(s), {torch.get_num_threads()} threads here"
     )

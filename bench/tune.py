@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from hardware import hardware_line
 
 from manager.backbone import backbone_state, build_backbone, content_hash
 from manager.datasets import create_dataset
@@ -95,6 +96,7 @@ def main() -> None:
                 )
     names = args.datasets.split(",")
     heads = " | ".join(f"{d} val top-1 (seeds {args.seeds})" for d in names)
+    print(hardware_line("cpu"))
     print(f"\n| lr | LayerNorm lr | {heads} |")
     print("|---|---|" + "---|" * len(names))
     for (lr, lr_norm), per in table.items():
