@@ -252,9 +252,10 @@ def run_server_phases(
         scenarios = [(1, "-")] + [(n, m) for n in counts if n > 1 for m in kinds]
         for n, kind in scenarios:
             before = metrics(port)
-            cpu0 = cpu_seconds(server.pid)
+            cpu0, mine0 = cpu_seconds(server.pid), time.process_time()
             r = asyncio.run(load.run(mix(names, n, kind), args.requests, args.seconds))
             cpu = cpu_seconds(server.pid) - cpu0
+            client = time.process_time() - mine0  # the load generator's own share of the CPU
             after = metrics(port)
 
             def d(key: str, a: dict = after, b: dict = before) -> float:
@@ -268,7 +269,8 @@ def run_server_phases(
             label = f"mgr serve ({tree}): {name}" if args.compare else f"mgr serve: {name}"
             rows.append((label, n, kind, len(lats), len(r["errors"]),
                          len(lats) / r["wall"], pct(lats, 0.5), pct(lats, 0.99),
-                         mean_batch, mixed, cpu * 1e3 / max(1, len(lats))))  # fmt: skip
+                         mean_batch, mixed, cpu * 1e3 / max(1, len(lats)),
+                         client * 1e3 / max(1, len(lats))))  # fmt: skip
             for e in r["errors"][:3]:
                 print(f"  error: {e}", flush=True)
             print(f"{tree}, {name}: {len(lats)} requests, {len(r['errors'])} errors", flush=True)
@@ -340,6 +342,9 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--split", action="store_true", help="time each front-end step in-process")
     ap.add_argument("--kinds", default="uniform,skewed", help="task mixes beyond one task")
+    ap.add_argument(
+        "--image-size", type=int, default=0, help="side of the PNG sent (0: the model's default)"
+    )
     return ap
 
 
@@ -358,7 +363,10 @@ def measure(args: argparse.Namespace) -> list[tuple]:
 
     from manager.backbone import build_backbone
 
-    size = build_backbone(args.model, "random", num_classes=0).default_cfg["input_size"][-1]
+    size = (
+        args.image_size
+        or build_backbone(args.model, "random", num_classes=0).default_cfg["input_size"][-1]
+    )
     img = image_bytes(size, 0)
     img_dir = tmp / "images"
     img_dir.mkdir()
@@ -408,18 +416,19 @@ def main() -> None:
     print(
         f"model {args.model}, device {args.device}, server threads {threads}, schedule "
         f"{args.schedule}, --max-batch {args.max_batch}, --max-wait-ms {args.max_wait_ms:g}, "
-        f"{args.concurrency} connections, one image per request"
+        f"{args.concurrency} connections, one {args.image_size or 'default-size'} px PNG "
+        "(random noise) per request"
     )
     print()
     print(
         "| scenario | requests | errors | req/s | p50 ms | p99 ms | p99/p50 | images/batch "
-        "| mixed batches | server CPU ms/req |"
+        "| mixed batches | server CPU ms/req | client CPU ms/req |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, _n, _k, reqs, errs, tput, p50, p99, mb, mixed, *cpu in rows:
         mbs = "-" if mb is None else f"{mb:.1f}"
         mxs = "-" if mixed is None else f"{mixed * 100:.0f}%"
-        cps = f"{cpu[0]:.2f}" if cpu else "-"
+        cps = " | ".join(f"{c:.2f}" for c in cpu) if cpu else "- | -"
         print(f"| {label} | {reqs} | {errs} | {tput:.1f} | {p50 * 1e3:.1f} | {p99 * 1e3:.1f} "
               f"| {p99 / p50:.1f} | {mbs} | {mxs} | {cps} |")  # fmt: skip
     for tree in ("before", "this tree") if args.compare else ("",):

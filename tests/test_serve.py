@@ -127,6 +127,16 @@ def test_concurrent_requests_for_several_tasks_equal_mgr_predict(server, home, i
     assert metric(server, "mgr_cache_misses_total") > 3
 
 
+def test_many_images_in_one_request_are_shared_out_and_equal_mgr_predict(
+    server, home, images
+) -> None:
+    # 12 images: split over the decoding threads (4 or more each), answered in order.
+    paths = images + images
+    out = send(server, "pets3", paths, as_json=True)
+    assert out["batch"]["images"] >= 12
+    check_answers(home, [(paths, out)])
+
+
 def test_predict_server_prints_what_mgr_predict_prints(server, home, images) -> None:
     paths = [str(p) for p in images[:3]]
     srv = fork_server()
@@ -163,6 +173,13 @@ def test_tasks_health_metrics_and_docs(server) -> None:
     assert "mgr_batch_size_count" in text
     status, spec = server.get("/openapi.json")
     assert status == 200 and "/v1/predict" in spec["paths"]
+    assert "/v2/models/{task}/infer" in spec["paths"]
+    # The docs page loads Swagger UI from this server, never from a CDN (offline, locked down).
+    status, page = server.get("/docs")
+    assert status == 200 and "/docs/static/swagger-ui-bundle.js" in page
+    assert "cdn" not in page.lower() and "https://" not in page
+    status, js = server.get("/docs/static/swagger-ui-bundle.js")
+    assert status == 200 and len(js) > 100_000
 
 
 def test_bad_inputs_get_a_4xx_with_one_line_and_the_server_stays_up(server, images) -> None:

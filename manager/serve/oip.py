@@ -304,11 +304,16 @@ async def _infer(request: Request, task: str, version: str | None) -> Response:
         dtype, payload, n = parse_infer(doc, binary, cfg.max_images)
         k, want_binary, names = _top_k(doc)
 
-        def make(transform: Any) -> Any:
+        async def make(transform: Any) -> Any:
+            if dtype == "BYTES":
+                return await inputs.to_tensor_parallel(
+                    state.decoder, payload, transform, cfg.max_pixels, cfg.max_request_pixels
+                )
+            return await state.decoder.run(make_array, transform)
+
+        def make_array(transform: Any) -> Any:
             import torch
 
-            if dtype == "BYTES":
-                return inputs.to_tensor(payload, transform, cfg.max_pixels, cfg.max_request_pixels)
             if dtype == "UINT8":
                 return inputs.arrays_to_tensor(
                     payload, transform, cfg.max_pixels, cfg.max_request_pixels

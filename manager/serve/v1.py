@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -60,12 +60,12 @@ async def run_model(
     state: ServeState,
     target: str | None,
     n_images: int,
-    make_batch: Callable[[Callable[[Any], Any]], Any],
+    make_batch: Callable[[Callable[[Any], Any]], Awaitable[Any]],
     log: dict[str, Any],
 ) -> tuple[Result, float]:
     """Resolve ``target``, build the batch off the loop, queue it; (result, decode seconds).
 
-    ``make_batch(transform)`` runs on a decoding thread and returns ``(n, 3, H, W)``.
+    ``await make_batch(transform)`` returns ``(n, 3, H, W)``, its work done on decoding threads.
     """
     why = not_ready(state)
     if why is not None:
@@ -79,12 +79,9 @@ async def run_model(
     transform = state.engine.transform
     assert transform is not None  # set while starting, before ready
 
-    def build() -> tuple[Any, float]:
-        t0 = time.perf_counter()
-        batch = make_batch(transform)
-        return batch, time.perf_counter() - t0
-
-    batch, decode_s = await state.decoder.run(build)
+    t0 = time.perf_counter()
+    batch = await make_batch(transform)
+    decode_s = time.perf_counter() - t0
     result = await submit(state, ref, names, batch)
     log["queue_ms"] = round(result.queue_s * 1e3, 3)
     log["model_ms"] = round(result.model_s * 1e3, 3)
@@ -205,8 +202,8 @@ async def predict(request: Request) -> Response:
             state,
             parsed.target,
             len(parsed.images),
-            lambda transform: inputs.to_tensor(
-                parsed.images, transform, cfg.max_pixels, cfg.max_request_pixels
+            lambda transform: inputs.to_tensor_parallel(
+                state.decoder, parsed.images, transform, cfg.max_pixels, cfg.max_request_pixels
             ),
             log,
         )
