@@ -246,6 +246,9 @@ def run_server_phases(
         t0 = time.perf_counter()
         wait_ready(port, server, log)
         print(f"{tree}: ready in {time.perf_counter() - t0:.1f} s ({src})", flush=True)
+        for line in log.read_text().splitlines():  # the model's own measured cost
+            if "forward" in line:
+                print(f"  {line.strip()}", flush=True)
         load = Load(port, bodies, args.concurrency)
         asyncio.run(load.run(names, len(names) + args.concurrency, 60))  # warm-up: every task
         kinds = args.kinds.split(",")
