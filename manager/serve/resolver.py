@@ -78,12 +78,16 @@ class Resolver:
         if path is not None:
             # Read-only, autocommit: the PRAGMA never opens a transaction that would pin a
             # snapshot or hold a lock against writers.
-            self._conn = sqlite3.connect(
-                f"file:{urllib.parse.quote(str(path))}?mode=ro",
-                uri=True,
-                check_same_thread=False,
-                isolation_level=None,
-            )
+            try:
+                self._conn = sqlite3.connect(
+                    f"file:{urllib.parse.quote(str(path))}?mode=ro",
+                    uri=True,
+                    check_same_thread=False,
+                    isolation_level=None,
+                )
+                self._data_version()
+            except sqlite3.Error:  # e.g. a WAL catalog on a read-only home: resolve per request
+                self.close()
 
     @property
     def cached(self) -> bool:
@@ -99,15 +103,20 @@ class Resolver:
         if self._conn is None:
             self.count("resolver_refreshes")
             return resolve(self.catalog, target)
+        hit = None
         with self._lock:
             try:
-                version = self._data_version()
-            except sqlite3.Error as exc:
-                raise MgrError(f"cannot read the catalog: {exc}") from None
-            if version != self._version or len(self._cache) > self.MAX_ENTRIES:
-                self._cache.clear()
-                self._version = version
-            hit = self._cache.get(target)
+                version: int | None = self._data_version()
+            except sqlite3.Error:
+                version = None
+            if version is not None:
+                if version != self._version or len(self._cache) > self.MAX_ENTRIES:
+                    self._cache.clear()
+                    self._version = version
+                hit = self._cache.get(target)
+        if version is None:  # the counter is unreadable now: no cache, a transaction per request
+            self.count("resolver_refreshes")
+            return resolve(self.catalog, target)
         if hit is None:
             self.count("resolver_refreshes")
             try:
