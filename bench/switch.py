@@ -11,12 +11,17 @@ One table, one run, random weights (the numbers do not depend on them):
   g=384 blocks put support values in every row, so a durable flush writes back every page of
   the adapted weights: O(backbone) disk I/O even though only 0.5% of the values change);
 * drift: max |W - W0| over the adapted weights after 1,000 merge/unmerge cycles, float32 and bf16;
-* forward throughput of the merged model against the unmerged adapter model (ConsolidatorLinear).
+* forward throughput of the merged model against the unmerged adapter model (ConsolidatorLinear);
+* across backbones, through ``mgr switch``'s own code on a real home (catalog, W0 files, live
+  folders): a switch to a task on a backbone with no live file yet (its W0 copied into
+  ``live/<hash>/``, then the delta applied, durable) against a switch between two tasks on one
+  backbone (``--cross-only`` runs this row alone).
 
 Each delta: one g=384 branch (no shuffle) on every qkv/proj/fc1/fc2, random values, plus random
 biases, LayerNorms and a 100-class head: the paper's released setting.
 
     .venv/bin/python bench/switch.py [--cycles 1000] [--batch 8] [--threads 1] [--device cpu]
+    .venv/bin/python bench/switch.py --cross-only
 """
 
 from __future__ import annotations
@@ -291,6 +296,60 @@ def throughput(
     return out
 
 
+def cross_backbone(tmp: Path, reps: int) -> dict[str, float]:
+    """``mgr switch`` on a real home with two ViT-B backbones (different weights): the first
+    switch to the second backbone's task (a full load: W0 copied to its live folder) and the
+    median switch between two tasks of one backbone (O(delta))."""
+    from manager.catalog import open_catalog, tasks
+    from manager.store.backbones import materialise_backbone
+    from manager.store.record import record_version
+    from manager.switch.live import switch_live
+
+    home = Home(tmp / "home")
+    catalog = open_catalog(home)
+    spec = "vit_base_patch16_224"
+    try:
+        for i, names in enumerate((("a1", "a2"), ("b1",))):
+            model = timm.create_model(spec, pretrained=False, num_classes=100).eval()
+            with torch.no_grad():
+                model.norm.weight.add_(i)  # another backbone: other weights, another hash
+            with catalog.session() as s:
+                row = materialise_backbone(s, home, model, spec, "random")
+                digest, row_id = row.content_hash, row.id
+            for k, name in enumerate(names):
+                with catalog.session() as s:
+                    classes = [f"c{j}" for j in range(100)]
+                    tasks.add_task(s, name=name, dataset="synthetic", class_names=classes)
+                    tasks.get_task(s, name).backbone_id = row_id
+                delta = make_delta(model, 10 * i + k, torch.float32)
+                delta.meta = DeltaMeta("consolidator", spec, digest, torch.float32, 100)
+                record_version(catalog, name, delta, structure=[list(b) for b in BRANCHES])
+            del model
+        switch_live(home, catalog, "a1", None)  # backbone A loaded (not timed)
+        same = []
+        for r in range(reps):
+            t0 = time.perf_counter()
+            switch_live(home, catalog, "a2" if r % 2 == 0 else "a1", None)
+            same.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        report = switch_live(home, catalog, "b1", None)  # backbone B: a full load
+        cross = time.perf_counter() - t0
+        assert report.loaded
+    finally:
+        catalog.close()
+    return {"same": statistics.median(same), "cross": cross}
+
+
+def print_cross(out: dict[str, float]) -> None:
+    print(f"\n{'mgr switch (live files on disk, durable)':<52}{'latency':>11}{'vs same':>9}")
+    print("-" * 72)
+    print(f"{'same backbone: restore A + apply B (O(delta))':<52}{out['same'] * 1000:>9.2f}ms")
+    print(
+        f"{'another backbone: copy its W0 + apply (O(backbone))':<52}"
+        f"{out['cross'] * 1000:>9.2f}ms{out['cross'] / out['same']:>8.0f}x"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cycles", type=int, default=1000)
@@ -302,10 +361,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 drift runs")
+    ap.add_argument(
+        "--cross-only", action="store_true", help="only the cross-backbone mgr switch row"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     t_start = time.perf_counter()
+    if args.cross_only:
+        with tempfile.TemporaryDirectory(prefix="mgr-bench-") as tmp:
+            print_cross(cross_backbone(Path(tmp), max(5, args.reps // 2)))
+        print(f"(bench ran {time.perf_counter() - t_start:.0f} s)")
+        return
 
     model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=100)
     model = model.eval().to(device)
@@ -366,6 +433,8 @@ def main() -> None:
         f"adapter (ConsolidatorLinear) {fwd['unmerged']:.2f} img/s: the unmerged model takes "
         f"{100 * (fwd['merged'] / fwd['unmerged'] - 1):+.1f}% time per image"
     )
+    with tempfile.TemporaryDirectory(prefix="mgr-bench-") as tmp:
+        print_cross(cross_backbone(Path(tmp), max(5, args.reps // 2)))
     print(f"(bench ran {time.perf_counter() - t_start:.0f} s)")
 
 

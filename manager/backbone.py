@@ -251,6 +251,132 @@ def load_weights(model: nn.Module, path: Path, spec: str = "") -> None:
     model.load_state_dict(state, strict=False)  # only the head is left out, by design
 
 
+# Width of the timm ViT/DeiT families by name, to find architectures a weights file fits.
+_WIDTHS = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
+
+
+def meta_model(spec: str) -> nn.Module:
+    """The headless model of ``spec`` on the meta device: shapes and config, no memory."""
+    name, kwargs = parse_spec(spec)
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except TypeError as e:
+        raise MgrError(f"backbone {spec!r}: {e}") from None
+
+
+def spec_img_size(spec: str) -> int:
+    """The input size a spec's model takes (its ``img_size``, else the architecture's)."""
+    model = meta_model(spec)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is None:
+        size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[1:]
+    return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        return {k: tuple(e["shape"]) for k, e in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise MgrError(f"{path}: not a safetensors file ({e})") from None
+
+
+def _fits(
+    own: Mapping[str, tuple[int, ...]], shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[str, str] | None:
+    """The first tensor that does not fit and why, or None. A position table for another
+    image size fits (it is resampled on load, as timm does)."""
+    for k, want in own.items():
+        got = shapes.get(k)
+        if got is None:
+            return k, "missing from the file"
+        if got != want and not (k == "pos_embed" and got[-1:] == want[-1:]):
+            return k, f"file {got} vs model {want}"
+    extra = next((k for k in shapes if k not in own), None)
+    return (extra, "not in the model") if extra is not None else None
+
+
+def _headless_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    heads = head_names(model)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not _is_head(k, heads)}
+
+
+def check_weights_header(path: Path, spec: str) -> None:
+    """Refuse, in one line, a ``.safetensors`` weights file whose tensor names and shapes do not
+    fit ``spec`` (its header only: no tensor is read), naming the timm architectures that fit.
+    Other formats are checked when the backbone is first built."""
+    if path.suffix.lower() != ".safetensors":
+        return
+    shapes = _header_shapes(path)
+    if shapes and all(k.startswith("module.") for k in shapes):
+        shapes = {k[len("module.") :]: v for k, v in shapes.items()}
+    model = meta_model(spec)
+    heads = head_names(model)
+    shapes = {k: v for k, v in shapes.items() if not _is_head(k, heads)}
+    bad = _fits(_headless_shapes(model), shapes)
+    if bad is None:
+        return
+    fit = fitting_architectures(shapes)
+    hint = (
+        f"; it fits {', '.join(fit)} (--backbone)"
+        if fit
+        else "; no timm ViT/DeiT architecture fits it"
+    )
+    raise MgrError(f"{path.name} does not fit backbone {spec}: {bad[0]} {bad[1]}{hint}")
+
+
+def fitting_architectures(shapes: Mapping[str, tuple[int, ...]], limit: int = 2) -> list[str]:
+    """timm ViT/DeiT specs whose headless shapes fit ``shapes`` (a depth other than the
+    architecture's is given as ``:depth=N``), found from the width and patch size."""
+    cls = shapes.get("cls_token") or shapes.get("pos_embed")
+    proj = shapes.get("patch_embed.proj.weight")
+    if cls is None or proj is None or len(proj) != 4:
+        return []
+    width, patch = cls[-1], proj[-1]
+    family = _WIDTHS.get(width)
+    if family is None:
+        return []
+    depth = 1 + max(
+        (
+            int(k.split(".")[1])
+            for k in shapes
+            if k.startswith("blocks.") and k.split(".")[1].isdigit()
+        ),
+        default=-1,
+    )
+    names = [
+        n
+        for n in timm.list_models(f"*_{family}_patch{patch}_*")
+        if n.startswith(("deit_", "vit_")) and "distilled" not in n
+    ]
+    out = []
+    for name in sorted(names, key=lambda n: (not n.startswith("deit_"), len(n), n)):
+        try:
+            model = meta_model(name)
+        except (MgrError, Exception):  # an architecture that needs other arguments
+            continue
+        spec = name
+        if len(getattr(model, "blocks", [])) != depth:
+            spec = f"{name}:depth={depth}"
+            try:
+                model = meta_model(spec)
+            except (MgrError, Exception):
+                continue
+        if _fits(_headless_shapes(model), shapes) is None:
+            out.append(spec)
+        if len(out) >= limit:
+            break
+    return out
+
+
 def _load_jax_npz(model: nn.Module, path: Path) -> None:
     # The model is headless here, so timm's loader takes the backbone only.
     if not hasattr(model, "load_pretrained"):

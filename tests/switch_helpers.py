@@ -191,8 +191,10 @@ def _perturbed_delta(base_model, method: str, structure, dtype, seed: int, backb
     return m.export(model, meta)
 
 
-def add_python_tasks(home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes") -> None:
-    """Tasks whose versions are made here (fast), bound to ``bind_to``'s backbone."""
+def add_python_tasks(
+    home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes", spec: str = TINY_SPEC
+) -> None:
+    """Tasks whose versions are made here (fast), bound to ``bind_to``'s backbone (``spec``)."""
     from manager.backbone import new_head
     from manager.catalog import open_catalog, tasks
     from manager.home import Home
@@ -214,7 +216,7 @@ def add_python_tasks(home: Path, tasks_spec=PY_TASKS, bind_to: str = "shapes") -
                     name=name,
                     dataset="synthetic",
                     class_names=[f"{name}-c{i}" for i in range(n)],
-                    backbone_spec=TINY_SPEC,
+                    backbone_spec=spec,
                     weights="random",
                 )
                 t.backbone_id = row.id
@@ -280,6 +282,19 @@ def merged(home: Path, base: dict, rel: str | None) -> tuple[dict, dict]:
     return {n: live[n] for n in base}, {n: live[n] for n in head}
 
 
+def live_dir(home: Path, backbone_hash: str | None = None) -> Path:
+    """``<home>/live/<hash>/``: the given backbone's live folder, or the one there is."""
+    if backbone_hash is not None:
+        return home / "live" / backbone_hash[:16]
+    (folder,) = [p for p in (home / "live").iterdir() if p.is_dir()]
+    return folder
+
+
+def live_file(home: Path, name: str = "backbone", backbone_hash: str | None = None) -> Path:
+    """``<home>/live/<hash>/{backbone,head}.safetensors`` (see `live_dir`)."""
+    return live_dir(home, backbone_hash) / f"{name}.safetensors"
+
+
 def catalog_versions(home: Path) -> dict[str, str]:
     """``{"task@N": artifact path}`` for every ready version (read with sqlite3 directly)."""
     import sqlite3
@@ -304,7 +319,7 @@ def deployment(home: Path) -> dict:
         row = con.execute(
             "SELECT d.state, d.version_id, d.pending_version_id, t.name, v.number "
             "FROM deployment d LEFT JOIN adapter_versions v ON v.id = d.version_id "
-            "LEFT JOIN tasks t ON t.id = v.task_id WHERE d.id = 1"
+            "LEFT JOIN tasks t ON t.id = v.task_id ORDER BY d.backbone_id IS NULL, d.id LIMIT 1"
         ).fetchone()
     finally:
         con.close()

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from manager.catalog import budgets, events, open_catalog, storage, tasks, versions
-from manager.catalog.deployment import get_deployment
-from manager.catalog.models import AdapterVersion, Budget, Deployment, Event
+from manager.catalog.deployment import get_deployment, host_deployments
+from manager.catalog.models import AdapterVersion, Backbone, Budget, Deployment, Event
 from manager.catalog.paramcount import ParamInfo, param_info
 from manager.errors import MgrError
 from manager.home import Home
@@ -143,7 +143,7 @@ def test_one_global_budget_row(catalog) -> None:
         s.flush()
 
 
-def test_one_deployment_row_per_host(catalog) -> None:
+def test_one_deployment_row_per_host_and_backbone(catalog) -> None:
     with catalog.session() as s:  # the migrated single row is claimed by the first host
         dep = get_deployment(s, "a")
         assert (dep.id, dep.host, dep.state, dep.task_id) == (1, "a", "idle", None)
@@ -151,8 +151,25 @@ def test_one_deployment_row_per_host(catalog) -> None:
         assert get_deployment(s, "a").id == 1
         other = get_deployment(s, "b")
         assert (other.id, other.host, other.state) == (2, "b", "idle")
+    with catalog.session() as s:  # one row per (host, backbone): the blank row takes one
+        bb = Backbone(
+            timm_name="t", spec="t", weights_source="x", content_hash="ab" * 32,
+            param_count=1, bytes=1, path="backbones/x.safetensors",
+        )  # fmt: skip
+        s.add(bb)
+        s.flush()
+        assert get_deployment(s, "a", bb.id).id == 1
+        bb2 = Backbone(
+            timm_name="t", spec="t2", weights_source="x", content_hash="cd" * 32,
+            param_count=1, bytes=1, path="backbones/y.safetensors",
+        )  # fmt: skip
+        s.add(bb2)
+        s.flush()
+        assert get_deployment(s, "a", bb2.id).id == 3
+        assert [d.backbone_id for d in host_deployments(s, "a")] == [bb.id, bb2.id]
+        bb_id = bb.id
     with pytest.raises(IntegrityError), catalog.session() as s:
-        s.add(Deployment(host="a", state="idle"))
+        s.add(Deployment(host="a", state="idle", backbone_id=bb_id))
         s.flush()
 
 

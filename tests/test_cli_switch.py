@@ -20,6 +20,7 @@ from switch_helpers import (  # noqa: F401
     copy_home,
     deployment,
     fork_server,
+    live_file,
     merged,
     one_thread,
     template_home,
@@ -41,7 +42,7 @@ def sha(path: Path) -> str:
 
 
 def live_files(home: Path) -> tuple[dict, dict]:
-    return load_file(home / "live/backbone.safetensors"), load_file(home / "live/head.safetensors")
+    return load_file(live_file(home)), load_file(live_file(home, "head"))
 
 
 def touched(home: Path, label: str) -> int:
@@ -82,8 +83,8 @@ def test_switch_writes_only_the_deltas_and_status_verifies(home):
     # The backbone alone: the live file is byte for byte the materialised backbone file again.
     mgr(home, "switch", "--none")
     (backbone,) = (home / "backbones").glob("*.safetensors")
-    assert sha(home / "live/backbone.safetensors") == sha(backbone)
-    assert load_file(home / "live/head.safetensors") == {}
+    assert sha(live_file(home)) == sha(backbone)
+    assert load_file(live_file(home, "head")) == {}
     text = mgr(home, "status").stdout
     assert "the backbone alone" in text and "verified:  yes" in text
     # From W0, the default g=96 structure touches about 1/96 of each adapted weight.
@@ -98,7 +99,7 @@ def test_switch_writes_only_the_deltas_and_status_verifies(home):
 
 def test_bad_artifact_is_refused_and_the_live_files_stay(home):
     mgr(home, "switch", "digits@1")
-    before = sha(home / "live/backbone.safetensors"), sha(home / "live/head.safetensors")
+    before = sha(live_file(home)), sha(live_file(home, "head"))
     path = home / catalog_versions(home)["pets3@2"]
     data = bytearray(path.read_bytes())
     data[-100] ^= 0x01  # one bit in the tensor data
@@ -109,7 +110,7 @@ def test_bad_artifact_is_refused_and_the_live_files_stay(home):
     path.unlink()
     res = mgr(home, "switch", "pets3@2", ok=False)
     assert res.returncode == 1 and "artifact of pets3@2 is missing" in res.stderr
-    assert (sha(home / "live/backbone.safetensors"), sha(home / "live/head.safetensors")) == before
+    assert (sha(live_file(home)), sha(live_file(home, "head"))) == before
     assert deployment(home) == {
         "state": "idle", "version_id": deployment(home)["version_id"], "pending_id": None,
         "live": "digits@1",
@@ -192,7 +193,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_live_file_holds_one_backbone(home):
+def test_each_backbone_has_its_own_live_files(home):
     from switch_helpers import add_python_tasks
 
     from manager.backbone import build_backbone
@@ -213,11 +214,13 @@ def test_live_file_holds_one_backbone(home):
     cat.close()
     add_python_tasks(home, {"stranger": (2, [("bitfit", None, torch.float32)])}, "carrier")
     mgr(home, "switch", "shapes")
-    res = mgr(home, "switch", "stranger", ok=False)
-    assert res.returncode == 1 and "share its backbone" in res.stderr
-    assert mgr(home, "status", "--json").json()["verified"] is True
-    mgr(home, "switch", "--none")  # nothing live: the live file may be rebuilt for another one
-    mgr(home, "switch", "stranger")
+    res = mgr(home, "switch", "stranger")  # loads the other backbone; shapes stays live
+    assert "loaded" in res.stdout
     st = mgr(home, "status", "--json").json()
-    assert st["task"] == "stranger" and st["verified"] is True
-    assert st["backbone"]["content_hash"] == row.content_hash
+    assert st["verified"] is True and st["task"] is None  # two tasks live: no single one
+    live = {b["backbone"]["content_hash"]: (b["task"], b["verified"]) for b in st["backbones"]}
+    assert live[row.content_hash] == ("stranger", True) and len(live) == 2
+    assert ("shapes", True) in live.values()
+    mgr(home, "switch", "--none", "--backbone", row.content_hash[:12])
+    st = mgr(home, "status", "--json").json()
+    assert st["task"] == "shapes" and st["verified"] is True

@@ -23,6 +23,7 @@ from switch_helpers import (  # noqa: F401
     copy_home,
     deployment,
     fork_server,
+    live_file,
     merged,
     one_thread,
     template_home,
@@ -84,8 +85,8 @@ def assert_live_is(home: Path, label: str | None) -> None:
     """The live files hold exactly a fresh merge of W0 and ``label``'s delta."""
     rel = catalog_versions(home)[label] if label else None
     want_body, want_head = merged(home, w0(home), rel)
-    body = load_file(home / "live/backbone.safetensors")
-    head = load_file(home / "live/head.safetensors")
+    body = load_file(live_file(home))
+    head = load_file(live_file(home, "head"))
     assert body.keys() == want_body.keys() and head.keys() == want_head.keys()
     for n, t in {**want_body, **want_head}.items():
         assert torch.equal({**body, **head}[n], t), n
@@ -136,7 +137,7 @@ def test_switch_refuses_live_files_that_are_links(home, tmp_path, link):
     mgr(home, "switch", "shapes")
     outside = tmp_path / "outside"
     outside.mkdir()
-    live = home / "live/backbone.safetensors"
+    live = live_file(home)
     if link == "file-outside":
         shutil.copyfile(live, outside / "backbone.safetensors")
         live.unlink()
@@ -166,8 +167,8 @@ def test_a_damaged_live_file_is_never_trusted(home, tmp_path):
 
     image = tmp_path / "im.png"
     Image.new("RGB", (40, 40), (120, 30, 200)).save(image)
-    live = home / "live/backbone.safetensors"
     mgr(home, "switch", "pets3@1")
+    live = live_file(home)
     flip_byte(live)
     st = mgr(home, "status", ok=False)
     assert st.returncode == 1 and "verified:  NO" in st.stdout
@@ -191,7 +192,7 @@ def test_a_damaged_live_file_is_never_trusted(home, tmp_path):
     flip_byte(live)
     st = mgr(home, "status", "--no-verify", "--json", ok=False).json()
     assert st["verified"] is False and "modified after the last switch" in st["problems"][0]
-    rep = mgr(home, "switch", "--repair", "--json").json()
+    (rep,) = mgr(home, "switch", "--repair", "--json").json()  # one report per live backbone
     assert (rep["task"], rep["version"], rep["full_restore"]) == ("digits", 1, True)
     assert_live_is(home, "digits@1")
     assert mgr(home, "status", "--json").json()["verified"] is True
@@ -201,7 +202,7 @@ def test_a_head_file_without_the_live_record_is_not_trusted(home):
     from safetensors.torch import save_file
 
     mgr(home, "switch", "digits@2")
-    head = home / "live/head.safetensors"
+    head = live_file(home, "head")
     from safetensors import safe_open
 
     with safe_open(str(head), framework="pt") as f:
@@ -219,13 +220,13 @@ def test_a_head_file_without_the_live_record_is_not_trusted(home):
 def test_a_damaged_or_missing_backbone_file_is_refused(home):
     mgr(home, "switch", "shapes")
     bb = backbone_file(home)
-    live = home / "live/backbone.safetensors"
-    before = sha(live), sha(home / "live/head.safetensors")
+    live = live_file(home)
+    before = sha(live), sha(live_file(home, "head"))
     flip_byte(bb)
     proc = CLI(home)("switch", "pets3@1", ok=False)
     assert_clean_error(proc)
     assert str(bb) in proc.stderr and "corrupt" in proc.stderr
-    assert (sha(live), sha(home / "live/head.safetensors")) == before
+    assert (sha(live), sha(live_file(home, "head"))) == before
     # Put right again (a new mtime, the same content): hashed once, then trusted by mtime.
     flip_byte(bb)
     mgr(home, "switch", "pets3@1")
@@ -255,8 +256,8 @@ def test_forced_removal_of_the_live_task_restores_the_backbone_first(home):
     (home / "runs/pets3/checkpoint.pt").write_bytes(b"a checkpoint")
     out = mgr(home, "task", "remove", "pets3", "--yes", "--force").stdout
     assert "switched to the backbone alone (was pets3@1)" in out and "removed task" in out
-    assert sha(home / "live/backbone.safetensors") == sha(backbone_file(home))
-    assert load_file(home / "live/head.safetensors") == {}
+    assert sha(live_file(home)) == sha(backbone_file(home))
+    assert load_file(live_file(home, "head")) == {}
     st = mgr(home, "status", "--json").json()
     assert st["verified"] is True and st["task"] is None
     assert not (home / "artifacts/pets3").exists() and not (home / "runs/pets3").exists()

@@ -23,6 +23,7 @@ from switch_helpers import (  # noqa: F401  (one_thread is an autouse fixture)
     catalog_versions,
     copy_home,
     fork_server,
+    live_file,
     merged,
     one_thread,
     template_home,
@@ -38,7 +39,7 @@ def _live_is(home: Path, label: str | None) -> bool:
     from safetensors.torch import load_file
 
     want, _ = merged(home, w0(home), catalog_versions(home)[label] if label else None)
-    body = load_file(str(home / "live" / "backbone.safetensors"))
+    body = load_file(str(live_file(home)))
     return all(torch.equal(body[n], t) for n, t in want.items())
 
 

@@ -20,6 +20,7 @@ from switch_helpers import (  # noqa: F401
     copy_home,
     deployment,
     fork_server,
+    live_file,
     merged,
     one_thread,
     template_home,
@@ -49,7 +50,7 @@ def champion(home: Path, task: str) -> int:
 def assert_live_is(home: Path, label: str) -> None:
     """The live files hold exactly a fresh merge of W0 and ``label``'s delta."""
     body, head = merged(home, w0(home), catalog_versions(home)[label])
-    files = [home / "live" / f"{name}.safetensors" for name in ("backbone", "head")]
+    files = [live_file(home, name) for name in ("backbone", "head")]
     live = {n: t for f in files for n, t in load_file(f).items()}
     assert live.keys() == {**body, **head}.keys()
     assert all(torch.equal(live[n], t) for n, t in {**body, **head}.items())

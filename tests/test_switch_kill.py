@@ -26,6 +26,7 @@ from switch_helpers import (  # noqa: F401
     copy_home,
     deployment,
     fork_server,
+    live_file,
     merged,
     one_thread,
     template_home,
@@ -54,8 +55,8 @@ class Expected:
 
     def live(self) -> tuple[dict, dict]:
         return (
-            load_file(self.home / "live/backbone.safetensors"),
-            load_file(self.home / "live/head.safetensors"),
+            load_file(live_file(self.home)),
+            load_file(live_file(self.home, "head")),
         )
 
     def holds(self, label: str | None, body: dict | None = None) -> bool:

@@ -55,7 +55,8 @@ def home_files(home: Home) -> list[Path]:
     store = Store.of(home)
     found: list[Path] = []
     if store.live.is_dir():
-        found += sorted(store.live.glob("*.safetensors"))
+        found += sorted(store.live.glob("*.safetensors"))  # the single folder of older homes
+        found += sorted(store.live.glob("*/*.safetensors"))
     if store.artifacts.is_dir():
         found += sorted(p for p in store.artifacts.rglob("*") if p.is_file())
     return found

@@ -140,18 +140,21 @@ class AdapterVersion(Base):
 
 
 class Deployment(Base):
-    """What is live on one host (one home's live files): one row per host.
+    """What is live on one host for one backbone (``live/<hash>/`` of one home): a row per
+    ``(host, backbone)``.
 
     ``host`` is the home's identity (``Home.host``); several homes sharing one catalog each keep
-    their own row. A row migrated from a single-host catalog has host ``""`` (unclaimed) until
-    the first home opens it. ``pending_version_id`` with state ``switching`` marks a switch in
-    progress; since a switch only writes values, finishing it after a crash means running it again.
+    their own rows. A row migrated from a single-host catalog has host ``""`` (unclaimed) until
+    the first home opens it; a row with no backbone is a home that never switched.
+    ``pending_version_id`` with state ``switching`` marks a switch in progress on that backbone;
+    since a switch only writes values, finishing it after a crash means running it again.
     """
 
     __tablename__ = "deployment"
+    __table_args__ = (UniqueConstraint("host", "backbone_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    host: Mapped[str] = mapped_column(String(255), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
     backbone_id: Mapped[int | None] = mapped_column(ForeignKey("backbones.id", ondelete="SET NULL"))
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"))
     version_id: Mapped[int | None] = mapped_column(

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from manager.catalog import budgets, events
-from manager.catalog.deployment import get_deployment, live_elsewhere
+from manager.catalog.deployment import host_deployments, live_elsewhere
 from manager.catalog.models import Task
 from manager.catalog.paging import Page
 from manager.errors import MgrError
@@ -89,12 +89,14 @@ def add_task(
 
 
 def is_live(s: Session, task: Task, host: str) -> bool:
-    """Whether `host`'s deployment currently serves (or is switching to) `task`."""
-    dep = get_deployment(s, host)
-    if dep.task_id == task.id:
-        return True
-    pending = dep.pending_version
-    return pending is not None and pending.task_id == task.id
+    """Whether one of `host`'s backbones currently serves (or is switching to) `task`."""
+    for dep in host_deployments(s, host, blank=True):
+        if dep.task_id == task.id:
+            return True
+        pending = dep.pending_version
+        if pending is not None and pending.task_id == task.id:
+            return True
+    return False
 
 
 def remove_task(s: Session, name: str, host: str, force: bool = False) -> Task:

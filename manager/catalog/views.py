@@ -59,6 +59,10 @@ def task_dict(s: Session, task: Task, full: bool = False) -> dict[str, Any]:
     if full:
         out["class_names"] = list(task.class_names)
         out["versions"] = [version_dict(v) for v in task.versions]
+        bb = task.backbone  # the materialised spec every version is bound to (None: untrained)
+        out["bound_backbone"] = (
+            {"spec": bb.spec, "content_hash": bb.content_hash} if bb is not None else None
+        )
     return out
 
 

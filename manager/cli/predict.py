@@ -70,7 +70,13 @@ def command(
     api_key_file: str | None,
     as_json: bool,
 ) -> None:
-    """Classify IMAGE files with the live task: top classes and probabilities."""
+    """Classify IMAGE files: top classes and probabilities.
+
+    With --task, the answer is that task's (its champion unless @VERSION/@ALIAS says otherwise),
+    switching its backbone's live files first when they hold another version. Without it, the
+    one task live answers; when several backbones each have a task live, predict refuses in one
+    line naming them (pass --task).
+    """
     if server is not None:
         from manager.serve.auth import load_keys
         from manager.serve.client import predict_files
@@ -104,9 +110,14 @@ def _local(
     compile_: bool,
     max_pixels: int,
 ) -> tuple[str, int, list]:
-    """The live files' model in this process: (task, version, predictions)."""
+    """The live files' model in this process: (task, version, predictions).
+
+    ``target`` (TASK: its champion; TASK@V, TASK@ALIAS) is switched to on its own backbone if
+    that backbone holds another version; without it, the one task live answers (several live
+    backbones: one line naming them, exit 1). Never another task's answer.
+    """
     from manager.catalog.deployment import get_deployment
-    from manager.catalog.refs import version_number
+    from manager.catalog.refs import resolve_version
     from manager.cli.switch import describe
     from manager.device import resolve_device
     from manager.names import parse_version_selector
@@ -115,16 +126,25 @@ def _local(
 
     # Every image is decoded first: a bad one must not switch the live files or load a model.
     decoded = read_images(images, max_pixels)
+    backbone_id = version_id = None
     if target is not None:
         task, selector = parse_version_selector(target)
         with app.session(write=False) as s:
-            number = version_number(s, task, selector)  # an alias names a number now
-            live = get_deployment(s, app.home.host).version
-            same = live is not None and live.task.name == task
-            same = same and (number is None or live.number == number)
+            ref = resolve_version(s, task, selector)  # TASK alone: its champion
+            dep = get_deployment(s, app.home.host, ref.backbone_id)
+            same = dep.version_id == ref.id and dep.state == "idle"
         if not same:
-            report = switch_live(app.home, app.catalog, task, number)
+            report = switch_live(app.home, app.catalog, ref.task, ref.number)
             click.echo(describe(report), err=True)
-    model = load_live_model(app.home, app.catalog, str(resolve_device(device)), precision, compile_)
+        backbone_id, version_id = ref.backbone_id, ref.id
+    model = load_live_model(
+        app.home,
+        app.catalog,
+        str(resolve_device(device)),
+        precision,
+        compile_,
+        backbone_id=backbone_id,
+        version_id=version_id,
+    )
     results = predict_images(model, decoded, [str(p) for p in images], top_k)
     return model.task, model.version, results

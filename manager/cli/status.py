@@ -9,7 +9,7 @@ import click
 from manager.cli.app import App, echo_json, json_option, pass_app
 
 if TYPE_CHECKING:
-    from manager.switch.check import StatusReport
+    from manager.switch.check import HomeStatus, StatusReport
 
 
 @click.command("status")
@@ -19,11 +19,13 @@ if TYPE_CHECKING:
 @json_option
 @pass_app
 def command(app: App, no_verify: bool, as_json: bool) -> None:
-    """Show the live task and version and verify the live files against the catalog.
+    """Show every live backbone, the task and version live on it, and verify each one's live
+    files against the catalog.
 
-    Verified means: the live weights equal a fresh merge of W0 and the active delta bit for bit
-    (every tensor compared), the head file holds the delta's head, and the backbone and artifact
-    files hash to what the catalog recorded. Exits 1 if that check fails.
+    Verified means: the live weights equal a fresh merge of W0 and the live version's delta bit
+    for bit (every tensor compared), the head file holds the delta's head, and the backbone and
+    artifact files hash to what the catalog recorded. A live version that is not its task's
+    champion (e.g. after 'mgr rollback') is noted. Exits 1 if a check fails.
     """
     from manager.switch.check import live_status
 
@@ -36,12 +38,21 @@ def command(app: App, no_verify: bool, as_json: bool) -> None:
         click.get_current_context().exit(1)
 
 
-def render(st: StatusReport) -> str:
+def render(home: HomeStatus) -> str:
+    if not home.backbones:
+        return f"live:      nothing (no backbone loaded)\nverified:  {home.verification}"
+    blocks = [_render_one(st) for st in home.backbones]
+    return "\n\n".join(blocks)
+
+
+def _render_one(st: StatusReport) -> str:
     live = f"{st.task}@{st.version} ({st.method})" if st.task else "the backbone alone"
-    lines = [f"live:      {live}"]
+    lines = []
     if st.backbone:
         bb = st.backbone
         lines.append(f"backbone:  {bb['spec']} (weights {bb['content_hash'][:12]})")
+    lines.append(f"live:      {live}")
+    lines += [f"  note: {n}" for n in st.notes]
     lines.append(f"state:     {st.state}" + (f" -> {st.pending}" if st.pending else ""))
     lines.append(f"files:     {st.live_file} + head.safetensors")
     if st.verified is None:

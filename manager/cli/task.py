@@ -12,10 +12,10 @@ from manager.catalog.models import VERSION_DELETED
 from manager.catalog.views import task_dict, task_rows
 from manager.cli.app import App, console, echo_json, json_option, pass_app
 from manager.cli.paging import footer, make_page, page_options
-from manager.cli.types import BackboneSpec, DatasetSpec, Size
+from manager.cli.types import BackboneSpec, DatasetSpec, Int64, Size
 from manager.errors import MgrError
 from manager.names import validate_task_name
-from manager.specs import split_spec
+from manager.specs import format_spec, split_spec
 from manager.units import format_size, parse_size
 
 RANDOM_WEIGHTS = "random"
@@ -60,7 +60,17 @@ def _describe(dataset: str, root: Path | None) -> tuple[list[str], str | None]:
     show_default=True,
     help="timm model, optionally with arguments: NAME[:key=value,...].",
 )
-@click.option("--weights", help="Backbone weights: a local file, or 'random'. [default: hub]")
+@click.option(
+    "--weights",
+    help="Backbone weights: a local file, or 'random'. [default: hub] A .safetensors file's "
+    "tensor names and shapes are checked against the backbone here (header only).",
+)
+@click.option(
+    "--img-size",
+    type=Int64(16, 8192),
+    help="Input size of the task (recorded in its backbone spec as img_size=N; every version "
+    "is trained and served at it). [default: the backbone's own]",
+)
 @click.option(
     "--budget", type=Size(), help="Storage budget for the task's adapter versions, e.g. 300KB."
 )
@@ -73,20 +83,37 @@ def add(
     root: Path | None,
     backbone: str,
     weights: str | None,
+    img_size: int | None,
     budget: str | None,
     as_json: bool,
 ) -> None:
-    """Register task NAME; its classes come from the data set."""
+    """Register task NAME; its classes come from the data set.
+
+    \b
+    The input size is the task's: --img-size N records it in the backbone spec
+    (e.g. deit_tiny_patch16_224:img_size=112), and 'mgr task show' prints it.
+    """
     # Cheap checks first, so a bad command touches nothing.
     validate_task_name(name)
     budget_bytes = parse_size(budget) if budget is not None else None
-    split_spec(backbone)
+    spec_name, spec_kwargs = split_spec(backbone)
+    if img_size is not None:
+        given = spec_kwargs.get("img_size")
+        if given is not None and given != img_size:
+            raise MgrError(
+                f"--img-size {img_size} contradicts the backbone's img_size={given}; give one"
+            )
+        backbone = format_spec(spec_name, {**spec_kwargs, "img_size": img_size})
     weights = _weights(weights)
     with app.session(write=False) as s:
         if task_ops.find_task(s, name) is not None:
             raise MgrError(f"task {name!r} already exists")
     class_names, data_root = _describe(dataset, root)
 
+    if weights is not None and weights != RANDOM_WEIGHTS:
+        from manager.backbone import check_weights_header
+
+        check_weights_header(Path(weights), backbone)  # the header only: well under a second
     if backbone != task_ops.DEFAULT_BACKBONE:  # the default always builds; skip timm's import
         from manager.catalog.paramcount import param_info
         from manager.store.fs import Store
@@ -182,6 +209,9 @@ def show(app: App, name: str, as_json: bool) -> None:
     )
     click.echo(f"classes   {out['num_classes']}: {shown}")
     click.echo(f"backbone  {out['backbone_spec']}  weights: {out['weights'] or 'hub'}")
+    bound = out.get("bound_backbone")
+    if bound is not None:  # what every version is trained on and served with, input size included
+        click.echo(f"bound to  {bound['spec']} (weights {bound['content_hash'][:12]})")
     click.echo(f"budget    {budget}, used {format_size(out['used_bytes'])}")
     active = out["active_version"]
     click.echo(f"active    {f'v{active}' if active else '-'}")
@@ -234,20 +264,22 @@ def _remove_forced(app: App, name: str) -> None:
     """
     from manager.cli.switch import describe
     from manager.store.fs import Store
-    from manager.switch.live import switch_live_locked
+    from manager.switch.live import clear_task_locked
 
     store = Store.of(app.home)
     with store.lock(store.live_lock_file):
         with app.session(write=False) as s:
-            live = task_ops.is_live(s, task_ops.get_task(s, name), app.home.host)
+            task = task_ops.get_task(s, name)
+            live = task_ops.is_live(s, task, app.home.host)
         if live:
             try:
-                report = switch_live_locked(store, app.catalog, None, None)
+                reports = clear_task_locked(store, app.catalog, task.id)
             except MgrError as exc:
                 raise MgrError(
                     f"task {name!r} is live and the live files could not be restored to the "
                     f"backbone alone ({exc}); nothing was removed"
                 ) from None
-            click.echo(describe(report))
+            for report in reports:
+                click.echo(describe(report))
         with app.session() as s:
             task_ops.remove_task(s, name, app.home.host, force=True)

@@ -36,11 +36,12 @@ def command(app: App, as_json: bool) -> None:
             f"on disk {format_size(rep.disk_bytes)}"
         )
         live = rep.live
-        if live.verified is None:
+        if not live.backbones:
             click.echo("live files: none yet")
-        else:
-            click.echo(f"live files: {'OK' if live.verified else 'WRONG'}")
-            for p in live.problems:
+        for b in live.backbones:
+            ok = "OK" if b.verified else "WRONG"
+            click.echo(f"live files: {ok}  {b.backbone['spec'] if b.backbone else '?'}")
+            for p in b.problems:
                 click.echo(f"  problem: {p}")
         click.echo("all OK" if rep.ok else f"{rep.problems} problem(s)")
     if not rep.ok:

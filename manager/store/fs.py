@@ -50,6 +50,8 @@ FOREIGN_TEMP_TTL_S = 24 * 3600
 # (a trainer's artifact before it has a version number); "@<host>" is absent from older names.
 _TEMP = re.compile(r"^\..+\.tmp-(\d+)(?:@([0-9a-f]+))?-[0-9a-f]+$")
 _PENDING = re.compile(r"^\.pending-(\d+)(?:@([0-9a-f]+))?-[0-9a-f]+\.safetensors$")
+_HEX = re.compile(r"[0-9a-f]{16,128}")
+_HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
 def host_tag() -> str:
@@ -256,16 +258,32 @@ class Store:
     def backbone_file(self, digest: str) -> Path:
         return self.confine(self.backbones / f"{digest[:16]}.safetensors")
 
+    def live_dir(self, digest: str) -> Path:
+        """``<home>/live/<digest[:16]>/``: one bound backbone's live files (``digest``: its
+        content hash, hex; anything else is refused, so a catalog value cannot name a path)."""
+        if not _HEX.fullmatch(digest or ""):
+            raise MgrError(f"refusing a live folder for backbone hash {digest!r}: not hex")
+        return self.confine(self.live / digest[:16])
+
+    def live_dirs(self) -> list[Path]:
+        """The per-backbone live folders present (names of 16 hex digits), sorted."""
+        if not self.live.is_dir():
+            return []
+        return sorted(p for p in self.live.iterdir() if _HEX16.fullmatch(p.name) and p.is_dir())
+
     @property
     def live_weights(self) -> Path:
+        """The single live file of homes before migration 0005 (moved on first open)."""
         return self.confine(self.live / "backbone.safetensors")
 
     @property
     def live_head(self) -> Path:
+        """The single head file of homes before migration 0005 (moved on first open)."""
         return self.confine(self.live / "head.safetensors")
 
     @property
     def live_lock_file(self) -> Path:
+        """One lock for all live folders: one switcher at a time in a home."""
         return self.confine(self.live / ".lock")
 
     @property

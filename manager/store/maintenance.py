@@ -50,7 +50,7 @@ from manager.store.fs import Store, temp_owner, temp_writer_alive
 
 
 class LiveCheck(Protocol):
-    """The live files' check (``manager.switch.check.StatusReport``), made by the caller: the
+    """The live files' check (``manager.switch.check.HomeStatus``), made by the caller: the
     store knows nothing of switching."""
 
     verified: bool | None
@@ -211,11 +211,17 @@ def find_leftovers(store: Store, inv: Inventory) -> list[Leftover]:
             add(p, "not in a task's run folder")
         elif parts[0] not in inv.task_names:
             add(p, f"left by removed task {parts[0]!r}")
+    # live/.lock, and live/<hash>/{backbone,head}.safetensors of backbones the catalog records.
+    bound = {f.sha256[:16] for f in inv.files if f.kind == "backbone"}
     for p in _walk(store.live, store):
         if temp(p):
             continue
-        if p.parent != store.live or p.name not in LIVE_FILES:
+        if p.parent == store.live and p.name == ".lock":
+            continue
+        if p.parent.parent != store.live or p.name not in LIVE_FILES:
             add(p, "not a live file")
+        elif p.parent.name not in bound:
+            add(p, "live file of a backbone the catalog does not record")
     for folder in (root, store.cache):
         if folder.is_dir():
             for p in sorted(folder.iterdir()):

@@ -1,5 +1,8 @@
 """The check behind ``mgr status``: are the live files exactly what the catalog says?
 
+One check per live backbone (``live/<hash>/``), against the version its deployment row says is
+live (which need not be the task's champion: the report then says so in ``notes``).
+
 "Verified" for the live files means, in full: the backbone file hashes to the catalog's content
 hash; the active artifact's size and sha256 match the catalog; every tensor of the live file is
 bit-identical (``torch.equal``) to a fresh merge of W0 and the active delta, computed one tensor at
@@ -15,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from manager.catalog import Catalog
-from manager.catalog.deployment import get_deployment
+from manager.catalog.deployment import host_deployments
 from manager.catalog.refs import VersionRef
 from manager.catalog.views import iso
 from manager.errors import MgrError
@@ -23,14 +26,14 @@ from manager.home import Home
 from manager.store.fs import Store
 
 VERIFICATION = (
-    "live weights == W0 + the active delta, bit for bit (every tensor, torch.equal); head file "
-    "== the delta's head; backbone and artifact hashes == the catalog's"
+    "live weights == W0 + the live version's delta, bit for bit (every tensor, torch.equal); "
+    "head file == the delta's head; backbone and artifact hashes == the catalog's"
 )
 
 
 @dataclass
 class StatusReport:
-    """The deployment and the state of the live files (``to_dict``: ``mgr status --json``)."""
+    """One live backbone: its deployment row and the state of its live files."""
 
     state: str
     task: str | None
@@ -45,59 +48,133 @@ class StatusReport:
     verified: bool | None = None
     verification: str = VERIFICATION
     problems: list[str] = field(default_factory=list)
+    champion: int | None = None  # the live task's champion (active version) number
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def live_status(home: Home, catalog: Catalog, verify: bool = True) -> StatusReport:
-    """The deployment (live task and version, state) and the live-file check.
+@dataclass
+class HomeStatus:
+    """Every live backbone of this home (``to_dict``: ``mgr status --json``).
 
-    ``verify``: the full check (O(backbone)); else only the cheap one (size and mtime of the live
-    file against the head file's record), which sets ``verified`` only when it fails.
+    ``task``/``version`` name the one task live when exactly one backbone serves one (what
+    ``mgr predict`` without ``--task`` answers for); ``verified`` is False if any backbone's
+    check failed, True if every one was checked and passed, None when nothing was checked.
     """
-    from manager.switch.live import live_problem
+
+    backbones: list[StatusReport]
+    verification: str = VERIFICATION
+
+    @property
+    def live(self) -> list[StatusReport]:
+        return [b for b in self.backbones if b.task is not None]
+
+    @property
+    def task(self) -> str | None:
+        return self.live[0].task if len(self.live) == 1 else None
+
+    @property
+    def version(self) -> int | None:
+        return self.live[0].version if len(self.live) == 1 else None
+
+    @property
+    def state(self) -> str:
+        states = {b.state for b in self.backbones}
+        return next((st for st in states if st != "idle"), "idle")
+
+    @property
+    def verified(self) -> bool | None:
+        checks = [b.verified for b in self.backbones]
+        if any(c is False for c in checks):
+            return False
+        return True if checks and all(checks) else None
+
+    @property
+    def problems(self) -> list[str]:
+        return [
+            f"{b.backbone['spec'] if b.backbone else '?'}: {p}"
+            for b in self.backbones
+            for p in b.problems
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "version": self.version,
+            "state": self.state,
+            "verified": self.verified,
+            "problems": self.problems,
+            "verification": self.verification,
+            "backbones": [b.to_dict() for b in self.backbones],
+        }
+
+
+def live_status(home: Home, catalog: Catalog, verify: bool = True) -> HomeStatus:
+    """Every live backbone of the home: its live task and version, state, and live-file check.
+
+    ``verify``: the full check (O(backbone) each); else only the cheap one (size and mtime of
+    the live file against the head file's record), which sets ``verified`` only when it fails.
+    """
+    from manager.switch.live import live_problem, migrate_single_live
 
     store = Store.of(home)
+    with contextlib.suppress(MgrError):  # a bad live/ is reported below, per backbone
+        migrate_single_live(home, catalog)
     try:
         lock = store.lock(store.live_lock_file, shared=True)
     except MgrError:  # live/ leads outside the home: reported below as the live files' problem
         lock = contextlib.nullcontext()
+    out = []
     with lock:
         with catalog.session(write=False) as s:
-            dep = get_deployment(s, home.host)
-            ref = VersionRef.of(dep.version) if dep.version is not None else None
-            bb = dep.backbone
-            out = StatusReport(
-                state=dep.state,
-                task=ref.task if ref else None,
-                version=ref.number if ref else None,
-                version_id=ref.id if ref else None,
-                method=ref.method if ref else None,
-                pending=VersionRef.of(dep.pending_version).label
-                if dep.pending_version is not None
-                else None,
-                backbone={"spec": bb.spec, "content_hash": bb.content_hash, "path": bb.path}
-                if bb is not None
-                else None,
-                updated_at=iso(dep.updated_at),
-                live_file=str(store.live / "backbone.safetensors"),
-                head_file=str(store.live / "head.safetensors"),
-            )
-            backbone = (bb.spec, bb.content_hash, bb.path) if bb is not None else None
-        if backbone is None:
-            out.verification = "nothing has been switched yet: there is no live file"
-        elif verify:
-            out.problems = _check_live(store, backbone, ref)
-            out.verified = not out.problems
-        else:
-            try:
-                problem = live_problem(store, store.resolve(backbone[2]), ref.id if ref else None)
-            except MgrError as exc:
-                problem = str(exc)
-            if problem is not None:
-                out.problems, out.verified = [problem], False
-    return out
+            rows = []
+            for dep in host_deployments(s, home.host):
+                ref = VersionRef.of(dep.version) if dep.version is not None else None
+                bb = dep.backbone
+                champion = dep.version.task.active_version if dep.version is not None else None
+                folder = store.live / bb.content_hash[:16]
+                rep = StatusReport(
+                    state=dep.state,
+                    task=ref.task if ref else None,
+                    version=ref.number if ref else None,
+                    version_id=ref.id if ref else None,
+                    method=ref.method if ref else None,
+                    pending=VersionRef.of(dep.pending_version).label
+                    if dep.pending_version is not None
+                    else None,
+                    backbone={"spec": bb.spec, "content_hash": bb.content_hash, "path": bb.path},
+                    updated_at=iso(dep.updated_at),
+                    live_file=str(folder / "backbone.safetensors"),
+                    head_file=str(folder / "head.safetensors"),
+                    champion=champion.number if champion is not None else None,
+                )
+                if ref is not None and rep.champion != ref.number:
+                    rep.notes.append(
+                        f"{ref.label} is live, but {ref.task}'s champion is "
+                        + (f"v{rep.champion}" if rep.champion is not None else "unset")
+                        + f" ('mgr switch {ref.task}' makes it live)"
+                    )
+                rows.append((rep, (bb.spec, bb.content_hash, bb.path), ref))
+        for rep, backbone, ref in rows:
+            if verify:
+                rep.problems = _check_live(store, backbone, ref)
+                rep.verified = not rep.problems
+            else:
+                try:
+                    problem = live_problem(
+                        store, store.resolve(backbone[2]), ref.id if ref else None, backbone[1]
+                    )
+                except MgrError as exc:
+                    problem = str(exc)
+                if problem is not None:
+                    rep.problems, rep.verified = [problem], False
+            out.append(rep)
+    home_status = HomeStatus(out)
+    if not out:
+        home_status.verification = "nothing has been switched yet: there is no live file"
+    return home_status
 
 
 def _check_live(store: Store, backbone: tuple[str, str, str], ref: VersionRef | None) -> list[str]:
@@ -121,13 +198,13 @@ def _check_live_files(
 
     spec, digest, rel = backbone
     base_path = store.resolve(rel)
-    weights, head_path = live_weights(store), live_head(store)
+    weights, head_path = live_weights(store, digest), live_head(store, digest)
     if not base_path.is_file():
         return [f"backbone file missing: {base_path}"]
     if not live_matches(weights, base_path):
         return [f"live file missing or not a copy of the backbone file: {weights}"]
     problems = []
-    cheap = live_problem(store, base_path, ref.id if ref else None)
+    cheap = live_problem(store, base_path, ref.id if ref else None, digest)
     if cheap is not None:
         problems.append(cheap)
     try:

@@ -1,4 +1,11 @@
-"""The live weights on disk: ``<home>/live/backbone.safetensors`` and ``head.safetensors``.
+"""The live weights on disk: per bound backbone, ``<home>/live/<hash>/backbone.safetensors`` and
+``head.safetensors`` (``<hash>``: the first 16 hex digits of the backbone's content hash).
+
+Each backbone's live folder has its own deployment row (``(host, backbone)``) and its own crash
+protocol, below; a switch to a task on a backbone with no live folder yet loads that backbone
+(a copy of W0, O(backbone)), then applies the delta as usual. One lock (``live/.lock``) keeps one
+switcher at a time in the whole home. Homes from before this layout had one folder (``live/``
+itself): `migrate_single_live_locked` moves its two files into ``live/<hash>/`` on first open.
 
 The big file is a copy of the materialised backbone made once; every switch then rewrites in
 place (memory map) only the supports of the old and the new delta. The task's head, whose shape
@@ -42,9 +49,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from sqlalchemy import select
 
 from manager.catalog import Catalog
-from manager.catalog.deployment import get_deployment
+from manager.catalog.deployment import get_deployment, host_deployments
 from manager.catalog.events import SWITCHED, record_event
 from manager.catalog.models import (
     DEPLOY_IDLE,
@@ -52,6 +60,7 @@ from manager.catalog.models import (
     VERSION_READY,
     AdapterVersion,
     Backbone,
+    Deployment,
     utcnow,
 )
 from manager.catalog.refs import BackboneRef, VersionRef, resolve_version
@@ -86,24 +95,30 @@ class SwitchReport:
     rolled_back: bool = False
     full_restore: bool = False
     notes: list[str] = field(default_factory=list)
+    backbone: str | None = None  # the spec whose live folder the switch wrote
+    backbone_hash: str | None = None
+    loaded: bool = False  # the backbone had no live file: a fresh copy of W0 was made
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def live_weights(store: Store) -> Path:
-    """The big live file, refused if it is a symbolic link (it could lead to W0 or outside)."""
-    return _not_a_link(store, "backbone.safetensors", store.live_weights)
+def live_weights(store: Store, digest: str) -> Path:
+    """Backbone ``digest``'s big live file, refused if it is a symbolic link (it could lead to W0
+    or outside)."""
+    return _not_a_link(store, digest, "backbone.safetensors")
 
 
-def live_head(store: Store) -> Path:
-    """The head file, refused if it is a symbolic link."""
-    return _not_a_link(store, "head.safetensors", store.live_head)
+def live_head(store: Store, digest: str) -> Path:
+    """Backbone ``digest``'s head file, refused if it is a symbolic link."""
+    return _not_a_link(store, digest, "head.safetensors")
 
 
-def _not_a_link(store: Store, name: str, confined: Path) -> Path:
-    literal = store.live / name
-    if literal.is_symlink() or confined != literal:
+def _not_a_link(store: Store, digest: str, name: str) -> Path:
+    folder = store.live_dir(digest)
+    literal = store.live / digest[:16] / name
+    confined = store.confine(folder / name)
+    if literal.is_symlink() or confined != literal or folder != literal.parent:
         raise MgrError(
             f"refusing to use {literal}: it is a symbolic link (to {confined}); the live files "
             "must be plain files under the home (remove the link, then 'mgr switch --repair')"
@@ -111,10 +126,10 @@ def _not_a_link(store: Store, name: str, confined: Path) -> Path:
     return confined
 
 
-def read_head_meta(store: Store) -> dict[str, str] | None:
+def read_head_meta(store: Store, digest: str) -> dict[str, str] | None:
     """The head file's metadata, or None if it is missing or unreadable."""
     try:
-        meta = read_metadata(live_head(store))
+        meta = read_metadata(live_head(store, digest))
     except (OSError, MgrError):
         return None
     return meta if meta.get("format") == HEAD_FORMAT else None
@@ -129,15 +144,15 @@ def applied_version_id(meta: dict[str, str] | None) -> int | str | None:
     return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
-def live_problem(store: Store, base: Path, applied_id: int | None) -> str | None:
-    """Why the live files cannot be trusted to hold W0 + version ``applied_id``; None if they
-    can. Cheap: a few stats and headers, no tensor is read."""
-    meta = read_head_meta(store)
+def live_problem(store: Store, base: Path, applied_id: int | None, digest: str) -> str | None:
+    """Why backbone ``digest``'s live files cannot be trusted to hold W0 + version
+    ``applied_id``; None if they can. Cheap: a few stats and headers, no tensor is read."""
+    meta = read_head_meta(store, digest)
     if meta is None:
         return "the live head file is missing or unreadable"
     if applied_version_id(meta) != applied_id:
         return "the live head file names another version than the deployment"
-    weights = live_weights(store)
+    weights = live_weights(store, digest)
     if not live_matches(weights, base):
         return f"the live file {weights} is missing or not a copy of the backbone file"
     mtime, size = meta.get("live_mtime_ns", ""), meta.get("live_size", "")
@@ -170,25 +185,96 @@ def live_matches(live: Path, base: Path) -> bool:
 def switch_live(
     home: Home, catalog: Catalog, task: str | None, number: int | None, repair: bool = False
 ) -> SwitchReport:
-    """Make ``task``'s version ``number`` (None: active; ``task=None``: none) live on disk.
+    """Make ``task``'s version ``number`` (None: its champion) live on disk, on the task's own
+    backbone (loaded first when it has no live file). ``task=None``: every live backbone back to
+    the backbone alone (one report: the last; see `switch_none` for each).
 
     ``repair``: rebuild the live file from W0 before applying the delta, whatever it holds.
     """
     store = Store.of(home)
     with store.lock(store.live_lock_file):
+        if task is None:
+            reports = switch_none_locked(store, catalog)
+            return reports[-1] if reports else SwitchReport(None, None, changed=False)
         return switch_live_locked(store, catalog, task, number, repair=repair)
 
 
-def repair_live(home: Home, catalog: Catalog) -> SwitchReport:
-    """Rebuild the live files from W0 for the version the deployment serves now."""
+def switch_none(home: Home, catalog: Catalog, backbone: str | None = None) -> list[SwitchReport]:
+    """Every live backbone (or the one ``backbone`` names: spec or hash prefix) back to the
+    backbone alone; one report per backbone."""
     store = Store.of(home)
     with store.lock(store.live_lock_file):
+        return switch_none_locked(store, catalog, backbone)
+
+
+def switch_none_locked(
+    store: Store, catalog: Catalog, backbone: str | None = None
+) -> list[SwitchReport]:
+    """`switch_none` for a caller that holds the live lock."""
+    migrate_single_live_locked(store, catalog)
+    recover_locked(store, catalog)
+    ids = live_backbone_ids(catalog, backbone)
+    return [switch_live_locked(store, catalog, None, None, backbone_id=i) for i in ids]
+
+
+def live_backbone_ids(catalog: Catalog, backbone: str | None = None) -> list[int]:
+    """The ids of this host's backbones with a deployment row, or of the one ``backbone``
+    names (its spec, or a prefix of its content hash); MgrError if it names none."""
+    with catalog.session(write=False) as s:
+        rows = [(d.backbone_id, d.backbone) for d in host_deployments(s, catalog.home.host)]
+        if backbone is None:
+            return [i for i, _ in rows]
+        hits = [
+            i
+            for i, b in rows
+            if b is not None and (b.spec == backbone or b.content_hash.startswith(backbone))
+        ]
+        if not hits:
+            known = ", ".join(f"{b.spec} ({b.content_hash[:12]})" for _, b in rows if b) or "none"
+            raise MgrError(f"no live backbone matches {backbone!r} (live: {known})")
+        return hits
+
+
+def clear_task_locked(store: Store, catalog: Catalog, task_id: int) -> list[SwitchReport]:
+    """Every backbone serving (or switching to) the task back to the backbone alone; the caller
+    holds the live lock. Used before a task is removed."""
+    migrate_single_live_locked(store, catalog)
+    recover_locked(store, catalog)
+    with catalog.session(write=False) as s:
+        ids = [
+            d.backbone_id
+            for d in host_deployments(s, catalog.home.host)
+            if d.task_id == task_id
+            or (d.pending_version is not None and d.pending_version.task_id == task_id)
+        ]
+    return [switch_live_locked(store, catalog, None, None, backbone_id=i) for i in ids]
+
+
+def repair_live(home: Home, catalog: Catalog) -> SwitchReport:
+    """Rebuild every backbone's live files from W0 for the version it serves now (the report
+    of the last; see `repair_all` for each)."""
+    reports = repair_all(home, catalog)
+    return reports[-1] if reports else SwitchReport(None, None, changed=False)
+
+
+def repair_all(home: Home, catalog: Catalog) -> list[SwitchReport]:
+    """`repair_live` for every live backbone: one report per backbone."""
+    store = Store.of(home)
+    with store.lock(store.live_lock_file):
+        migrate_single_live_locked(store, catalog)
         recover_locked(store, catalog)
         with catalog.session(write=False) as s:
-            dep = get_deployment(s, catalog.home.host)
-            live = VersionRef.of(dep.version) if dep.version is not None else None
-        task, number = (live.task, live.number) if live is not None else (None, None)
-        return switch_live_locked(store, catalog, task, number, repair=True)
+            live = [
+                (d.backbone_id, VersionRef.of(d.version) if d.version is not None else None)
+                for d in host_deployments(s, catalog.home.host)
+            ]
+        out = []
+        for bb_id, ref in live:
+            task, number = (ref.task, ref.number) if ref is not None else (None, None)
+            out.append(
+                switch_live_locked(store, catalog, task, number, repair=True, backbone_id=bb_id)
+            )
+        return out
 
 
 def switch_live_locked(
@@ -197,20 +283,24 @@ def switch_live_locked(
     task: str | None,
     number: int | None,
     repair: bool = False,
+    backbone_id: int | None = None,
 ) -> SwitchReport:
-    """`switch_live` for a caller that holds the live lock (``store.live_lock_file``)."""
+    """`switch_live` for a caller that holds the live lock (``store.live_lock_file``).
+
+    ``task=None`` puts backbone ``backbone_id``'s live files back to the backbone alone.
+    """
     t0 = time.perf_counter()
+    migrate_single_live_locked(store, catalog)
     recover_locked(store, catalog)
     with catalog.session(write=False) as s:
-        dep = get_deployment(s, catalog.home.host)
-        if dep.state != DEPLOY_IDLE:
-            raise MgrError("an interrupted switch could not be finished; see 'mgr status'")
         target = resolve_version(s, task, number) if task is not None else None
-        old = VersionRef.of(dep.version) if dep.version is not None else None
-        bb_id = target.backbone_id if target is not None else dep.backbone_id
+        bb_id = target.backbone_id if target is not None else backbone_id
         row = s.get(Backbone, bb_id) if bb_id is not None else None
         backbone = BackboneRef.of(row) if row is not None else None
-        live_backbone = BackboneRef.of(dep.backbone) if dep.backbone is not None else None
+        dep = get_deployment(s, catalog.home.host, bb_id) if bb_id is not None else None
+        if dep is not None and dep.state != DEPLOY_IDLE:
+            raise MgrError("an interrupted switch could not be finished; see 'mgr status'")
+        old = VersionRef.of(dep.version) if dep is not None and dep.version is not None else None
     report = SwitchReport(
         target.task if target else None,
         target.number if target else None,
@@ -220,21 +310,15 @@ def switch_live_locked(
     if backbone is None:  # never switched, asked for the backbone alone: nothing to do
         report.changed = False
         return report
-    if live_backbone is not None and live_backbone.id != backbone.id and old is not None:
-        raise MgrError(
-            f"task {target.task!r} is bound to backbone {backbone.spec} (weights "
-            f"{backbone.content_hash[:12]}), but the live file holds "
-            f"{live_backbone.spec} (weights {live_backbone.content_hash[:12]}) with "
-            f"{old.label} live; all tasks served from one live file share its backbone "
-            "('mgr switch --none' first to rebuild it for another backbone)"
-        )
+    report.backbone, report.backbone_hash = backbone.spec, backbone.content_hash
+    digest = backbone.content_hash
     base_path = checked_backbone_file(store, catalog, backbone)
-    live_weights(store), live_head(store)  # refused early if either is a link
-    rebuild = repair or (live_backbone is not None and live_backbone.id != backbone.id)
+    live_weights(store, digest), live_head(store, digest)  # refused early if either is a link
+    rebuild = repair
     if repair:
         report.notes.append("repair asked for: rebuilt the live file from W0")
-    elif live_backbone is not None and not rebuild:
-        problem = live_problem(store, base_path, old.id if old is not None else None)
+    elif live_weights(store, digest).exists():
+        problem = live_problem(store, base_path, old.id if old is not None else None, digest)
         if problem is None and target == old:
             report.changed = False
             report.seconds = time.perf_counter() - t0
@@ -249,10 +333,9 @@ def switch_live_locked(
             row = s.get(AdapterVersion, target.id)
             if row is None or row.status != VERSION_READY:
                 raise MgrError(f"{target.label} was deleted meanwhile")
-        dep = get_deployment(s, catalog.home.host)
+        dep = get_deployment(s, catalog.home.host, backbone.id)
         dep.state = DEPLOY_SWITCHING
         dep.pending_version_id = target.id if target is not None else None
-        dep.backbone_id = backbone.id
         dep.updated_at = utcnow()
     _complete(store, catalog, backbone, base_path, old, target, new, report, rebuild=rebuild)
     report.seconds = time.perf_counter() - t0
@@ -276,26 +359,29 @@ def _complete(
     force_full: bool = False,
     rebuild: bool = False,
 ) -> None:
-    """Steps (b)-(d): write the live files, then record the switch as done.
+    """Steps (b)-(d) on ``backbone``'s live folder: write the live files, then record the switch
+    as done.
 
     ``force_full`` resets every tensor from W0 in place; ``rebuild`` replaces the whole file by
     a fresh copy of W0 (header and all) before the new delta is applied.
     """
+    digest = backbone.content_hash
     slow = float(os.environ.get(SLOWDOWN_ENV) or 0)
     base = LiveFile(base_path, readonly=True)
     try:
         dtype = next(iter(base.tensors.values())).dtype if base.tensors else torch.float32
-        fresh = _ensure_live_file(store, base, force=rebuild)
+        fresh = _ensure_live_file(store, base, digest, force=rebuild)
         if fresh:  # say so in the head file, so a crash from here on is not an unknown state
             _write_head(store, backbone, None, {}, dtype)
-        live = LiveFile(live_weights(store), store=store)
+            report.loaded = not rebuild
+        live = LiveFile(live_weights(store, digest), store=store)
         try:
             # (b) restore the old supports, or all of W0 when what the file holds is unknown.
             old_body = None
             full = force_full and not fresh
             if not fresh and not full:
                 allowed = {old.id if old else None, target.id if target else None}
-                if applied_version_id(read_head_meta(store)) not in allowed:
+                if applied_version_id(read_head_meta(store, digest)) not in allowed:
                     full = True
                     report.notes.append(
                         "head file missing or naming another version: reset from W0"
@@ -327,7 +413,7 @@ def _complete(
     # (c) the head, atomically; its metadata says which version the big file now holds.
     _write_head(store, backbone, target, head, dtype)
     # (d) done.
-    report.full_restore = full or rebuild
+    report.full_restore = full or rebuild or fresh
     report.values_total = total
     report.values_written = (
         total
@@ -339,12 +425,11 @@ def _complete(
             # Its task was removed (--force) meanwhile; the row stays 'switching' with pending
             # NULL, which the next command's recovery resets to the backbone alone.
             raise MgrError(f"{target.label} was removed during the switch; run 'mgr status'")
-        dep = get_deployment(s, catalog.home.host)
+        dep = get_deployment(s, catalog.home.host, backbone.id)
         dep.version_id = target.id if target is not None else None
         dep.task_id = target.task_id if target is not None else None
         dep.pending_version_id = None
         dep.state = DEPLOY_IDLE
-        dep.backbone_id = backbone.id
         dep.updated_at = utcnow()
         record_event(
             s,
@@ -354,6 +439,8 @@ def _complete(
             host=catalog.home.host,
             to=target.label if target is not None else None,
             previous=old.label if old is not None else None,
+            backbone=backbone.spec,
+            backbone_hash=digest[:16],
             values_written=report.values_written,
             values_total=total,
             recovered=report.recovered,
@@ -367,15 +454,14 @@ def _pace(seconds: float) -> None:
         time.sleep(seconds)
 
 
-def _ensure_live_file(store: Store, base: LiveFile, force: bool = False) -> bool:
+def _ensure_live_file(store: Store, base: LiveFile, digest: str, force: bool = False) -> bool:
     """Create (or replace a wrong) live file by copying W0; True if it is fresh W0 now."""
-    weights = live_weights(store)
+    weights = live_weights(store, digest)
     if not force and live_matches(weights, base.path):
         return False
-    if force:
-        # Until the copy is in place the file is what it was (maybe damaged outside any
-        # support): with no head file, a crash from here makes recovery reset every tensor.
-        store.unlink(live_head(store))
+    # Until the copy is in place the file is what it was (maybe damaged outside any support):
+    # with no head file, a crash from here makes recovery reset every tensor.
+    store.unlink(live_head(store, digest))
     store.copy(base.path, weights)
     return True
 
@@ -389,7 +475,8 @@ def _write_head(
 ) -> None:
     from safetensors.torch import save
 
-    st = live_weights(store).stat()  # what (b) left: a later change to the file shows here
+    digest = backbone.content_hash
+    st = live_weights(store, digest).stat()  # what (b) left: a later change to the file shows
     meta = {
         "format": HEAD_FORMAT,
         "backbone_hash": backbone.content_hash,
@@ -403,27 +490,119 @@ def _write_head(
         "live_size": str(st.st_size),
     }
     tensors = {n: t.to(dtype).contiguous() for n, t in head.items()}
-    store.write_bytes(live_head(store), save(tensors, metadata=meta))
+    store.write_bytes(live_head(store, digest), save(tensors, metadata=meta))
+
+
+# -- the single live folder of older homes -------------------------------------------------------
+
+
+def legacy_live_present(store: Store) -> bool:
+    """Whether ``live/`` still holds the single-backbone files of a home before 0005 (stats)."""
+    return any((store.live / n).exists() for n in ("backbone.safetensors", "head.safetensors"))
+
+
+def migrate_single_live(home: Home, catalog: Catalog) -> bool:
+    """Take the live lock and move the pre-0005 live files if any (see the locked variant)."""
+    store = Store.of(home)
+    if not legacy_live_present(store):
+        return False
+    with store.lock(store.live_lock_file):
+        return migrate_single_live_locked(store, catalog)
+
+
+def migrate_single_live_locked(store: Store, catalog: Catalog) -> bool:
+    """Move ``live/backbone.safetensors`` and ``live/head.safetensors`` (a home from before live
+    folders per backbone) into ``live/<hash>/``; True if anything moved.
+
+    The backbone is the one the head file names, else the one the host's deployment row names.
+    Each file is renamed only if its destination is missing, the big file first: a crash between
+    the two renames leaves the head for the next command to move, and a head file missing
+    meanwhile is an unknown state that the switch protocol already resets from W0.
+    """
+    if not legacy_live_present(store):
+        return False
+    old_w, old_h = (
+        _not_a_legacy_link(store, "backbone.safetensors"),
+        _not_a_legacy_link(store, "head.safetensors"),
+    )
+    meta = None
+    try:
+        meta = read_metadata(old_h) if old_h.exists() else None
+    except (OSError, MgrError):
+        meta = None
+    meta = meta if meta is not None and meta.get("format") == HEAD_FORMAT else {}
+    digest = meta.get("backbone_hash")
+    with catalog.session(write=False) as s:
+        known = {b.content_hash for b in s.scalars(select(Backbone))}
+        if digest not in known:
+            rows = [d for d in host_deployments(s, catalog.home.host) if d.backbone is not None]
+            digest = rows[0].backbone.content_hash if len(rows) == 1 else None
+    if digest is None:
+        return False  # no backbone to give them: left for 'mgr gc' to report
+    store.mkdir(store.live_dir(digest))
+    moved = False
+    for src, name in ((old_w, "backbone.safetensors"), (old_h, "head.safetensors")):
+        dest = _not_a_link(store, digest, name)
+        if src.exists() and not dest.exists():
+            store.replace(src, dest)
+            moved = True
+        elif src.exists():  # the move had already happened; what is left is stale
+            store.unlink(src)
+    return moved
+
+
+def _not_a_legacy_link(store: Store, name: str) -> Path:
+    literal = store.live / name
+    confined = store.confine(literal)
+    if literal.is_symlink() or confined != literal:
+        raise MgrError(
+            f"refusing to use {literal}: it is a symbolic link (to {confined}); the live files "
+            "must be plain files under the home (remove the link, then 'mgr switch --repair')"
+        )
+    return confined
 
 
 # -- recovery ------------------------------------------------------------------------------------
 
 
 def recover_locked(store: Store, catalog: Catalog) -> SwitchReport | None:
-    """Finish or roll back an interrupted switch; the caller holds the live lock. None if idle."""
+    """Finish or roll back every interrupted switch of this host (one per backbone at most);
+    the caller holds the live lock. Returns the last report, None if all were idle."""
+    migrate_single_live_locked(store, catalog)
     with catalog.session(write=False) as s:
-        dep = get_deployment(s, catalog.home.host)
-        if dep.state != DEPLOY_SWITCHING:
+        ids = [d.id for d in host_deployments(s, catalog.home.host) if d.state == DEPLOY_SWITCHING]
+        orphan = [
+            d.id
+            for d in s.scalars(
+                select(Deployment).where(
+                    Deployment.host == catalog.home.host,
+                    Deployment.backbone_id.is_(None),
+                    Deployment.state == DEPLOY_SWITCHING,
+                )
+            )
+        ]
+    if orphan:
+        raise MgrError("an interrupted switch has no backbone recorded; cannot recover it")
+    report = None
+    for dep_id in ids:
+        report = _recover_one(store, catalog, dep_id)
+    return report
+
+
+def _recover_one(store: Store, catalog: Catalog, dep_id: int) -> SwitchReport | None:
+    with catalog.session(write=False) as s:
+        dep = s.get(Deployment, dep_id)
+        if dep is None or dep.state != DEPLOY_SWITCHING:
             return None
         old = VersionRef.of(dep.version) if dep.version is not None else None
         target = VersionRef.of(dep.pending_version) if dep.pending_version is not None else None
-        if dep.backbone is None:
-            raise MgrError("an interrupted switch has no backbone recorded; cannot recover it")
         backbone = BackboneRef.of(dep.backbone)
-    for tmp in store.live.glob(".*"):  # from atomic writes cut short by the crash
-        pid = temp_owner(tmp)
-        if pid is not None and not pid_alive(pid):
-            store.unlink(tmp)
+    folder = store.live_dir(backbone.content_hash)
+    for where in (store.live, folder):  # temporary files from atomic writes cut short
+        for tmp in where.glob(".*") if where.is_dir() else []:
+            pid = temp_owner(tmp)
+            if pid is not None and not pid_alive(pid):
+                store.unlink(tmp)
     base_path = checked_backbone_file(store, catalog, backbone)
     report = SwitchReport(
         target.task if target else None,
@@ -431,6 +610,8 @@ def recover_locked(store: Store, catalog: Catalog) -> SwitchReport | None:
         old.task if old else None,
         old.number if old else None,
         recovered=True,
+        backbone=backbone.spec,
+        backbone_hash=backbone.content_hash,
     )
     new = None
     if target is not None:
@@ -462,7 +643,7 @@ def recover_locked(store: Store, catalog: Catalog) -> SwitchReport | None:
 
 
 def recover(home: Home, catalog: Catalog) -> SwitchReport | None:
-    """Take the live lock and finish or roll back an interrupted switch (None if idle)."""
+    """Take the live lock and finish or roll back every interrupted switch (None if idle)."""
     store = Store.of(home)
     with store.lock(store.live_lock_file):
         return recover_locked(store, catalog)

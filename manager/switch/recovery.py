@@ -1,7 +1,9 @@
 """The cheap hook every catalog-opening command runs: finish an interrupted switch, if any.
 
-When the deployment is idle this is one SELECT and imports nothing heavy; only a deployment
-left in state 'switching' (a killed ``mgr switch``) loads torch and runs ``live.recover``.
+When every deployment row of the host is idle this is one SELECT and two stats and imports
+nothing heavy; only a row left in state 'switching' (a killed ``mgr switch``), or the single
+live folder of a home from before live folders per backbone, loads torch and runs
+``live.recover`` (which moves those files first).
 """
 
 from __future__ import annotations
@@ -20,11 +22,21 @@ if TYPE_CHECKING:
 
 
 def switch_pending(catalog: Catalog) -> bool:
-    """Whether this home's deployment is in the middle of a switch (one SELECT)."""
+    """Whether one of this home's backbones is in the middle of a switch (one SELECT)."""
     host = catalog.home.host
     with catalog.session(write=False) as s:
-        state = s.scalar(select(Deployment.state).where(Deployment.host == host))
-        return state == DEPLOY_SWITCHING
+        found = s.scalar(
+            select(Deployment.id)
+            .where(Deployment.host == host, Deployment.state == DEPLOY_SWITCHING)
+            .limit(1)
+        )
+        return found is not None
+
+
+def legacy_live(home: Home) -> bool:
+    """Whether ``live/`` still holds the single live folder's files of an older home (stats)."""
+    live = home.root / "live"
+    return (live / "backbone.safetensors").exists() or (live / "head.safetensors").exists()
 
 
 def recover_if_needed(
@@ -35,7 +47,7 @@ def recover_if_needed(
     ``warn(message)`` reports what was done (or why it failed: a failed recovery must not lock
     the user out of every other command, so it is reported and left for ``mgr status``).
     """
-    if not switch_pending(catalog):
+    if not switch_pending(catalog) and not legacy_live(home):
         return None
     from manager.errors import MgrError
     from manager.switch.live import recover

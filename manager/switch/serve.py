@@ -1,6 +1,6 @@
-"""The live model as a serving process sees it: the two live files, no delta math.
+"""The live model as a serving process sees it: one backbone's two live files, no delta math.
 
-``live/backbone.safetensors`` already holds the merged weights and ``live/head.safetensors`` the
+``live/<hash>/backbone.safetensors`` already holds the merged weights and ``head.safetensors`` the
 task's classifier, so loading them into a plain timm model gives the adapted model at the
 backbone's own inference cost.
 """
@@ -17,7 +17,8 @@ from PIL import Image
 from torch import nn
 
 from manager.catalog import Catalog
-from manager.catalog.deployment import get_deployment
+from manager.catalog.deployment import get_deployment, host_deployments
+from manager.catalog.refs import VersionRef
 from manager.device import resolve_precision
 from manager.errors import MgrError
 from manager.home import Home
@@ -36,35 +37,73 @@ class LiveModel:
     transform: Callable[[Image.Image], torch.Tensor]
 
 
+def live_rows(catalog: Catalog) -> list[tuple[int, VersionRef]]:
+    """``(backbone id, version)`` of every backbone of this host with a task live."""
+    with catalog.session(write=False) as s:
+        return [
+            (d.backbone_id, VersionRef.of(d.version))
+            for d in host_deployments(s, catalog.home.host)
+            if d.version is not None
+        ]
+
+
+def the_live_version(catalog: Catalog) -> tuple[int, VersionRef]:
+    """The one task live in this home, or one line saying why there is not exactly one."""
+    rows = live_rows(catalog)
+    if not rows:
+        raise MgrError("no task is live: 'mgr switch TASK' or pass --task")
+    if len(rows) > 1:
+        names = ", ".join(v.label for _, v in rows)
+        raise MgrError(
+            f"{len(rows)} tasks are live on {len(rows)} backbones ({names}): pass --task to say "
+            "which one answers"
+        )
+    return rows[0]
+
+
 def load_live_model(
     home: Home,
     catalog: Catalog,
     device: str = "cpu",
     precision: str | None = None,
     compile: bool = False,
+    backbone_id: int | None = None,
+    version_id: int | None = None,
 ) -> LiveModel:
-    """The model built from the live files (which must name the deployment's active version),
-    on ``device`` in ``precision`` (default: bf16 on CUDA, fp32 elsewhere), compiled if asked."""
+    """The model built from backbone ``backbone_id``'s live files (None: the one backbone with
+    a task live; several are an error naming them), on ``device`` in ``precision`` (default:
+    bf16 on CUDA, fp32 elsewhere), compiled if asked. ``version_id``: the version the caller
+    expects there; another one live (a switch in between) is an error, never another answer."""
     from safetensors.torch import load_file
 
     from manager.backbone import build_backbone, head_names
     from manager.datasets.transforms import data_config, eval_transform
+    from manager.switch.live import migrate_single_live
 
     store = Store.of(home)
+    migrate_single_live(home, catalog)
+    if backbone_id is None:
+        backbone_id = the_live_version(catalog)[0]
     with store.lock(store.live_lock_file, shared=True):
         with catalog.session(write=False) as s:
-            dep = get_deployment(s, home.host)
+            dep = get_deployment(s, home.host, backbone_id)
             if dep.version is None:
                 raise MgrError("no task is live: 'mgr switch TASK' or pass --task")
+            if version_id is not None and dep.version_id != version_id:
+                raise MgrError(
+                    f"{dep.version.task.name}@{dep.version.number} became live meanwhile, not "
+                    "the version asked for; run the command again"
+                )
             task, version = dep.version.task.name, dep.version.number
             class_names = list(dep.version.task.class_names)
             version_id, spec = dep.version_id, dep.backbone.spec
+            digest = dep.backbone.content_hash
             base = store.resolve(dep.backbone.path)
         # Cheap (stats and headers): a live file changed since its switch is never served.
-        problem = live_problem(store, base, version_id)
+        problem = live_problem(store, base, version_id, digest)
         if problem is not None:
             raise MgrError(f"{problem}; run 'mgr switch --repair' to rebuild the live files")
-        weights, head_path = live_weights(store), live_head(store)
+        weights, head_path = live_weights(store, digest), live_head(store, digest)
         head = load_file(str(head_path))
         model = build_backbone(spec, weights, num_classes=len(class_names))
     heads = set(head_names(model))

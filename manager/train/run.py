@@ -96,14 +96,6 @@ def load_task_info(catalog: Catalog, task_name: str) -> _TaskInfo:
         return _task_info(tasks.get_task(s, task_name))
 
 
-def _spec_with_size(spec: str, img_size: int | None) -> str:
-    if img_size is None:
-        return spec
-    name, kwargs = split_spec(spec)
-    kwargs["img_size"] = img_size
-    return format_spec(name, kwargs)
-
-
 def build_model(
     home: Home, catalog: Catalog, info: _TaskInfo, img_size: int | None
 ) -> tuple[nn.Module, Backbone]:
@@ -114,13 +106,23 @@ def build_model(
         bound = s.get(Backbone, info.backbone_id) if info.backbone_id else None
         if bound is not None:
             s.expunge(bound)
-    spec = _spec_with_size(info.spec, img_size)
-    if bound is not None:
-        if split_spec(bound.spec) != split_spec(spec) and img_size is not None:
+    spec = bound.spec if bound is not None else info.spec
+    if img_size is not None:
+        # The input size is the task's (task add --img-size): a train that quietly bound its
+        # versions to a second spec would serve them at a size 'task show' does not print.
+        from manager.backbone import spec_img_size
+
+        own = spec_img_size(spec)
+        if img_size != own:
+            name, kwargs = split_spec(info.spec)
+            kwargs.pop("img_size", None)
+            base = format_spec(name, kwargs)
             raise MgrError(
-                f"task {info.name!r} is trained on backbone {bound.spec}; its versions must all "
-                f"use it (--img-size {img_size} would change it)"
+                f"task {info.name!r} takes {own} px input (backbone {spec}); --img-size "
+                f"{img_size} would bind another backbone: register a task for that size with "
+                f"'mgr task add NAME --backbone {base} --img-size {img_size} ...'"
             )
+    if bound is not None:
         model = load_backbone(home, bound, num_classes=0)
     else:
         model = build_backbone(spec, info.weights, num_classes=0)
