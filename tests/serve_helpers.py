@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -144,8 +145,7 @@ def metric(server: Server, name: str) -> float:
     status, text = server.get("/metrics")
     assert status == 200, text
     want_name, _, labels = name.partition("{")
-    want = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(",")) if labels else {}
-    want = {k: v.strip('"') for k, v in want.items()}
+    want = dict(re.findall(r'(\w+)="([^"]*)"', labels))
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == want_name and sample.labels == want:

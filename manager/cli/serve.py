@@ -101,6 +101,14 @@ from manager.cli.types import FiniteFloat, Int64, Size, device_option
     "avoids oversubscription.",
 )
 @click.option(
+    "--max-memory",
+    type=Size(),
+    help="Bytes the loaded backbones may hold together (W0, its serving copy, resident deltas, "
+    "mixed-task tables): device memory on CUDA, host memory on CPU. The least recently used "
+    "backbone without a pinned task is unloaded to make room; a request that cannot fit gets "
+    "503. [default: no bound]",
+)
+@click.option(
     "--max-request-pixels",
     type=Int64(1),
     default=200_000_000,
@@ -166,6 +174,7 @@ def command(
     max_queue: int,
     schedule: str,
     threads: int,
+    max_memory: int | None,
     max_request_pixels: int,
     api_key_file: str | None,
     protect_metrics: bool,
@@ -206,6 +215,7 @@ def command(
         schedule=schedule,
         threads=threads,
         max_request_pixels=max_request_pixels,
+        max_memory=max_memory,
         api_keys=tuple(keys),
         protect_metrics=protect_metrics,
         allow_unauthenticated=allow_unauthenticated,

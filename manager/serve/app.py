@@ -169,6 +169,7 @@ def serve(home: Any, catalog: Catalog, config: ServeConfig, log: Callable[[str],
         pins=config.pins,
         max_batch=config.max_batch,
         metrics=metrics,
+        max_memory=config.max_memory,
     )
     scheduler = Scheduler(
         engine,

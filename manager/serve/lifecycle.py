@@ -39,9 +39,11 @@ def make_starter(
             return False
         state.metrics.set_live()  # from here on requests and batches count
         state.ready = True
-        n = len(engine.active_refs())
+        why = engine.servable()
+        n = sum(1 for w in why.values() if w is None)
         log(
-            f"ready: serving {n} task(s) on {engine.device} in "
+            f"ready: serving {n} of {len(why)} task(s) on {engine.device}, "
+            f"{len(engine.switchers)} backbone(s) loaded, in "
             f"{time.perf_counter() - started:.1f} s from start"
         )
         return True

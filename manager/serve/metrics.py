@@ -32,6 +32,7 @@ _COUNTERS = {
     "cache_hits": ("mgr_cache_hits", "Switches to a resident delta."),
     "cache_misses": ("mgr_cache_misses", "Switches that read an artifact."),
     "mixed_builds": ("mgr_mixed_builds", "Mixed-task models built."),
+    "backbone_evictions": ("mgr_backbone_evictions", "Backbones unloaded to fit --max-memory."),
     "resolver_hits": ("mgr_resolver_hits", "Requests resolved from the in-memory catalog view."),
     "resolver_refreshes": (
         "mgr_resolver_refreshes",
@@ -71,13 +72,25 @@ class Metrics:
         }
         self._queued = Gauge("mgr_queued_images", "Images waiting for the model.", registry=reg)
         self._ready = Gauge("mgr_ready", "1 once the server answers predictions.", registry=reg)
-        self.resident = Gauge(
-            "mgr_resident_deltas", "Task deltas resident on the device.", registry=reg
+        self._backbone_bytes = Gauge(
+            "mgr_backbone_resident_bytes",
+            "Bytes held per loaded backbone: W0, its serving copy, resident deltas, mixed tables.",
+            ["backbone"],
+            registry=reg,
         )
+        self._backbone_labels: set[str] = set()
 
     def set_live(self) -> None:
         self.live = True
         self._ready.set(1)
+
+    def set_backbones(self, held: dict[str, int]) -> None:
+        """Bytes per loaded backbone (a state, counted during start-up too); unloaded ones go."""
+        for gone in self._backbone_labels - set(held):
+            self._backbone_bytes.remove(gone)
+        for label, n in held.items():
+            self._backbone_bytes.labels(label).set(n)
+        self._backbone_labels = set(held)
 
     def request(self, status: int, seconds: float) -> None:
         self._requests.labels(str(status)).inc()

@@ -74,10 +74,8 @@ async def _metadata(request: Request, task: str, version: str | None) -> Respons
         ref, names = await resolve(state, _target(task, version))
     except ServeError as exc:
         return error(exc.status, exc.message)
-    engine = state.engine
-    size = None
-    if engine.transform is not None:
-        size = list(engine.transform(inputs_blank()).shape)
+    transform = await state.decoder.run(state.engine.transform_for, ref.backbone_id)
+    size = list(transform(inputs_blank()).shape)
     return JSONResponse(
         {
             "name": ref.task,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from manager.catalog import Catalog, tasks
 from manager.catalog.db import sqlite_file
-from manager.catalog.deployment import get_deployment
+from manager.catalog.deployment import host_deployments
 from manager.catalog.models import VERSION_READY
 from manager.catalog.refs import VersionRef, select_version
 from manager.errors import MgrError
@@ -36,10 +36,16 @@ def resolve(catalog: Catalog, target: str | None) -> Resolved:
     One read transaction; ServeError (4xx) when it names nothing servable.
     """
     with catalog.session(write=False) as s:
-        if target is None:
-            v = get_deployment(s, catalog.home.host).version
-            if v is None:
+        if target is None:  # the one task live in this home (one per backbone: must be one)
+            live = [d.version for d in host_deployments(s, catalog.home.host) if d.version]
+            if not live:
                 raise ServeError(400, "no task given and none is live: pass a task")
+            if len(live) > 1:
+                names = ", ".join(sorted(f"{v.task.name}@{v.number}" for v in live))
+                raise ServeError(
+                    400, f"no task given and {len(live)} are live ({names}): pass a task"
+                )
+            v = live[0]
             task = v.task
         else:
             try:

@@ -43,8 +43,11 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def status_of(exc: MgrError) -> int:
-    """The HTTP status of an engine error: a task gone since its request is 404, else 500."""
+    """The HTTP status of an engine error: a task gone since its request is 404, no room under
+    --max-memory 503, else 500."""
     text = str(exc)
+    if text.startswith("cannot fit"):  # --max-memory: the server's capacity, not a fault
+        return 503
     return 404 if text.startswith(("unknown task", "no version")) else 500
 
 
@@ -257,13 +260,14 @@ class Scheduler:
         if len(groups) < 2:
             return False
         refs = [m[0].ref for m in groups.values()]
+        if len({r.backbone_id for r in refs}) != 1:
+            return False  # tasks on several backbones: each backbone's groups switch in turn
         sizes = [len(xs[k]) for k in groups]
         if self.schedule == "auto":
             costs = engine.costs
             if costs is None:
                 return False
-            current = engine.sw.current
-            switches = len(refs) - (1 if current in refs else 0)
+            switches = len(refs) - sum(engine.is_current(r) for r in refs)
             mixed = costs.mixed_cost(sizes, engine.mixed_needs_build(refs))
             if mixed is None or mixed >= costs.switching_cost(sizes, switches):
                 return False
@@ -295,8 +299,15 @@ class Scheduler:
     def _switching(
         self, groups: OrderedDict[Key, list[Job]], xs: dict[Key, Tensor], start: float
     ) -> None:
-        current = self.engine.sw.current
-        order = sorted(groups, key=lambda k: groups[k][0].ref != current)  # the live one first
+        engine = self.engine
+        # The live ones first, then by backbone: each backbone is used once per batch.
+        order = sorted(
+            groups,
+            key=lambda k: (
+                not engine.is_current(groups[k][0].ref),
+                groups[k][0].ref.backbone_id or 0,
+            ),
+        )
         total = sum(len(xs[k]) for k in order)
         for key in order:
             members = groups[key]

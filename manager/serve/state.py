@@ -44,6 +44,7 @@ class ServeConfig:
     drain_seconds: float = 30.0
     docs: bool = True
     decode_workers: int = 0  # 0: one per CPU, at most 8
+    max_memory: int | None = None  # bytes the backbones may hold together; None: no bound
 
     def __repr__(self) -> str:  # the keys must never reach a log or a traceback
         fields = {k: v for k, v in self.__dict__.items() if k != "api_keys"}

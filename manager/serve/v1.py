@@ -76,8 +76,9 @@ async def run_model(
     ref, names = await resolve(state, target)
     log["task"] = ref.label
     log["images"] = n_images
-    transform = state.engine.transform
-    assert transform is not None  # set while starting, before ready
+    transform = state.engine._transforms.get(ref.backbone_id)  # type: ignore[arg-type]
+    if transform is None:  # a backbone not used yet: its config, not its weights
+        transform = await state.decoder.run(state.engine.transform_for, ref.backbone_id)
 
     t0 = time.perf_counter()
     batch = await make_batch(transform)
@@ -234,25 +235,32 @@ async def predict(request: Request) -> Response:
     return await guarded(state, t0, work)
 
 
-@router.get("/v1/tasks", summary="Tasks, their active versions and what is resident")
+@router.get("/v1/tasks", summary="Tasks: active version, backbone, loaded, servable and why not")
 def list_tasks(request: Request) -> JSONResponse:
     state = state_of(request)
     engine = state.engine
-    resident = engine.sw.resident_tasks()
-    current = engine.sw.current
+    why = engine.servable()
+    loaded = set(engine.switchers)
+    rows = []
     with engine.catalog.session(write=False) as s:
-        rows = [
-            {
-                "task": t.name,
-                "active": t.active_version.number if t.active_version else None,
-                "method": t.active_version.method if t.active_version else None,
-                "classes": t.num_classes,
-                "resident": t.name in resident,
-                "pinned": t.name in engine.sw.pins,
-                "live": current is not None and current.task == t.name,
-            }
-            for t in tasks.list_tasks(s)
-        ]
+        for t in tasks.list_tasks(s):
+            sw = engine.switchers.get(t.backbone_id) if t.backbone_id is not None else None
+            backbone = t.backbone
+            rows.append(
+                {
+                    "task": t.name,
+                    "active": t.active_version.number if t.active_version else None,
+                    "method": t.active_version.method if t.active_version else None,
+                    "classes": t.num_classes,
+                    "backbone": backbone.spec if backbone is not None else t.backbone_spec,
+                    "loaded": t.backbone_id in loaded,
+                    "servable": why.get(t.name) is None,
+                    "why_not": why.get(t.name),
+                    "resident": sw is not None and t.name in sw.resident_tasks(),
+                    "pinned": t.name in engine.pins,
+                    "live": sw is not None and sw.current is not None and sw.current.task == t.name,
+                }
+            )
     return JSONResponse({"tasks": rows})
 
 
@@ -260,15 +268,24 @@ def list_tasks(request: Request) -> JSONResponse:
 def healthz(request: Request) -> JSONResponse:
     state = state_of(request)
     engine = state.engine
-    backbone = engine.sw.backbone
+    backbones = [
+        {
+            "backbone": engine.label(b),
+            "bytes": engine.resident_bytes(b),
+            "live": sw.current.label if sw.current else None,
+            "resident": sorted(sw.resident_tasks()),
+        }
+        for b, sw in list(engine.switchers.items())
+    ]
     return JSONResponse(
         {
             "status": "ok",
             "ready": state.ready and not state.draining,
             "device": str(engine.device),
             "precision": str(engine.dtype).removeprefix("torch."),
-            "backbone": backbone.spec if backbone else None,
-            "live": engine.sw.current.label if engine.sw.current else None,
+            "backbone": backbones[-1]["backbone"] if backbones else None,
+            "backbones": backbones,
+            "max_memory": engine.max_memory,
             "queued": state.scheduler.queued,
             "costs": engine.costs.to_dict() if engine.costs else None,
         }
