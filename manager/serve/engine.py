@@ -254,9 +254,17 @@ class Engine:
                 self.evict(keep)
             mb = 2**20
             raise MgrError(
-                f"cannot fit backbone {keep} in --max-memory {self.max_memory / mb:.1f} MB: "
+                f"cannot fit backbone {self._spec(keep)} in --max-memory "
+                f"{self.max_memory / mb:.1f} MB: "
                 f"{total / mb:.1f} MB needed with what pinned tasks hold; retry later or raise it"
             )
+
+    def _spec(self, backbone_id: int) -> str:
+        from manager.catalog.models import Backbone
+
+        with self.catalog.session(write=False) as s:
+            row = s.get(Backbone, backbone_id)
+            return row.spec if row is not None else str(backbone_id)
 
     def _trim(self, backbone_id: int) -> None:
         """Drop a backbone's mixed-task model and the resident deltas of tasks neither live nor
