@@ -62,12 +62,14 @@ class ResidentSwitcher(Switcher):
         self.pins = set(pins)
         self.metrics = metrics
         self.tasks_of: dict[Key, str] = {}
+        self.misses = 0  # artifacts read: the bytes held change only then
 
     def _load(self, ref: VersionRef):
         key = key_of(ref)
         hit = key in self._cache
         entry = super()._load(ref)
         self.metrics.add("cache_hits" if hit else "cache_misses")
+        self.misses += not hit
         self.tasks_of[key] = ref.task
         if ref.task in self.pins:  # a pinned task keeps its newest loaded version only
             for old in [k for k, t in self.tasks_of.items() if t == ref.task and k != key]:
@@ -489,12 +491,14 @@ class Engine:
         switched = False
         sw = self.use(ref.backbone_id)
         if sw.current != ref:
+            misses = sw.misses
             switched = sw.switch(ref.task, ref.number)
             if sw.current != ref:  # the catalog moved between the request and now
                 raise MgrError(f"{ref.label} is no longer servable; retry")
             self.metrics.add("switches", int(switched))
-            self._make_room(0, ref.backbone_id)  # a delta more may have tipped the budget
-            self.update_memory()
+            if sw.misses != misses:  # a delta was read: it may have tipped the budget
+                self._make_room(0, ref.backbone_id)
+                self.update_memory()
         chunks = [
             sw.logits(x[i : i + self.max_batch]).float().softmax(-1).cpu()
             for i in range(0, len(x), self.max_batch)
