@@ -532,7 +532,7 @@ def run_serve(sec: Section, a: argparse.Namespace) -> None:
                     "seconds per phase (at most)": args.seconds,
                     "images per request": 1}  # fmt: skip
     sec.columns = ["scenario", "requests", "errors", "req/s", "p50 ms", "p99 ms", "images/batch"]
-    for label, _n, _k, reqs, errs, tput, p50, p99, mb, _mixed in sv.measure(args):
+    for label, _n, _k, reqs, errs, tput, p50, p99, mb, _mixed, *_cpu in sv.measure(args):
         sec.rows.append([label, reqs, errs, tput, p50 * 1e3, p99 * 1e3, mb])
         if errs:
             sec.notes.append(f"{label}: {errs} errors")

@@ -10,111 +10,23 @@ and the home it serves.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import io
-import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_clean_error
+from conftest import assert_clean_error
+from serve_helpers import Server, b64, free_port, metric, one_line_error, png
 from switch_helpers import copy_home, fork_server, template_home
 
 from manager.serve.client import multipart
 
 TASKS = ("shapes", "pets3", "digits")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m manager serve`` on a free loopback port."""
-
-    def __init__(self, home: Path, *args: str):
-        self.home, self.args = home, args
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
-        env.update(MGR_HOME=str(home), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        self.log = home.parent / f"serve-{self.port}.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "manager", "serve", "--port", str(self.port),
-                 "--threads", "1", *args],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"mgr serve exited {self.proc.returncode}: {self.output()}")
-            try:
-                if self.get("/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"mgr serve did not start: {self.output()}")
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def get(self, path: str) -> tuple[int, dict | str]:
-        return self._send(urllib.request.Request(self.url + path))
-
-    def post(self, body: bytes, ctype: str = "application/json") -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + "/v1/predict", data=body, method="POST")
-        req.add_header("Content-Type", ctype)
-        return self._send(req)
-
-    def post_json(self, doc: object) -> tuple[int, dict]:
-        return self.post(json.dumps(doc).encode())
-
-    @staticmethod
-    def _send(req: urllib.request.Request) -> tuple[int, dict | str]:
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                status, raw, ctype = resp.status, resp.read(), resp.headers["content-type"]
-        except urllib.error.HTTPError as exc:
-            status, raw, ctype = exc.code, exc.read(), exc.headers["content-type"]
-        return status, json.loads(raw) if "json" in ctype else raw.decode()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def png(seed: int, size: tuple[int, int] = (40, 32)) -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +81,6 @@ def assert_same(got: list[dict], want: list[dict]) -> None:
         assert abs(mine[i] - p) <= 1e-4, (i, mine[i], p)
 
 
-def one_line_error(status: int, body: object, expect: int) -> str:
-    assert status == expect, (status, body)
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    assert "\n" not in body["error"] and body["error"], body
-    return body["error"]
-
-
 def send(server: Server, task: str, paths: list[Path], as_json: bool) -> dict:
     if as_json:
         doc = {
@@ -188,15 +93,6 @@ def send(server: Server, task: str, paths: list[Path], as_json: bool) -> dict:
         status, out = server.post(body, ctype)
     assert status == 200, out
     return out
-
-
-def metric(server: Server, name: str) -> float:
-    status, text = server.get("/metrics")
-    assert status == 200
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def check_answers(home: Path, answers: list[tuple[list[Path], dict]]) -> None:
@@ -229,6 +125,16 @@ def test_concurrent_requests_for_several_tasks_equal_mgr_predict(server, home, i
     assert metric(server, "mgr_switches_total") > 0
     # --resident 2 with three tasks: some switches had to read an artifact again.
     assert metric(server, "mgr_cache_misses_total") > 3
+
+
+def test_many_images_in_one_request_are_shared_out_and_equal_mgr_predict(
+    server, home, images
+) -> None:
+    # 12 images: split over the decoding threads (4 or more each), answered in order.
+    paths = images + images
+    out = send(server, "pets3", paths, as_json=True)
+    assert out["batch"]["images"] >= 12
+    check_answers(home, [(paths, out)])
 
 
 def test_predict_server_prints_what_mgr_predict_prints(server, home, images) -> None:
@@ -267,6 +173,13 @@ def test_tasks_health_metrics_and_docs(server) -> None:
     assert "mgr_batch_size_count" in text
     status, spec = server.get("/openapi.json")
     assert status == 200 and "/v1/predict" in spec["paths"]
+    assert "/v2/models/{task}/infer" in spec["paths"]
+    # The docs page loads Swagger UI from this server, never from a CDN (offline, locked down).
+    status, page = server.get("/docs")
+    assert status == 200 and "/docs/static/swagger-ui-bundle.js" in page
+    assert "cdn" not in page.lower() and "https://" not in page
+    status, js = server.get("/docs/static/swagger-ui-bundle.js")
+    assert status == 200 and len(js) > 100_000
 
 
 def test_bad_inputs_get_a_4xx_with_one_line_and_the_server_stays_up(server, images) -> None:
@@ -310,10 +223,15 @@ def test_bad_inputs_get_a_4xx_with_one_line_and_the_server_stays_up(server, imag
 def test_a_version_promoted_elsewhere_is_served_by_the_next_request(server, home, images) -> None:
     before = send(server, "shapes", images[:2], as_json=False)
     assert before["answered"] == "shapes@1"
+    # Resolved from the in-memory view, not one catalog transaction per request ...
+    hits = metric(server, "mgr_resolver_hits_total")
+    assert send(server, "shapes", images[:2], as_json=True)["answered"] == "shapes@1"
+    assert metric(server, "mgr_resolver_hits_total") == hits + 1
     fork_server().run(
         home, "train", "shapes", "--epochs", "1", "--batch-size", "48", "--seed", "7",
         "--promote", "always",
     )  # fmt: skip
+    # ... yet the first request after the promotion commits is served by the new version.
     after = send(server, "shapes", images[:2], as_json=False)
     assert after["answered"] == "shapes@2"
     old = send(server, "shapes@1", images[:2], as_json=True)  # an explicit version still answers

@@ -49,6 +49,12 @@ DEFAULT_MAX_PIXELS = 40_000_000
     help="Ask a running 'mgr serve' (e.g. http://127.0.0.1:8000) instead of loading the model; "
     "--task names the task without switching the live files.",
 )
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False),
+    help="With --server: send the first key of this file as 'Authorization: Bearer' "
+    "(default: MGR_API_KEY, if set).",
+)
 @json_option
 @pass_app
 def command(
@@ -61,6 +67,7 @@ def command(
     compile_: bool,
     max_pixels: int,
     server: str | None,
+    api_key_file: str | None,
     as_json: bool,
 ) -> None:
     """Classify IMAGE files: top classes and probabilities.
@@ -71,10 +78,12 @@ def command(
     line naming them (pass --task).
     """
     if server is not None:
+        from manager.serve.auth import load_keys
         from manager.serve.client import predict_files
         from manager.switch.serve import Prediction
 
-        answer = predict_files(server, [str(p) for p in images], target, top_k)
+        key = (load_keys(api_key_file) or [None])[0] if api_key_file else None
+        answer = predict_files(server, [str(p) for p in images], target, top_k, api_key=key)
         task, version = answer["task"], answer["version"]
         results = [Prediction.from_dict(d) for d in answer["predictions"]]
     else:

@@ -7,15 +7,14 @@ import click
 from manager.cli.app import App, pass_app
 from manager.cli.types import FiniteFloat, Int64, Size, device_option
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 @click.command("serve")
 @click.option(
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Address to listen on (loopback by default: there is no authentication).",
+    help="Address to listen on. Loopback by default; any other address needs an API key "
+    "(--api-key-file or MGR_API_KEY) or --allow-unauthenticated.",
 )
 @click.option(
     "--port",
@@ -101,6 +100,63 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
     help="CPU threads of the model's kernels (0: torch's default). On a busy CPU, 1 "
     "avoids oversubscription.",
 )
+@click.option(
+    "--max-memory",
+    type=Size(),
+    help="Bytes the loaded backbones may hold together (W0, its serving copy, resident deltas, "
+    "mixed-task tables): device memory on CUDA, host memory on CPU. The least recently used "
+    "backbone without a pinned task is unloaded to make room; a request that cannot fit gets "
+    "503. [default: no bound]",
+)
+@click.option(
+    "--max-request-pixels",
+    type=Int64(1),
+    default=200_000_000,
+    show_default=True,
+    help="Refuse a request whose images hold more pixels than this in all (read from the "
+    "headers, before decoding): 413.",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False),
+    help="Accept only requests with 'Authorization: Bearer KEY', KEY one of this file's lines "
+    "(MGR_API_KEY adds one more). /livez, /readyz and /v2/health/* stay open.",
+)
+@click.option(
+    "--protect-metrics",
+    is_flag=True,
+    help="Require the API key for /metrics too (open by default, for Prometheus).",
+)
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="Allow a non-loopback --host without an API key (anyone who can reach it can use it).",
+)
+@click.option(
+    "--access-log",
+    type=click.Path(dir_okay=False),
+    help="Write the JSON access log lines to this file (appended) instead of stderr.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="'info' writes one access log line per request; 'warning' and above do not.",
+)
+@click.option(
+    "--drain-seconds",
+    type=FiniteFloat(0, 3600),
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM or SIGINT, how long queued requests may take to be answered; the rest "
+    "get 503, then the server exits 0.",
+)
+@click.option(
+    "--no-docs",
+    is_flag=True,
+    help="Serve no /docs and no /openapi.json (the docs use local files, never a CDN).",
+)
 @pass_app
 def command(
     app: App,
@@ -118,14 +174,30 @@ def command(
     max_queue: int,
     schedule: str,
     threads: int,
+    max_memory: int | None,
+    max_request_pixels: int,
+    api_key_file: str | None,
+    protect_metrics: bool,
+    allow_unauthenticated: bool,
+    access_log: str | None,
+    log_level: str,
+    drain_seconds: float,
+    no_docs: bool,
 ) -> None:  # fmt: skip
-    """Serve every task over HTTP: POST /v1/predict, GET /v1/tasks, /healthz, /metrics, /docs."""
+    """Serve every task over HTTP: POST /v1/predict, GET /v1/tasks, the Open Inference
+    Protocol under /v2 (KServe, Triton clients), /livez, /readyz, /healthz, /metrics, /docs.
+
+    The port answers at once; /readyz is 503 until the model is loaded and measured. SIGTERM
+    drains (queued requests answered) and exits 0.
+    """
     from manager.names import validate_task_name
-    from manager.serve.app import ServeConfig, serve
+    from manager.serve.app import LOOPBACK, ServeConfig, serve
+    from manager.serve.auth import load_keys
 
     for name in pins:
         validate_task_name(name)
-    if host not in LOOPBACK:
+    keys = load_keys(api_key_file)
+    if host not in LOOPBACK and not keys and allow_unauthenticated:
         click.echo(f"note: listening on {host}: anyone who can reach it can use it", err=True)
     config = ServeConfig(
         host=host,
@@ -142,5 +214,14 @@ def command(
         max_queue=max_queue,
         schedule=schedule,
         threads=threads,
+        max_request_pixels=max_request_pixels,
+        max_memory=max_memory,
+        api_keys=tuple(keys),
+        protect_metrics=protect_metrics,
+        allow_unauthenticated=allow_unauthenticated,
+        access_log=access_log,
+        log_level=log_level,
+        drain_seconds=drain_seconds,
+        docs=not no_docs,
     )
     serve(app.home, app.catalog, config, log=lambda m: click.echo(m, err=True))

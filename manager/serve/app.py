@@ -1,303 +1,69 @@
-"""The HTTP side: a FastAPI app over one `Engine` and its `Scheduler`.
+"""The HTTP side: a FastAPI app over one `Engine` and its `Scheduler`, and ``serve()``.
 
-``POST /v1/predict`` takes JSON (``{"task": "pets@3", "images": [base64...], "top_k": 5}``) or a
-multipart form (``task``, ``top_k`` fields and image files). Each request resolves its task in the
-catalog (one read transaction), so a version promoted by ``mgr train`` elsewhere answers the next
-request; images are decoded on a request thread (header-checked pixel limit, as ``mgr predict``)
-and only tensors reach the model's worker thread. Every refusal is ``{"error": "<one line>"}``
-with a 4xx status (5xx: the server's or an artifact's fault) and the server keeps serving.
+The routes live in ``v1`` (``/v1``, the probes, ``/metrics``) and ``oip`` (the Open Inference
+Protocol, ``/v2``); what they share sits on ``app.state.mgr`` (``state.ServeState``). Around them,
+outermost first: the access log (``accesslog``) and API keys (``auth``). ``lifecycle`` holds
+start-up and draining; ``inputs`` decoding; ``resolver`` the in-memory catalog view.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import contextlib
-import io
-import json
-import threading
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from manager.catalog import Catalog, tasks
-from manager.catalog.deployment import get_deployment
 from manager.catalog.models import VERSION_READY
-from manager.catalog.refs import VersionRef, select_version
 from manager.errors import MgrError
-from manager.names import parse_version_selector
+from manager.serve import oip, v1
+from manager.serve.accesslog import AccessLog, AccessLogMiddleware
+from manager.serve.auth import AuthMiddleware
 from manager.serve.engine import Engine
+from manager.serve.inputs import Decoder, configure_pil
 from manager.serve.metrics import Metrics
-from manager.serve.scheduler import Job, Result, Scheduler, ServeError
+from manager.serve.resolver import Resolver, resolve
+from manager.serve.scheduler import Scheduler
+from manager.serve.state import ServeConfig, ServeState
+from manager.serve.v1 import error
 
-MAX_TOP_K = 1000
+__all__ = ["ServeConfig", "create_app", "resolve", "serve"]
 
-
-@dataclass
-class ServeConfig:
-    """What ``mgr serve`` was asked for (the limits apply per request)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    device: str = "auto"
-    precision: str | None = None
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
-    resident: int = 8
-    pins: tuple[str, ...] = ()
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_images: int = 256
-    max_queue: int = 4096
-    schedule: str = "auto"
-    threads: int = 0  # torch intra-op threads of the model; 0: torch's default
-    timeout_s: float = 120.0
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class _NamedBytes(io.BytesIO):
-    """Image bytes that print as their name (decoding errors name the image, not the buffer)."""
-
-    def __init__(self, data: bytes, name: str):
-        super().__init__(data)
-        self.label = name
-
-    def __str__(self) -> str:
-        return self.label
-
-    __repr__ = __str__  # PIL's messages show the file object's repr
-
-
-# PIL's decompression-bomb limit is a process global that read_image sets around each decode.
-_DECODE_LOCK = threading.Lock()
-
-
-def decode_images(items: list[tuple[str, bytes]], max_pixels: int) -> list[Any]:
-    """PIL RGB images; ServeError 413 for too many pixels, 400 for anything unreadable."""
-    from manager.datasets.folder import read_image
-
-    out = []
-    for name, data in items:
-        try:
-            with _DECODE_LOCK:
-                out.append(read_image(_NamedBytes(data, name), max_pixels))
-        except MgrError as exc:
-            status = 413 if str(exc).startswith("refusing image") else 400
-            raise ServeError(status, str(exc)) from None
-    return out
-
-
-def resolve(catalog: Catalog, target: str | None) -> tuple[VersionRef, list[str]]:
-    """The version a request names (None: the home's live task), checked servable."""
-    with catalog.session(write=False) as s:
-        if target is None:
-            v = get_deployment(s, catalog.home.host).version
-            if v is None:
-                raise ServeError(400, "no task given and none is live: pass a task")
-            task = v.task
-        else:
-            try:
-                name, selector = parse_version_selector(target)
-            except MgrError as exc:
-                raise ServeError(400, str(exc)) from None
-            task = tasks.find_task(s, name)
-            if task is None:
-                raise ServeError(404, f"unknown task {name!r}")
-            if selector is None and task.active_version is None:
-                raise ServeError(404, f"task {name!r} has no active version")
-            try:  # a number, or an alias ("pets@champion", "pets@candidate")
-                v = select_version(s, task, selector)
-            except MgrError as exc:
-                raise ServeError(404, str(exc)) from None
-        if v.status != VERSION_READY:
-            raise ServeError(409, f"version {v.number} of {task.name!r} is {v.status}")
-        if task.backbone_id is None:
-            raise ServeError(409, f"task {task.name!r} is not bound to a backbone")
-        return VersionRef.of(v), list(task.class_names)
-
-
-@dataclass
-class Parsed:
-    target: str | None
-    images: list[tuple[str, bytes]]
-    top_k: int
-
-
-def _top_k(value: Any) -> int:
-    if value is None:
-        return 5
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOP_K:
-        raise ServeError(400, f"top_k must be a whole number in 1..{MAX_TOP_K}")
-    return value
-
-
-def _task(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ServeError(400, "task must be a string: 'name', 'name@version' or 'name@alias'")
-    return value
-
-
-def parse_json(body: bytes) -> Parsed:
-    """``{"task", "images": [base64 | {"name", "data"}], "top_k"}``."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise ServeError(400, f"malformed JSON: {str(exc).splitlines()[0][:200]}") from None
-    if not isinstance(doc, dict):
-        raise ServeError(400, "the JSON body must be an object with 'task' and 'images'")
-    unknown = sorted(set(doc) - {"task", "images", "top_k"})
-    if unknown:
-        raise ServeError(400, f"unknown field(s): {', '.join(map(str, unknown))[:200]}")
-    raw = doc.get("images")
-    if not isinstance(raw, list) or not raw:
-        raise ServeError(400, "'images' must be a non-empty list of base64 strings")
-    images = []
-    for i, item in enumerate(raw):
-        name, data = f"image-{i}", item
-        if isinstance(item, dict):
-            name, data = str(item.get("name", name))[:200], item.get("data")
-        if not isinstance(data, str):
-            raise ServeError(400, f"images[{i}] must be a base64 string")
-        if data.startswith("data:") and "base64," in data[:100]:
-            data = data.split("base64,", 1)[1]
-        try:
-            images.append((name, base64.b64decode(data, validate=True)))
-        except (binascii.Error, ValueError):
-            raise ServeError(400, f"images[{i}] is not valid base64") from None
-    return Parsed(_task(doc.get("task")), images, _top_k(doc.get("top_k")))
-
-
-async def parse_multipart(headers: Any, body: bytes, max_images: int) -> Parsed:
-    """A form with ``task``, ``top_k`` and image files (any field name)."""
-    from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
-    async def stream() -> AsyncIterator[bytes]:
-        yield body
-
-    parser = MultiPartParser(
-        headers, stream(), max_files=max_images, max_fields=16, max_part_size=len(body) + 1
-    )
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise ServeError(400, f"malformed multipart body: {exc.message}") from None
-    images, fields = [], {}
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            images.append((value.filename or f"image-{len(images)}", await value.read()))
-        else:
-            fields[key] = value
-    await form.close()
-    if not images:
-        raise ServeError(400, "the form holds no image files")
-    return Parsed(_task(fields.get("task")), images, _top_k(fields.get("top_k")))
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past ``limit`` bytes (announced or streamed)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise ServeError(
-            413, f"request body of {int(declared):,} bytes is over the limit of {limit:,}"
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServeError(413, f"request body is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def prediction_json(parsed: Parsed, result: Result, top_k: int) -> list[dict[str, Any]]:
-    k = min(top_k, result.probs.shape[1])
-    values, idx = result.probs.topk(k, dim=-1)
-    out = []
-    for (name, _), vs, ids in zip(parsed.images, values.tolist(), idx.tolist(), strict=True):
-        top = [
-            {"class": result.class_names[i], "index": int(i), "probability": float(v)}
-            for v, i in zip(vs, ids, strict=True)
-        ]
-        out.append({"image": name, "top": top})
-    return out
-
-
-def error(status: int, message: str) -> JSONResponse:
-    line = " ".join(str(message).split())  # one line, whatever the cause printed
-    return JSONResponse({"error": line}, status_code=status)
-
-
-PREDICT_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["images"],
-                    "properties": {
-                        "task": {"type": "string", "example": "pets@3",
-                                 "description": "name, name@version or name@alias; default: live"},
-                        "images": {"type": "array", "items": {"type": "string",
-                                   "format": "byte"}, "description": "base64 image files"},
-                        "top_k": {"type": "integer", "default": 5, "minimum": 1},
-                    },
-                }
-            },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "task": {"type": "string"},
-                        "top_k": {"type": "integer"},
-                        "images": {"type": "array", "items": {"type": "string",
-                                   "format": "binary"}},
-                    },
-                }
-            },
-        },
-    }
-}  # fmt: skip
-
-
-def create_app(
-    engine: Engine,
-    scheduler: Scheduler,
-    config: ServeConfig,
-    on_shutdown: Callable[[], None] | None = None,
-) -> FastAPI:
-    """The app; ``scheduler`` is started with it and stopped when it shuts down."""
-    metrics: Metrics = engine.metrics
-    catalog = engine.catalog
+def create_app(state: ServeState, on_start: Callable[[], bool] | None = None) -> Any:
+    """The ASGI app over ``state``; its lifespan starts the model worker (which runs
+    ``on_start`` first) and closes everything on the way out."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler.start()
+        state.scheduler.start(on_start)
         try:
             yield
         finally:
-            scheduler.stop()
-            if on_shutdown is not None:
-                on_shutdown()
+            state.scheduler.stop()
+            state.decoder.close()
+            state.resolver.close()
+            state.engine.close()
 
+    docs = state.config.docs
     app = FastAPI(
         title="mgr serve",
-        summary="One ViT backbone, every task's adapter, routed per request.",
+        summary="One ViT backbone, every task's adapter, routed per request; /v1 and the Open "
+        "Inference Protocol (/v2).",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
     )
+    app.state.mgr = state
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -311,149 +77,88 @@ def create_app(
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         return error(500, f"internal error: {type(exc).__name__}: {exc}")
 
-    def prepare(parsed: Parsed) -> tuple[VersionRef, list[str], Any, float]:
-        n = len(parsed.images)
-        if n > config.max_images:
-            raise ServeError(
-                413, f"{n} images in one request, over the limit of {config.max_images}"
-            )
-        ref, names = resolve(catalog, parsed.target)
-        t0 = time.perf_counter()
-        images = decode_images(parsed.images, config.max_pixels)
-        transform = engine.transform
-        if transform is not None:  # else the worker transforms once the backbone is loaded
-            import torch
+    app.include_router(v1.router)
+    app.include_router(oip.router)
+    if docs:
+        _local_docs(app)
+    wrapped: Any = AuthMiddleware(app, list(state.config.api_keys), state.config.protect_metrics)
+    return AccessLogMiddleware(wrapped, state.access)
 
-            images = torch.stack([transform(im) for im in images])
-        return ref, names, images, time.perf_counter() - t0
 
-    async def answer(ref: VersionRef, names: list[str], images: Any) -> Result:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Result | ServeError] = loop.create_future()
+def _local_docs(app: FastAPI) -> None:
+    """Swagger UI from the installed ``swagger-ui-bundle`` files: no CDN, works offline."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
 
-        def done(r: Result | ServeError) -> None:
-            def set_() -> None:
-                if not fut.done():
-                    fut.set_result(r)
+    app.mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="swagger-static")
 
-            loop.call_soon_threadsafe(set_)
-
-        scheduler.submit(Job(ref, names, images, done))
-        try:
-            r = await asyncio.wait_for(fut, config.timeout_s)
-        except asyncio.TimeoutError:
-            raise ServeError(503, f"no answer within {config.timeout_s:g} s; retry") from None
-        if isinstance(r, ServeError):
-            raise r
-        return r
-
-    @app.post("/v1/predict", openapi_extra=PREDICT_DOC, summary="Classify images with a task")
-    async def predict(request: Request) -> JSONResponse:
-        t0 = time.perf_counter()
-        status = 200
-        try:
-            body = await read_body(request, config.max_body_bytes)
-            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype == "multipart/form-data":
-                parsed = await parse_multipart(request.headers, body, config.max_images)
-            elif ctype in ("application/json", ""):
-                parsed = parse_json(body)
-            else:
-                raise ServeError(415, f"unsupported content type {ctype!r}: send JSON or multipart")
-            ref, names, images, decode_s = await run_in_threadpool(prepare, parsed)
-            result = await answer(ref, names, images)
-            total = time.perf_counter() - t0
-            return JSONResponse(
-                {
-                    "task": ref.task,
-                    "version": ref.number,
-                    "answered": ref.label,
-                    "predictions": prediction_json(parsed, result, parsed.top_k),
-                    "timings": {
-                        "total_ms": round(total * 1e3, 3),
-                        "decode_ms": round(decode_s * 1e3, 3),
-                        "queue_ms": round(result.queue_s * 1e3, 3),
-                        "model_ms": round(result.model_s * 1e3, 3),
-                    },
-                    "batch": {
-                        "mode": result.mode,
-                        "images": result.batch_images,
-                        "tasks": result.batch_tasks,
-                        "switched": result.switched,
-                    },
-                }
-            )
-        except ServeError as exc:
-            status = exc.status
-            return error(exc.status, exc.message)
-        except MgrError as exc:  # the catalog (busy, damaged): the server's side
-            status = 503
-            return error(503, str(exc))
-        except Exception as exc:
-            status = 500
-            return error(500, f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            metrics.request(status, time.perf_counter() - t0)
-
-    @app.get("/v1/tasks", summary="Tasks, their active versions and what is resident")
-    def list_tasks() -> JSONResponse:
-        resident = engine.sw.resident_tasks()
-        current = engine.sw.current
-        with catalog.session(write=False) as s:
-            rows = [
-                {
-                    "task": t.name,
-                    "active": t.active_version.number if t.active_version else None,
-                    "method": t.active_version.method if t.active_version else None,
-                    "classes": t.num_classes,
-                    "resident": t.name in resident,
-                    "pinned": t.name in engine.sw.pins,
-                    "live": current is not None and current.task == t.name,
-                }
-                for t in tasks.list_tasks(s)
-            ]
-        return JSONResponse({"tasks": rows})
-
-    @app.get("/healthz", summary="Liveness and what the server holds")
-    def healthz() -> JSONResponse:
-        backbone = engine.sw.backbone
-        return JSONResponse(
-            {
-                "status": "ok",
-                "device": str(engine.device),
-                "precision": str(engine.dtype).removeprefix("torch."),
-                "backbone": backbone.spec if backbone else None,
-                "live": engine.sw.current.label if engine.sw.current else None,
-                "queued": scheduler.queued,
-                "costs": engine.costs.to_dict() if engine.costs else None,
-            }
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="mgr serve",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon-32x32.png",
         )
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    return app
+def check_catalog(catalog: Catalog, pins: tuple[str, ...]) -> tuple[int, int]:
+    """(tasks, servable tasks); MgrError for a pinned task the catalog does not know."""
+    with catalog.session(write=False) as s:
+        rows = tasks.list_tasks(s)
+        names = {t.name for t in rows}
+        servable = sum(
+            1
+            for t in rows
+            if t.active_version is not None
+            and t.active_version.status == VERSION_READY
+            and t.backbone_id is not None
+        )
+    unknown = [p for p in pins if p not in names]
+    if unknown:
+        raise MgrError(
+            f"cannot pin unknown task(s) {', '.join(map(repr, unknown))}: see 'mgr task list'"
+        )
+    return len(rows), servable
 
 
 def serve(home: Any, catalog: Catalog, config: ServeConfig, log: Callable[[str], None]) -> None:
-    """Bind, load the backbone and deltas, measure costs, then serve until interrupted."""
+    """Check, bind, answer probes at once, load the model in the background, serve until a
+    signal, drain, and return (see ``lifecycle``)."""
     import socket
 
     import uvicorn
 
     from manager.device import resolve_device
+    from manager.serve.lifecycle import DrainingServer, make_starter, watch_startup
+    from manager.store.fs import Store
 
+    started = time.perf_counter()
+    if config.host not in LOOPBACK and not config.api_keys and not config.allow_unauthenticated:
+        raise MgrError(
+            f"refusing to listen on {config.host} without an API key: pass --api-key-file or "
+            "set MGR_API_KEY (or --allow-unauthenticated to serve anyone who can reach it)"
+        )
+    n_tasks, servable = check_catalog(catalog, config.pins)
+    catalog_s = time.perf_counter() - started
+    stream = None
+    if config.access_log is not None:
+        stream = Store.of(home).open_user_log(config.access_log, "the access log")
     try:  # bound before the slow start, so a taken port fails at once
         sock = socket.create_server((config.host, config.port), reuse_port=False)
     except OSError as exc:
         raise MgrError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
         ) from None
+    # Printed once nothing can be refused any more: a refusal stays one line.
+    log(f"catalog: {n_tasks} task(s), {servable} servable ({catalog_s:.2f} s)")
     if config.threads:
         import torch
 
         torch.set_num_threads(config.threads)
+    configure_pil(config.max_pixels)
     metrics = Metrics()
     engine = Engine(
         home,
@@ -464,8 +169,8 @@ def serve(home: Any, catalog: Catalog, config: ServeConfig, log: Callable[[str],
         pins=config.pins,
         max_batch=config.max_batch,
         metrics=metrics,
+        max_memory=config.max_memory,
     )
-    engine.start(warn=lambda m: log(f"note: {m}"))
     scheduler = Scheduler(
         engine,
         max_batch=config.max_batch,
@@ -475,23 +180,41 @@ def serve(home: Any, catalog: Catalog, config: ServeConfig, log: Callable[[str],
         threads=config.threads,
         metrics=metrics,
     )
-    app = create_app(engine, scheduler, config, on_shutdown=engine.close)
+    workers = config.decode_workers or min(8, os.cpu_count() or 1)
+    state = ServeState(
+        config=config,
+        engine=engine,
+        scheduler=scheduler,
+        resolver=Resolver(catalog, count=metrics.add),
+        decoder=Decoder(workers),
+        metrics=metrics,
+        access=AccessLog(stream, config.log_level),
+    )
+    app = create_app(state, on_start=make_starter(state, log, started))
     host, port = sock.getsockname()[:2]
-    costs = engine.costs
+    shown = f"[{host}]" if ":" in host else host
     log(
-        f"serving {len(engine.active_refs())} task(s) on http://{host}:{port} "
-        f"({engine.device}, {str(engine.dtype).removeprefix('torch.')}; "
-        + (
-            f"switch {costs.switch * 1e3:.2f} ms, forward {costs.merged(1) * 1e3:.1f} ms/1 "
-            f"{costs.merged(config.max_batch) * 1e3:.1f} ms/{config.max_batch}"
-            if costs
-            else "no task to measure yet"
-        )
+        f"listening on http://{shown}:{port} (/livez answers now; /readyz once loaded"
+        + (", API key required" if config.api_keys else "")
         + ")"
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30)
+    server = DrainingServer(
+        uvicorn.Config(
+            app,
+            log_level="warning" if config.log_level in ("debug", "info") else config.log_level,
+            access_log=False,  # ours is the JSON one
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=5,
+            lifespan="on",
+        ),
+        state,
+        log,
     )
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutting down
+    watch_startup(server, state)
+    try:
         server.run(sockets=[sock])
+    finally:
+        state.access.close()
+    if state.failed is not None:
+        raise MgrError(state.failed)
     log("stopped")

@@ -1,6 +1,7 @@
 """A small client of ``mgr serve`` on the standard library (``mgr predict --server``, tests).
 
-Images travel as their file bytes in a multipart form; the server decodes and checks them.
+Images travel as their file bytes in a multipart form; the server decodes and checks them. The
+API key (``api_key``, else ``MGR_API_KEY``) goes as ``Authorization: Bearer``; it is never printed.
 """
 
 from __future__ import annotations
@@ -53,10 +54,17 @@ def request(
     body: bytes | None = None,
     content_type: str = "application/json",
     timeout: float = 120.0,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
-    """GET (no body) or POST to the server; MgrError with the server's reason on a 4xx or 5xx."""
+    """GET (no body) or POST to the server; MgrError with the server's reason on a 4xx or 5xx.
+
+    ``api_key`` (default: ``MGR_API_KEY``) is sent as a bearer token.
+    """
     target = _endpoint(url, path)
     req = urllib.request.Request(target, data=body, method="POST" if body is not None else "GET")
+    key = api_key if api_key is not None else os.environ.get("MGR_API_KEY", "").strip()
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
     if body is not None:
         req.add_header("Content-Type", content_type)
     try:
@@ -80,6 +88,7 @@ def predict_files(
     paths: Sequence[str | os.PathLike[str]],
     task: str | None = None,
     top_k: int = 5,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
     """The server's answer for image files: ``{"task", "version", "predictions", ...}``.
 
@@ -98,7 +107,7 @@ def predict_files(
     if task is not None:
         fields["task"] = task
     body, ctype = multipart(fields, files)
-    answer = request(url, "/v1/predict", body, ctype)
+    answer = request(url, "/v1/predict", body, ctype, api_key=api_key)
     for p, pred in zip(paths, answer.get("predictions", []), strict=False):
         pred["image"] = str(p)
     return answer

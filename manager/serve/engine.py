@@ -1,8 +1,11 @@
-"""The model side of the server: one backbone, resident deltas, merged and mixed-task batches.
+"""The model side of the server: backbones, resident deltas, merged and mixed-task batches.
 
-Only the scheduler's worker thread calls an `Engine` (torch state is never shared between
-threads). A batch of one task runs merged: a fused exact switch (``Switcher``) then the plain
-model. A batch of several tasks either switches between them or runs once through a
+Each backbone the served tasks are bound to gets its own `ResidentSwitcher`, loaded on first use;
+``max_memory`` bounds what they hold together (W0, its serving copy, resident deltas): the least
+recently used backbone without a pinned task is evicted to make room, and a backbone that cannot
+fit is a 503. Only the scheduler's worker thread calls an `Engine` (torch state is never shared
+between threads). A batch of one task runs merged: a fused exact switch (``Switcher``) then the
+plain model. A batch of several tasks either switches between them or runs once through a
 ``MultiTaskModel`` over W0 (Consolidator and whole-only deltas), whichever the measured
 `CostModel` says is faster.
 """
@@ -12,7 +15,8 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,12 +62,14 @@ class ResidentSwitcher(Switcher):
         self.pins = set(pins)
         self.metrics = metrics
         self.tasks_of: dict[Key, str] = {}
+        self.misses = 0  # artifacts read: the bytes held change only then
 
     def _load(self, ref: VersionRef):
         key = key_of(ref)
         hit = key in self._cache
         entry = super()._load(ref)
         self.metrics.add("cache_hits" if hit else "cache_misses")
+        self.misses += not hit
         self.tasks_of[key] = ref.task
         if ref.task in self.pins:  # a pinned task keeps its newest loaded version only
             for old in [k for k, t in self.tasks_of.items() if t == ref.task and k != key]:
@@ -96,6 +102,10 @@ class ResidentSwitcher(Switcher):
         allowed |= {f"{head}.weight", f"{head}.bias"}
         return set(delta.whole) <= allowed and f"{head}.weight" in delta.whole
 
+    def load_backbone(self, backbone_id: int) -> None:
+        """Load the backbone (W0 on the device) before any delta."""
+        self._ensure_backbone(backbone_id)
+
     def resident_tasks(self) -> set[str]:
         return set(self.tasks_of.values())
 
@@ -123,58 +133,290 @@ class Engine:
         pins: Sequence[str] = (),
         max_batch: int = 64,
         metrics: Metrics | None = None,
+        max_memory: int | None = None,
     ):
+        self.home = home
         self.catalog = catalog
         self.metrics = metrics or Metrics()
-        self.sw = ResidentSwitcher(
-            home,
-            catalog,
-            device=device,
-            precision=precision,
-            resident=resident,
-            pins=pins,
-            metrics=self.metrics,
+        self._switcher_args = dict(
+            device=device, precision=precision, resident=resident, pins=pins, metrics=self.metrics
         )
+        self.pins = set(pins)
+        self.max_memory = max_memory
+        self.switchers: OrderedDict[int, ResidentSwitcher] = OrderedDict()  # by backbone id, LRU
+        self.broken: dict[int, str] = {}  # backbones that failed to load, and why
+        self._transforms: dict[int, Callable] = {}
+        self._empty = ResidentSwitcher(home, catalog, **self._switcher_args)  # type: ignore[arg-type]
         self.max_batch = max_batch
         self.costs: CostModel | None = None
-        self.transform: Callable | None = None
         self._mixed: MultiTaskModel | None = None
         self._mixed_keys: list[Key] = []
-        self._w0_memo: dict[int, nn.Parameter] | None = None
+        self._mixed_backbone: int | None = None
+        self._w0_memo: dict[int, dict[int, nn.Parameter]] = {}
+
+    @property
+    def sw(self) -> ResidentSwitcher:
+        """The most recently used backbone's switcher (an empty one before any)."""
+        return next(reversed(self.switchers.values()), self._empty)
+
+    @property
+    def transform(self) -> Callable | None:
+        return self._transforms.get(self.sw.backbone.id) if self.sw.backbone else None
 
     @property
     def device(self) -> torch.device:
-        return self.sw.device
+        return self._empty.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.sw.dtype
+        return self._empty.dtype
+
+    # -- backbones and memory ----------------------------------------------------------------
+
+    def use(self, backbone_id: int | None) -> ResidentSwitcher:
+        """The switcher of ``backbone_id``, loaded (evicting others within ``max_memory``) and
+        made the most recent; MgrError "cannot fit ..." when it cannot be held."""
+        if backbone_id is None:
+            raise MgrError("the version is not bound to a backbone")
+        sw = self.switchers.get(backbone_id)
+        if sw is not None:
+            self.switchers.move_to_end(backbone_id)
+            return sw
+        if backbone_id in self.broken:
+            raise MgrError(self.broken[backbone_id])
+        need = self._estimate(backbone_id)
+        self._make_room(need, backbone_id)
+        sw = ResidentSwitcher(self.home, self.catalog, **self._switcher_args)  # type: ignore[arg-type]
+        try:
+            sw.load_backbone(backbone_id)
+        except MgrError as exc:
+            sw.close()
+            if "cannot fit" not in str(exc):
+                self.broken[backbone_id] = str(exc)
+            raise
+        self.switchers[backbone_id] = sw
+        self._transforms[backbone_id] = sw.transform()
+        self._make_room(0, backbone_id)  # measured now: trim the others if the estimate was low
+        self.update_memory()
+        return sw
+
+    def _estimate(self, backbone_id: int) -> int:
+        """Bytes a backbone will hold: its W0 (storage dtype) plus the serving copy."""
+        from manager.catalog.models import Backbone
+
+        with self.catalog.session(write=False) as s:
+            row = s.get(Backbone, backbone_id)
+            size = int(row.bytes or 0) if row is not None else 0
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return size + size * itemsize // 4
+
+    def resident_bytes(self, backbone_id: int) -> int:
+        """Bytes held for a loaded backbone: W0, the serving model, resident deltas, and the
+        mixed-task model's own tables when it is built on this backbone."""
+        sw = self.switchers.get(backbone_id)
+        if sw is None or sw.model is None:
+            return 0
+        seen: set[int] = set()
+
+        def nbytes(tensors: Iterable[Tensor]) -> int:
+            total = 0
+            for t in tensors:
+                key = t.data_ptr()
+                if key not in seen:
+                    seen.add(key)
+                    total += t.numel() * t.element_size()
+            return total
+
+        n = nbytes(sw.base.values()) + nbytes(sw.model.parameters()) + nbytes(sw.model.buffers())
+        for entry in sw._cache.values():
+            n += nbytes(t for lay in entry.body.layers.values() for t in lay.tensors().values())
+            n += nbytes(entry.body.whole.values()) + nbytes(entry.head.values())
+        if self._mixed is not None and self._mixed_backbone == backbone_id:
+            n += nbytes(self._mixed.parameters()) + nbytes(self._mixed.buffers())
+        return n
+
+    def _make_room(self, need: int, keep: int) -> None:
+        if self.max_memory is None:
+            return
+        held = {b: self.resident_bytes(b) for b in self.switchers}
+        for b in list(self.switchers):  # least recently used first
+            if sum(held.values()) + need <= self.max_memory:
+                return
+            if b == keep or self.switchers[b].resident_tasks() & self.pins:
+                continue
+            self.evict(b)
+            held.pop(b)
+        total = sum(held.values()) + need
+        if total > self.max_memory and keep in self.switchers:
+            self._trim(keep)  # its own mixed tables and idle deltas go before it does
+            held[keep] = self.resident_bytes(keep)
+            total = sum(held.values()) + need
+        if total > self.max_memory:
+            if keep in self.switchers and need == 0:  # loaded, alone it does not fit: undo
+                self.evict(keep)
+            mb = 2**20
+            raise MgrError(
+                f"cannot fit backbone {self._spec(keep)} in --max-memory "
+                f"{self.max_memory / mb:.1f} MB: "
+                f"{total / mb:.1f} MB needed with what pinned tasks hold; retry later or raise it"
+            )
+
+    def _spec(self, backbone_id: int) -> str:
+        from manager.catalog.models import Backbone
+
+        with self.catalog.session(write=False) as s:
+            row = s.get(Backbone, backbone_id)
+            return row.spec if row is not None else str(backbone_id)
+
+    def _trim(self, backbone_id: int) -> None:
+        """Drop a backbone's mixed-task model and the resident deltas of tasks neither live nor
+        pinned (all reload on demand)."""
+        sw = self.switchers[backbone_id]
+        if self._mixed_backbone == backbone_id:
+            self._mixed, self._mixed_keys, self._mixed_backbone = None, [], None
+        live = key_of(sw.current) if sw.current is not None else None
+        for key in list(sw._cache):
+            if key != live and sw.tasks_of.get(key) not in self.pins:
+                sw._evict(key)
+
+    def evict(self, backbone_id: int) -> None:
+        """Unload a backbone, its deltas and its mixed-task model."""
+        sw = self.switchers.pop(backbone_id, None)
+        if sw is None:
+            return
+        if self._mixed_backbone == backbone_id:
+            self._mixed, self._mixed_keys, self._mixed_backbone = None, [], None
+        self._w0_memo.pop(backbone_id, None)
+        sw.close()
+        sw.model = None
+        sw.base = {}
+        sw._cache.clear()
+        self.metrics.add("backbone_evictions")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.update_memory()
+
+    def update_memory(self) -> None:
+        self.metrics.set_backbones({self.label(b): self.resident_bytes(b) for b in self.switchers})
+
+    def label(self, backbone_id: int) -> str:
+        sw = self.switchers.get(backbone_id)
+        if sw is not None and sw.backbone is not None:
+            return f"{sw.backbone.spec}@{sw.backbone.content_hash[:12]}"
+        return str(backbone_id)
+
+    def is_current(self, ref: VersionRef) -> bool:
+        """Whether ``ref`` is switched in on its backbone now."""
+        sw = self.switchers.get(ref.backbone_id) if ref.backbone_id is not None else None
+        return sw is not None and sw.current == ref
+
+    def transform_for(self, backbone_id: int) -> Callable:
+        """The eval transform of a backbone (its own input size), without loading its weights."""
+        found = self._transforms.get(backbone_id)
+        if found is not None:
+            return found
+        from manager.backbone import build_backbone
+        from manager.catalog.models import Backbone
+        from manager.datasets.transforms import data_config, eval_transform
+
+        with self.catalog.session(write=False) as s:
+            row = s.get(Backbone, backbone_id)
+            if row is None:
+                raise MgrError(f"backbone {backbone_id} is not in the catalog")
+            spec = row.spec
+        with torch.device("meta"):  # shapes and configs only: no weights read or allocated
+            model = build_backbone(spec, "random", num_classes=0)
+        dc = data_config(model)
+        found = eval_transform(dc["img_size"], dc["mean"], dc["std"])
+        self._transforms[backbone_id] = found
+        return found
 
     # -- start-up --------------------------------------------------------------------------
 
-    def start(self, warn: Callable[[str], None] = lambda m: None) -> None:
+    def start(
+        self,
+        warn: Callable[[str], None] = lambda m: None,
+        progress: Callable[[str], None] = lambda m: None,
+    ) -> None:
         """Load the backbone, the pinned tasks, and measure the cost model.
 
-        Tasks that fail to load are reported through ``warn`` and skipped: they answer 5xx
-        when asked for, and the others are served.
+        Each phase is reported through ``progress`` with its time. Tasks that fail to load are
+        reported through ``warn`` and skipped: they answer 5xx when asked for, and the others
+        are served.
         """
         refs: list[VersionRef] = []
         mixable = False
-        for ref in self.active_refs(prefer=self.sw.pins):
-            # Pinned tasks all; besides them only what the measurements need: two tasks, one
-            # of them mixable if any is (the rest load on first use).
-            if ref.task not in self.sw.pins and len(refs) >= 2 and (mixable or len(refs) >= 8):
-                break
+        candidates = self.active_refs(prefer=self.pins)
+        first = candidates[0].backbone_id if candidates else None
+        if candidates:
+            t0 = time.perf_counter()
             try:
-                self.sw.switch(ref.task, ref.number)
-                mixable = self.sw.load_delta(ref)[1] or mixable
+                sw = self.use(first)
+            except MgrError as exc:
+                warn(f"backbone of {candidates[0].label}: {exc}")
+            else:
+                spec = sw.backbone.spec if sw.backbone else "?"
+                dtype = str(self.dtype).removeprefix("torch.")
+                took = time.perf_counter() - t0
+                progress(f"backbone: {spec} on {self.device} ({dtype}) in {took:.2f} s")
+        else:
+            progress("backbone: not loaded yet (no servable task)")
+        t0 = time.perf_counter()
+        for ref in candidates:
+            # Pinned tasks all (on any backbone); besides them only what the measurements need,
+            # on the first backbone: two tasks, one of them mixable if any is (the rest load on
+            # first use).
+            pinned = ref.task in self.pins
+            if not pinned and (
+                ref.backbone_id != first or (len(refs) >= 2 and (mixable or len(refs) >= 8))
+            ):
+                continue
+            try:
+                sw = self.use(ref.backbone_id)
+                sw.switch(ref.task, ref.number)
+                mixable = (sw.load_delta(ref)[1] and ref.backbone_id == first) or mixable
                 refs.append(ref)
             except MgrError as exc:
                 warn(f"{ref.label}: {exc}")
-        for name in self.sw.pins - {r.task for r in refs}:
+        for name in sorted(self.pins - {r.task for r in refs}):
             warn(f"pinned task {name!r} has no servable active version")
-        if refs:
-            self.calibrate(refs[:8])
+        if candidates:
+            progress(
+                f"deltas: {len(refs)} resident ({', '.join(r.label for r in refs) or 'none'}) "
+                f"on {len(self.switchers)} backbone(s) in {time.perf_counter() - t0:.2f} s"
+            )
+        measured = [r for r in refs if r.backbone_id == first][:8]
+        if measured:
+            t0 = time.perf_counter()
+            costs = self.calibrate(measured)
+            progress(
+                f"calibration: switch {costs.switch * 1e3:.2f} ms, forward "
+                f"{costs.merged(1) * 1e3:.1f} ms/1 {costs.merged(self.max_batch) * 1e3:.1f} "
+                f"ms/{self.max_batch} in {time.perf_counter() - t0:.2f} s"
+            )
+        self.update_memory()
+
+    def servable(self) -> dict[str, str | None]:
+        """Every task: None if the server can answer it, else why not (one line)."""
+        from manager.catalog.models import Backbone
+
+        out: dict[str, str | None] = {}
+        with self.catalog.session(write=False) as s:
+            for t in tasks.list_tasks(s):
+                v = t.active_version
+                if v is None:
+                    out[t.name] = "no active version: train or promote one"
+                elif v.status != VERSION_READY:
+                    out[t.name] = f"its active version {v.number} is {v.status}"
+                elif t.backbone_id is None:
+                    out[t.name] = "not bound to a backbone"
+                elif t.backbone_id in self.broken:
+                    out[t.name] = self.broken[t.backbone_id]
+                elif s.get(Backbone, t.backbone_id) is None:
+                    out[t.name] = "its backbone is not in the catalog"
+                else:
+                    out[t.name] = None
+        return out
 
     def active_refs(self, prefer: set[str] = frozenset()) -> list[VersionRef]:  # type: ignore[assignment]
         """Every task's active ready version, ``prefer``'d tasks first."""
@@ -190,10 +432,10 @@ class Engine:
 
     @torch.inference_mode()
     def calibrate(self, refs: Sequence[VersionRef], repeats: int = 5) -> CostModel:
-        """Measure a switch, merged and mixed forwards on this device (medians)."""
-        sw = self.sw
-        self.transform = sw.transform()
-        size = self.transform(_blank()).shape
+        """Measure a switch, merged and mixed forwards on this device (medians); ``refs`` share
+        one backbone."""
+        sw = self.use(refs[0].backbone_id)
+        size = self._transforms[refs[0].backbone_id](_blank()).shape
         n_big = max(2, min(self.max_batch, 16))
 
         def timed(fn: Callable[[], object], n: int = repeats) -> float:
@@ -240,39 +482,48 @@ class Engine:
         """A normalised batch from tensors or PIL images (decoded before the backbone loaded)."""
         if isinstance(batch, Tensor):
             return batch
-        if self.transform is None:
-            self.transform = self.sw.transform()
-        return torch.stack([self.transform(im) for im in batch])
+        transform = self.transform or self.sw.transform()
+        return torch.stack([transform(im) for im in batch])
 
     @torch.inference_mode()
     def run_merged(self, ref: VersionRef, x: Tensor) -> tuple[Output, bool]:
         """Switch to ``ref`` (fused, exact) and classify ``x``; returns (output, switched)."""
         switched = False
-        if self.sw.current != ref:
-            switched = self.sw.switch(ref.task, ref.number)
-            if self.sw.current != ref:  # the catalog moved between the request and now
+        sw = self.use(ref.backbone_id)
+        if sw.current != ref:
+            misses = sw.misses
+            switched = sw.switch(ref.task, ref.number)
+            if sw.current != ref:  # the catalog moved between the request and now
                 raise MgrError(f"{ref.label} is no longer servable; retry")
             self.metrics.add("switches", int(switched))
-        if self.transform is None:
-            self.transform = self.sw.transform()
+            if sw.misses != misses:  # a delta was read: it may have tipped the budget
+                self._make_room(0, ref.backbone_id)
+                self.update_memory()
         chunks = [
-            self.sw.logits(x[i : i + self.max_batch]).float().softmax(-1).cpu()
+            sw.logits(x[i : i + self.max_batch]).float().softmax(-1).cpu()
             for i in range(0, len(x), self.max_batch)
         ]
-        return Output(torch.cat(chunks), ref, list(self.sw.class_names)), switched
+        return Output(torch.cat(chunks), ref, list(sw.class_names)), switched
 
     def mixable(self, ref: VersionRef) -> bool:
         """Whether ``ref`` can join a mixed batch (loads and checks its delta: MgrError if bad)."""
-        if self.sw.model is None:
-            self.sw.switch(ref.task, ref.number)  # loads the backbone
-        return self.sw.load_delta(ref)[1]
+        return self.use(ref.backbone_id).load_delta(ref)[1]
 
     def mixed_needs_build(self, refs: Sequence[VersionRef]) -> bool:
-        return self._mixed is None or any(key_of(r) not in self._mixed_keys for r in refs)
+        return (
+            self._mixed is None
+            or self._mixed_backbone != refs[0].backbone_id
+            or any(key_of(r) not in self._mixed_keys for r in refs)
+        )
 
     @torch.inference_mode()
     def run_mixed(self, refs: Sequence[VersionRef], xs: Sequence[Tensor]) -> list[Tensor]:
-        """Classify each ``xs[i]`` under ``refs[i]`` in one unmerged batch; probabilities each."""
+        """Classify each ``xs[i]`` under ``refs[i]`` in one unmerged batch; probabilities each.
+
+        ``refs`` share one backbone (the scheduler mixes nothing else)."""
+        if len({r.backbone_id for r in refs}) != 1:
+            raise MgrError("a mixed batch needs one backbone")
+        self.use(refs[0].backbone_id)
         if self.mixed_needs_build(refs):
             self._build_mixed(refs)
         assert self._mixed is not None
@@ -298,11 +549,13 @@ class Engine:
 
     def _build_mixed(self, refs: Sequence[VersionRef]) -> None:
         """A mixed-task model over ``refs`` plus the resident mixable versions it had (LRU cap)."""
-        sw = self.sw
+        sw = self.use(refs[0].backbone_id)
         assert sw.model is not None
         keys = [key_of(r) for r in refs]
         deltas = [sw.load_delta(r)[0] for r in refs]
         room = max(0, sw.resident - len(keys))
+        if self._mixed_backbone != refs[0].backbone_id:
+            self._mixed_keys = []  # another backbone's set: nothing of it carries over
         for k in reversed(self._mixed_keys):  # the old set's most recent first
             if room == 0:
                 break
@@ -315,25 +568,31 @@ class Engine:
             )
             room -= 1
         self._mixed = None  # the old one's tables are freed before the new ones are made
-        self._mixed = MultiTaskModel(self._w0_model(), deltas).eval()
+        self._mixed_backbone = None
+        self._mixed = MultiTaskModel(self._w0_model(sw), deltas).eval()
         self._mixed_keys = keys
+        self._mixed_backbone = refs[0].backbone_id
         self.metrics.add("mixed_builds")
+        self.update_memory()
 
-    def _w0_model(self) -> nn.Module:
+    def _w0_model(self, sw: ResidentSwitcher) -> nn.Module:
         """A fresh module tree sharing W0's tensors (no copy in the serving precision)."""
-        sw = self.sw
-        assert sw.model is not None
-        if self._w0_memo is None:
+        assert sw.model is not None and sw.backbone is not None
+        memo = self._w0_memo.get(sw.backbone.id)
+        if memo is None:
             params = dict(sw.model.named_parameters())
-            self._w0_memo = {
+            memo = {
                 id(params[n]): nn.Parameter(t.to(self.device, self.dtype), requires_grad=False)
                 for n, t in sw.base.items()
             }
+            self._w0_memo[sw.backbone.id] = memo
         # deepcopy with a memo maps each backbone parameter to its W0 twin instead of copying.
-        return copy.deepcopy(sw.model, memo=dict(self._w0_memo))
+        return copy.deepcopy(sw.model, memo=dict(memo))
 
     def close(self) -> None:
-        self.sw.close()
+        for sw in self.switchers.values():
+            sw.close()
+        self._empty.close()
 
 
 def _blank():

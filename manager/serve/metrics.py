@@ -1,110 +1,114 @@
-"""Counters and histograms of the server, written in the Prometheus text format (version 0.0.4).
+"""The server's metrics through ``prometheus_client`` (``GET /metrics``).
 
-A handful of series, so the exposition is written here rather than pulling in a client library.
-Every update takes one lock: the event loop, the request threads and the model worker all count.
+Each server has its own registry: the process and Python collectors plus the ``mgr_*`` series.
+Nothing is counted until the server is ready (``Metrics.live``), so start-up's calibration
+switches, cache loads and mixed builds never show as traffic: before the first request every
+request and batch counter reads zero.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections import defaultdict
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client import (
+    disable_created_metrics as _disable_created,
+)
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+_disable_created()  # one sample per counter: `*_created` series would double the exposition
 
-class Histogram:
-    """Cumulative buckets, a sum and a count (one label set)."""
-
-    def __init__(self, buckets: tuple[float, ...]):
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def lines(self, name: str, labels: str = "") -> list[str]:
-        out, running = [], 0
-        sep = "," if labels else ""
-        for bound, n in zip([*self.buckets, float("inf")], self.counts, strict=True):
-            running += n
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {running}')
-        braces = f"{{{labels}}}" if labels else ""
-        out.append(f"{name}_sum{braces} {self.sum:.6f}")
-        out.append(f"{name}_count{braces} {self.count}")
-        return out
+_COUNTERS = {
+    "switches": ("mgr_switches", "Fused switches of the merged model."),
+    "cache_hits": ("mgr_cache_hits", "Switches to a resident delta."),
+    "cache_misses": ("mgr_cache_misses", "Switches that read an artifact."),
+    "mixed_builds": ("mgr_mixed_builds", "Mixed-task models built."),
+    "backbone_evictions": ("mgr_backbone_evictions", "Backbones unloaded to fit --max-memory."),
+    "resolver_hits": ("mgr_resolver_hits", "Requests resolved from the in-memory catalog view."),
+    "resolver_refreshes": (
+        "mgr_resolver_refreshes",
+        "Catalog reads by the resolver (a change seen, or a first use of a name).",
+    ),
+}
 
 
 class Metrics:
-    """What ``GET /metrics`` shows."""
+    """What ``GET /metrics`` shows; safe to update from any thread."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[str, int] = defaultdict(int)  # by HTTP status
-        self.latency = Histogram(LATENCY_BUCKETS)
-        self.batch_size = Histogram(BATCH_BUCKETS)
-        self.batches: dict[str, int] = defaultdict(int)  # by mode: merged, mixed
-        self.images = 0
-        self.switches = 0
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self.mixed_builds = 0
-        self.queued = 0  # images waiting, a gauge
+        self.registry = reg = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+        self.live = False  # set when start-up is over: nothing before it counts
+        self._requests = Counter(
+            "mgr_requests", "Prediction requests answered, by HTTP status.", ["status"],
+            registry=reg,
+        )  # fmt: skip
+        self._latency = Histogram(
+            "mgr_request_seconds", "Time from a request's arrival to its answer.", registry=reg
+        )
+        self._batch_size = Histogram(
+            "mgr_batch_size", "Images per model batch.", buckets=BATCH_BUCKETS, registry=reg
+        )
+        self._batches = Counter(
+            "mgr_batches",
+            "Model batches, by mode (merged: one task switched in; mixed: several tasks unmerged).",
+            ["mode"],
+            registry=reg,
+        )
+        self._images = Counter("mgr_images", "Images classified.", registry=reg)
+        self._counters = {
+            field: Counter(name, help_, registry=reg) for field, (name, help_) in _COUNTERS.items()
+        }
+        self._queued = Gauge("mgr_queued_images", "Images waiting for the model.", registry=reg)
+        self._ready = Gauge("mgr_ready", "1 once the server answers predictions.", registry=reg)
+        self._backbone_bytes = Gauge(
+            "mgr_backbone_resident_bytes",
+            "Bytes held per loaded backbone: W0, its serving copy, resident deltas, mixed tables.",
+            ["backbone"],
+            registry=reg,
+        )
+        self._backbone_labels: set[str] = set()
+
+    def set_live(self) -> None:
+        self.live = True
+        self._ready.set(1)
+
+    def set_backbones(self, held: dict[str, int]) -> None:
+        """Bytes per loaded backbone (a state, counted during start-up too); unloaded ones go."""
+        for gone in self._backbone_labels - set(held):
+            self._backbone_bytes.remove(gone)
+        for label, n in held.items():
+            self._backbone_bytes.labels(label).set(n)
+        self._backbone_labels = set(held)
 
     def request(self, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[str(status)] += 1
-            self.latency.observe(seconds)
+        self._requests.labels(str(status)).inc()
+        self._latency.observe(seconds)
 
     def batch(self, mode: str, size: int) -> None:
-        with self._lock:
-            self.batches[mode] += 1
-            self.batch_size.observe(size)
-            self.images += size
+        if not self.live:
+            return
+        self._batches.labels(mode).inc()
+        self._batch_size.observe(size)
+        self._images.inc(size)
 
     def add(self, field: str, n: int = 1) -> None:
-        with self._lock:
-            setattr(self, field, getattr(self, field) + n)
+        if field == "queued":  # a gauge: it must balance whenever it moves
+            self._queued.inc(n)
+        elif self.live and n:
+            self._counters[field].inc(n)
 
-    def render(self) -> str:
+    def render(self) -> bytes:
         """The exposition text."""
-        with self._lock:
-            out = [
-                "# HELP mgr_requests_total Prediction requests answered, by HTTP status.",
-                "# TYPE mgr_requests_total counter",
-            ]
-            out += [
-                f'mgr_requests_total{{status="{k}"}} {v}' for k, v in sorted(self.requests.items())
-            ]
-            out += [
-                "# HELP mgr_request_seconds Time from a request's arrival to its answer.",
-                "# TYPE mgr_request_seconds histogram",
-                *self.latency.lines("mgr_request_seconds"),
-                "# HELP mgr_batch_size Images per model batch.",
-                "# TYPE mgr_batch_size histogram",
-                *self.batch_size.lines("mgr_batch_size"),
-                "# HELP mgr_batches_total Model batches, by mode (merged: one task switched in; "
-                "mixed: several tasks unmerged).",
-                "# TYPE mgr_batches_total counter",
-            ]
-            out += [f'mgr_batches_total{{mode="{k}"}} {v}' for k, v in sorted(self.batches.items())]
-            for name, kind, help_, value in (
-                ("mgr_images_total", "counter", "Images classified.", self.images),
-                ("mgr_switches_total", "counter", "Fused switches of the merged model.",
-                 self.switches),
-                ("mgr_cache_hits_total", "counter", "Switches to a resident delta.",
-                 self.cache_hits),
-                ("mgr_cache_misses_total", "counter", "Switches that read an artifact.",
-                 self.cache_misses),
-                ("mgr_mixed_builds_total", "counter", "Mixed-task models built.",
-                 self.mixed_builds),
-                ("mgr_queued_images", "gauge", "Images waiting for the model.", self.queued),
-            ):  # fmt: skip
-                out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(out) + "\n"
+        return generate_latest(self.registry)

@@ -36,9 +36,18 @@ class ServeError(Exception):
         self.message = message
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
+
+
 def status_of(exc: MgrError) -> int:
-    """The HTTP status of an engine error: a task gone since its request is 404, else 500."""
+    """The HTTP status of an engine error: a task gone since its request is 404, no room under
+    --max-memory 503, else 500."""
     text = str(exc)
+    if text.startswith("cannot fit"):  # --max-memory: the server's capacity, not a fault
+        return 503
     return 404 if text.startswith(("unknown task", "no version")) else 500
 
 
@@ -96,22 +105,50 @@ class Scheduler:
         self._queued = 0
         self._cond = threading.Condition()
         self._running = False
+        self._accepting = False  # False before start-up is over and once draining begins
+        self._busy = False  # the worker holds a batch
+        self._on_start: Callable[[], bool] | None = None
+        self._started = False
         self._thread = threading.Thread(target=self._loop, name="mgr-serve-model", daemon=True)
 
-    def start(self) -> None:
+    def start(self, on_start: Callable[[], bool] | None = None) -> None:
+        """Start the worker; it first runs ``on_start`` (loading the model: torch work stays on
+        this one thread) and accepts jobs once that returns True."""
         self._running = True
+        self._on_start = on_start
+        if on_start is None:
+            self._accepting = True
         self._thread.start()
 
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def close_intake(self) -> None:
+        """Refuse new jobs (503) from now on; queued ones are still served."""
+        with self._cond:
+            self._accepting = False
+
+    def idle(self) -> bool:
+        """Nothing queued and no batch in the model."""
+        with self._cond:
+            return not self._queued and not self._busy
+
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker (after its batch); jobs still queued get a 503."""
         with self._cond:
             self._running = False
+            self._accepting = False
             self._cond.notify_all()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        for q in self._queues.values():
-            for job in q:
-                job.done(ServeError(503, "the server is shutting down"))
-        self._queues.clear()
+        with self._cond:
+            left = [job for q in self._queues.values() for job in q]
+            self._queues.clear()
+            self.metrics.add("queued", -self._queued)
+            self._queued = 0
+        for job in left:
+            job.done(ServeError(503, "the server is shutting down; retry"))
 
     @property
     def queued(self) -> int:
@@ -120,8 +157,10 @@ class Scheduler:
     def submit(self, job: Job) -> None:
         """Queue ``job``; ServeError(503) when the queue is full or the worker has stopped."""
         with self._cond:
-            if not self._running:
-                raise ServeError(503, "the server is shutting down")
+            if not self._accepting:
+                if self._running and self._on_start is not None and not self._started:
+                    raise ServeError(503, "the server is starting; retry when /readyz says ready")
+                raise ServeError(503, "the server is shutting down; retry")
             if self._queued and self._queued + job.n > self.max_queue:
                 raise ServeError(503, f"queue full ({self._queued} images waiting); retry later")
             self._queues.setdefault(key_of(job.ref), deque()).append(job)
@@ -157,6 +196,7 @@ class Scheduler:
                 if count >= self.max_batch:
                     break
             self._queued -= count
+            self._busy = True
             self.metrics.add("queued", -count)
             return taken
 
@@ -165,6 +205,13 @@ class Scheduler:
             import torch
 
             torch.set_num_threads(self.threads)
+        if self._on_start is not None:
+            ok = self._on_start()
+            with self._cond:
+                self._started = True
+                self._accepting = ok and self._running
+            if not ok:
+                return
         while True:
             jobs = self._take()
             if jobs is None:
@@ -172,8 +219,12 @@ class Scheduler:
             try:
                 self.serve(jobs)
             except Exception as exc:  # the worker must survive anything one batch does
+                status = 503 if _out_of_memory(exc) else 500
                 for job in jobs:
-                    job.done(ServeError(500, f"internal error: {type(exc).__name__}: {exc}"))
+                    job.done(ServeError(status, f"internal error: {type(exc).__name__}: {exc}"))
+            finally:
+                with self._cond:
+                    self._busy = False
 
     def serve(self, jobs: Sequence[Job]) -> None:
         """Answer ``jobs`` (each gets exactly one ``done`` call)."""
@@ -209,13 +260,14 @@ class Scheduler:
         if len(groups) < 2:
             return False
         refs = [m[0].ref for m in groups.values()]
+        if len({r.backbone_id for r in refs}) != 1:
+            return False  # tasks on several backbones: each backbone's groups switch in turn
         sizes = [len(xs[k]) for k in groups]
         if self.schedule == "auto":
             costs = engine.costs
             if costs is None:
                 return False
-            current = engine.sw.current
-            switches = len(refs) - (1 if current in refs else 0)
+            switches = len(refs) - sum(engine.is_current(r) for r in refs)
             mixed = costs.mixed_cost(sizes, engine.mixed_needs_build(refs))
             if mixed is None or mixed >= costs.switching_cost(sizes, switches):
                 return False
@@ -247,8 +299,15 @@ class Scheduler:
     def _switching(
         self, groups: OrderedDict[Key, list[Job]], xs: dict[Key, Tensor], start: float
     ) -> None:
-        current = self.engine.sw.current
-        order = sorted(groups, key=lambda k: groups[k][0].ref != current)  # the live one first
+        engine = self.engine
+        # The live ones first, then by backbone: each backbone is used once per batch.
+        order = sorted(
+            groups,
+            key=lambda k: (
+                not engine.is_current(groups[k][0].ref),
+                groups[k][0].ref.backbone_id or 0,
+            ),
+        )
         total = sum(len(xs[k]) for k in order)
         for key in order:
             members = groups[key]

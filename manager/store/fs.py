@@ -486,6 +486,18 @@ class Store:
         _check_user_path(real, path)
         return real
 
+    def open_user_log(self, path: str | os.PathLike[str], what: str = "the log") -> IO[str]:
+        """A log file the user named, opened to append lines (created if missing); MgrError if it
+        lies inside the home, is a folder, or cannot be opened."""
+        dest = self.user_path(path, what)
+        if dest.is_dir():
+            raise MgrError(f"{what} {path} is a folder; name a file")
+        try:
+            _user_mkdir(dest.parent)
+            return open(dest, "a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            raise MgrError(f"cannot open {what} {path}: {exc.strerror or exc}") from None
+
     def write_user_file(self, path: str | os.PathLike[str], data: bytes) -> Path:
         """Write one file the user named (e.g. ``--plot out.png``) atomically; an existing file
         is replaced, a folder refused. Parent folders are created. Returns the real path."""
