@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from manager.errors import BadInput
+from manager.errors import MgrError
 
 MAX_INT64 = 2**63 - 1
 # ASCII only: int() and float() also read "٣", "1_000" and " 1 ", which no spec should mean.
@@ -36,12 +36,12 @@ def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split ``"name:k=v,k2=v2"`` into ``("name", {"k": v, "k2": v2})`` with typed values."""
     name, _, opts = str(spec).strip().partition(":")
     if not name.strip():
-        raise BadInput(f"empty name in spec {_short(spec)} (expected NAME[:key=value,...])")
+        raise MgrError(f"empty name in spec {_short(spec)} (expected NAME[:key=value,...])")
     kwargs: dict[str, Any] = {}
     for item in filter(None, (s.strip() for s in opts.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise BadInput(f"bad option {_short(item)} in spec {_short(spec)} (expected key=value)")
+            raise MgrError(f"bad option {_short(item)} in spec {_short(spec)} (expected key=value)")
         kwargs[key.strip()] = parse_value(value)
     return name.strip(), kwargs
 
@@ -69,7 +69,7 @@ class Option:
     help: str = ""
 
     def check(self, owner: str, key: str, value: Any) -> Any:
-        """``value`` if it has this option's type and range, else BadInput naming ``owner``."""
+        """``value`` if it has this option's type and range, else MgrError naming ``owner``."""
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if self.type is str and value is None and self.default is None:
@@ -79,12 +79,12 @@ class Option:
         if wrong or (self.type is float and not math.isfinite(value)):
             what = kind[self.type] if wrong else "a finite number"
             rng = f" ({self._range()})" if self._range() else ""
-            raise BadInput(f"{owner}: {key} must be {what}{rng}, got {_show(value)}")
+            raise MgrError(f"{owner}: {key} must be {what}{rng}, got {_show(value)}")
         if self.type in (int, float) and (
             (self.min is not None and value < self.min)
             or (self.max is not None and value > self.max)
         ):
-            raise BadInput(f"{owner}: {key} must be {self._range()}, got {_show(value)}")
+            raise MgrError(f"{owner}: {key} must be {self._range()}, got {_show(value)}")
         return value
 
     def _range(self) -> str:
@@ -119,7 +119,7 @@ def check_options(
     if strict and unknown:
         names = ", ".join(_short(k, 30) for k in unknown)
         hint = f"known: {', '.join(known)}" if known else "it takes none"
-        raise BadInput(f"{owner}: unknown options {names}; {hint}")
+        raise MgrError(f"{owner}: unknown options {names}; {hint}")
     out = dict(options)
     for key, spec in known.items():
         if key in options:
@@ -159,9 +159,9 @@ def validate_backbone_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """
     name, kwargs = split_spec(spec)
     if not re.fullmatch(r"[A-Za-z0-9_./-]+", name, re.ASCII):
-        raise BadInput(f"bad backbone name {_short(name, 40)}: expected a timm model name")
+        raise MgrError(f"bad backbone name {_short(name, 40)}: expected a timm model name")
     owner = f"backbone {name}"
     for key, value in kwargs.items():  # keys timm alone knows: no number of theirs is infinite
         if isinstance(value, float) and not math.isfinite(value):
-            raise BadInput(f"{owner}: {_short(key, 30)} must be a finite number, got {value}")
+            raise MgrError(f"{owner}: {_short(key, 30)} must be a finite number, got {value}")
     return name, check_options(owner, kwargs, BACKBONE_OPTIONS, strict=False)
