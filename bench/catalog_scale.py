@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/catalog_scale.py [--sizes 1000,10000,100000] [--repeats 3]
         [--db-url postgresql+psycopg://postgres@/bench?host=/tmp&port=55432] [--keep DIR]
+        [--whole-only]
 
 Each catalog holds N tasks x 3 versions (rows only: no training, fake artifact paths and hashes,
 so every version reads as "missing" on disk), a budget on every 10th task and a global one, one
@@ -240,8 +241,20 @@ COMMANDS = [
     ["versions", "{task}"],
 ]
 
+# Whole-catalog forms (issue 20): every row of every task, so their cost grows with the catalog
+# by design; run up to WHOLE_MAX tasks only. `status` reads the live files (none here).
+WHOLE = [
+    ["task", "list"],
+    ["task", "list", "--json"],
+    ["storage", "--json"],
+    ["status"],
+]
+WHOLE_MAX = 10_000
 
-def run_size(backend: str, url: str, n: int, repeats: int, root: Path) -> None:
+
+def run_size(
+    backend: str, url: str, n: int, repeats: int, root: Path, whole_only: bool = False
+) -> None:
     home = Home(root / f"{backend}-{n}")
     env = {**os.environ, "MGR_HOME": str(home.root), "MGR_DB_URL": url}
     filled = fill(home, url, n)
@@ -249,7 +262,9 @@ def run_size(backend: str, url: str, n: int, repeats: int, root: Path) -> None:
     print(f"\n{backend}, {n:,} tasks x {VERSIONS} versions (filled in {filled:.1f} s)")
     print(f"  {'command':<44} {'wall s':>7} {'-start':>7} {'CPU s':>7} {'-start':>7}")
     print(f"  {'python -m manager --version':<44} {start[0]:7.3f} {'':>7} {start[1]:7.3f}")
-    for cmd in COMMANDS:
+    commands = [] if whole_only else list(COMMANDS)
+    commands += WHOLE if n <= WHOLE_MAX else []
+    for cmd in commands:
         args = [a.format(mid=n // 2, task=f"task-{n // 2:06d}") for a in cmd]
         wall, cpu = timed(args, env, repeats)
         print(
@@ -268,6 +283,12 @@ def main() -> None:
     )
     ap.add_argument("--no-sqlite", action="store_true", help="only the --db-url database")
     ap.add_argument("--keep", type=Path, help="build the homes here and keep them")
+    ap.add_argument(
+        "--whole-only",
+        action="store_true",
+        help=f"only the whole-catalog forms (task list --json, storage --json, status; "
+        f"up to {WHOLE_MAX:,} tasks)",
+    )
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="mgr-scale-") as tmp:
@@ -277,11 +298,13 @@ def main() -> None:
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPU(s); median of {args.repeats}")
         for n in [] if args.no_sqlite else sizes:
             home = root / f"sqlite-{n}"
-            run_size("sqlite", f"sqlite:///{home / 'catalog.db'}", n, args.repeats, root)
+            url = f"sqlite:///{home / 'catalog.db'}"
+            run_size("sqlite", url, n, args.repeats, root, args.whole_only)
         if args.db_url:
             for n in sizes:
                 empty_postgres(args.db_url)
-                run_size(make_engine(args.db_url).dialect.name, args.db_url, n, args.repeats, root)
+                name = make_engine(args.db_url).dialect.name
+                run_size(name, args.db_url, n, args.repeats, root, args.whole_only)
 
 
 if __name__ == "__main__":

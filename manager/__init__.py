@@ -1,3 +1,50 @@
-"""mgr: one frozen ViT backbone, many tasks, mergeable Consolidator adapters."""
+"""mgr: one frozen ViT backbone, many tasks, mergeable Consolidator adapters.
+
+The Python API (see README, "Python API")::
+
+    from manager import ConsolidatorConfig, LoraConfig, BitFitConfig, adapt, consolidate, Delta
+    from manager import train_adapter, Switcher, open_home
+
+Names are resolved on first use (PEP 562), so ``import manager`` alone, and the CLI's catalog
+commands, do not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it. Imported by name (importlib) on first access: the package
+# is the bottom layer, and this facade must not pull the layers above it in at import time.
+_LAZY = {
+    **dict.fromkeys(
+        ("MgrError", "NotFound", "Conflict", "BudgetExceeded", "Corrupt", "Diverged", "Busy",
+         "BadInput"),
+        "manager.errors",
+    ),
+    **dict.fromkeys(("ConsolidatorConfig", "LoraConfig", "BitFitConfig"),
+                    "manager.adapters.config"),
+    "Delta": "manager.delta.delta",
+    "Switcher": "manager.switch.switcher",
+    **dict.fromkeys(
+        ("adapt", "consolidate", "train_adapter", "TrainResult", "open_home", "HomeHandle"),
+        "manager.api",
+    ),
+}  # fmt: skip
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'manager' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once resolved, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

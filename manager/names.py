@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import re
 
-from manager.errors import MgrError
+from manager.errors import BadInput
 
 MAX_NAME_LEN = 64
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
 def validate_task_name(name: str) -> str:
-    """Return `name` if it is a valid task name, else raise MgrError.
+    """Return `name` if it is a valid task name, else raise BadInput.
 
     Lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 64
     characters: safe as a path component on every filesystem, and never '.', '..' or hidden.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_LEN:
         shown = name if not isinstance(name, str) or len(name) <= 80 else name[:76] + "..."
-        raise MgrError(
+        raise BadInput(
             f"bad task name {shown!r}: use lower-case letters, digits, '-' and '_', "
             f"starting with a letter or digit, at most {MAX_NAME_LEN} characters"
         )
@@ -44,13 +44,13 @@ def parse_version_ref(text: str) -> tuple[str, int | None]:
 
 
 def parse_version_number(ver: str, task: str = "pets") -> int:
-    """``"3"`` or ``"v3"`` -> 3, in 1..2**63-1; else MgrError (``task`` shapes the example)."""
+    """``"3"`` or ``"v3"`` -> 3, in 1..2**63-1; else BadInput (``task`` shapes the example)."""
     m = _VERSION.fullmatch(ver)
     digits = m.group(1).lstrip("0") if m else ""
     # Length first: int() of thousands of digits is slow, and refused past 4300 of them.
     if not digits or len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
         shown = ver if len(ver) <= 24 else ver[:20] + "..."
-        raise MgrError(
+        raise BadInput(
             f"bad version {shown!r} in TASK@VERSION: use a number 1..{MAX_VERSION}, e.g. {task}@2"
         )
     return int(digits)
@@ -86,7 +86,7 @@ def validate_alias_name(name: str, *, settable: bool = True) -> str:
         problem = f"{CHAMPION!r} is the task's active version: use 'mgr promote TASK@VERSION'"
     if problem is not None:
         shown = name if not isinstance(name, str) or len(name) <= 80 else name[:76] + "..."
-        raise MgrError(f"bad alias name {shown!r}: {problem}")
+        raise BadInput(f"bad alias name {shown!r}: {problem}")
     return name
 
 
@@ -98,7 +98,7 @@ def parse_selector(text: str, task: str = "pets") -> int | str:
     problem = _alias_problem(ver)
     if problem is not None:
         shown = ver if len(ver) <= 24 else ver[:20] + "..."
-        raise MgrError(
+        raise BadInput(
             f"bad version or alias {shown!r}: use a number 1..{MAX_VERSION} or an alias name, "
             f"e.g. {task}@2 or {task}@{CHAMPION}"
         )

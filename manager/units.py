@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-from manager.errors import MgrError
+from manager.errors import BadInput
 
 # Sizes and counts are stored as SQLite INTEGERs (signed 64-bit).
 MAX_INT64 = 2**63 - 1
@@ -40,7 +40,7 @@ def parse_size(text: str) -> int:
     m = _SIZE.fullmatch(str(text).strip())
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _UNITS:
-        raise MgrError(
+        raise BadInput(
             f"bad size {_short(text)}: use a number with an optional unit "
             "(B, KB, MB, GB, TB; KiB, MiB, GiB, TiB), e.g. 300KB or 1.5MiB"
         )
@@ -49,7 +49,7 @@ def parse_size(text: str) -> int:
     # Decimal is exact where float would round "9223372036854775808" down into range.
     value = None if too_big else round(Decimal(number) * _UNITS[unit])
     if value is None or value > MAX_INT64:
-        raise MgrError(f"size {_short(text)} is too large: at most {MAX_INT64} bytes (8 EiB)")
+        raise BadInput(f"size {_short(text)} is too large: at most {MAX_INT64} bytes (8 EiB)")
     return value
 
 

@@ -72,6 +72,7 @@ def test_undecodable_images_name_the_file(tmp_path: Path, make: str) -> None:
         read_image(path)
 
 
+@pytest.mark.slow
 def test_predict_refuses_bad_images_before_anything_else(mgr, tmp_path: Path) -> None:
     good = good_png(tmp_path / "a.png")
     proc = mgr("predict", str(good), str(bomb_png(tmp_path / "bomb.png")), ok=False)
@@ -130,6 +131,7 @@ def test_imagefolder_bad_file_is_named_and_can_be_skipped(tmp_path: Path, capfd)
         create_dataset("imagefolder:skip_bad=maybe", root, "train")
 
 
+@pytest.mark.slow
 def test_train_on_an_imagefolder_with_a_bad_image(mgr, tmp_path: Path) -> None:
     root = _folder(tmp_path / "data", {"dog/05.png": "garbage"})
     common = ("--dataset", "imagefolder", "--root", str(root))

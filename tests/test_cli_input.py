@@ -80,6 +80,7 @@ def test_parse_version_ref() -> None:
 # --- 3. data-set and backbone spec options, checked when the task is added -------------------
 
 
+@pytest.mark.slow
 def test_dataset_spec_options_checked_when_task_added(mgr: CLI) -> None:
     bad = {
         "synthetic:num_classes=abc": "num_classes must be an integer",

@@ -74,6 +74,7 @@ def mgr_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_two_processes_train_what_one_does(mgr, tmp_path):
     add_task(mgr, "ddp")
     proc = torchrun(mgr, 2, "train", "ddp", *ARGS, "--json")
@@ -107,6 +108,7 @@ def test_two_processes_train_what_one_does(mgr, tmp_path):
     assert abs(out["metrics"]["final_loss"] - one["metrics"]["final_loss"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_a_refused_budget_stops_every_rank_with_one_error(mgr, home):
     add_task(mgr, "tight", "--budget", "10KB")
     proc = torchrun(mgr, 2, "train", "tight", *ARGS)

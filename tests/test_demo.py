@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, assert_clean_error
 
 from manager.cli.demo import checkout_assets
@@ -21,6 +22,7 @@ def _table_rows(stdout: str) -> list[str]:
     return [ln for ln in tail.splitlines() if "│" in ln]
 
 
+@pytest.mark.slow
 def test_offline_demo_then_fallback_when_the_network_is_unreachable(mgr, home):
     proc = mgr("demo", "--offline", "--epochs", "1")
     assert "demo data: generated shapes and a tiny random ViT (--offline)" in proc.stdout

@@ -40,6 +40,7 @@ def reservation_rows(home: Path) -> list[tuple]:
         con.close()
 
 
+@pytest.mark.slow
 def test_linked_artifacts_folder_is_refused_before_training(mgr, home, tmp_path):
     add_task(mgr, "v")
     outside = tmp_path / "V"
@@ -55,6 +56,7 @@ def test_linked_artifacts_folder_is_refused_before_training(mgr, home, tmp_path)
     assert mgr.json("versions", "v") == []
 
 
+@pytest.mark.slow
 def test_linked_run_folder_is_refused(mgr, home, tmp_path):
     add_task(mgr, "r")
     outside = tmp_path / "R"
@@ -69,6 +71,7 @@ def test_linked_run_folder_is_refused(mgr, home, tmp_path):
     assert mgr.json("versions", "r") == []
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_and_records_nothing(mgr, home):
     add_task(mgr, "nan")
     # A finite but absurd rate: the weights blow up within the first steps.
@@ -82,6 +85,7 @@ def test_diverging_run_stops_and_records_nothing(mgr, home):
     assert mgr.json("train", "nan", "--epochs", "1")["version"] == 1
 
 
+@pytest.mark.slow
 def test_oversized_lora_rank_and_groups_are_refused_before_any_data(mgr, home, tmp_path):
     # The task's data is not on disk: reaching the data would be a different error.
     add_task(mgr, "big", "flowers102", "--root", str(tmp_path / "no-data"))
@@ -99,6 +103,7 @@ def test_oversized_lora_rank_and_groups_are_refused_before_any_data(mgr, home, t
     assert files_under(home / "artifacts") == []
 
 
+@pytest.mark.slow
 def test_concurrent_trainings_reserve_their_bytes_before_training(mgr, home):
     add_task(mgr, "probe")
     size = mgr.json("train", "probe", "--epochs", "1")["bytes"]
@@ -137,6 +142,7 @@ def test_concurrent_trainings_reserve_their_bytes_before_training(mgr, home):
     assert reservation_rows(home) == []
 
 
+@pytest.mark.slow
 def test_reservations_of_dead_runs_are_ignored_and_removed(mgr, home):
     add_task(mgr, "s")
     size = mgr.json("train", "s", "--epochs", "1")["bytes"]
@@ -173,6 +179,7 @@ def test_reservations_of_dead_runs_are_ignored_and_removed(mgr, home):
     assert "being trained now" in proc.stderr and "epoch" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoint_is_one_line_and_never_unpickled(mgr, home, tmp_path):
     add_task(mgr, "ck")
     ckpt = home / "runs" / "ck" / "checkpoint.pt"

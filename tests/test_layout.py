@@ -18,7 +18,7 @@ FS_OWNER = "manager/store/fs.py"
 
 # The layers, top to bottom: a module may import its own layer's and lower layers' modules only.
 LAYERS: list[tuple[str, ...]] = [
-    ("manager.cli", "manager.__main__"),
+    ("manager.cli", "manager.__main__", "manager.api"),  # api: the Python API, over every layer
     ("manager.serve", "manager.switch", "manager.train", "manager.export", "manager.report"),
     ("manager.store", "manager.catalog", "manager.datasets", "manager.backbone"),
     ("manager.adapters",),
@@ -236,3 +236,19 @@ def test_delta_is_a_torch_only_leaf() -> None:
                 ), f"{rel} imports {n}"
                 if top == "manager":
                     assert n.startswith(("manager.delta", "manager.errors")), f"{rel} imports {n}"
+
+
+def test_import_manager_alone_imports_no_torch() -> None:
+    """The package's API names resolve lazily (PEP 562): importing it costs no torch."""
+    code = (
+        "import sys, manager\n"
+        "names = [n for n in manager.__all__ if n != '__version__']\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules)\n"
+        "print(heavy, len(names))\n"
+        "assert all(getattr(manager, n) is not None for n in names)\n"
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    first, second = out.stdout.strip().splitlines()
+    assert first.startswith("[] "), out.stdout  # nothing heavy before a name is used
+    assert "torch" in second, out.stdout  # and the names are real once used

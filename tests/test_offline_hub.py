@@ -72,6 +72,7 @@ def test_no_network_fails_fast_with_one_line(tmp_path: Path, extra: dict[str, st
     assert "Retrying" not in stderr and "Retry" not in stderr
 
 
+@pytest.mark.slow
 def test_train_offline_is_one_line(mgr, tmp_path: Path) -> None:
     mgr("task", "add", "hubtask", "--dataset", "synthetic", "--backbone", TINY_SPEC)
     env = hub_env(tmp_path, HF_ENDPOINT=DEAD_ENDPOINT)

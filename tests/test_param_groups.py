@@ -116,6 +116,7 @@ def test_the_loops_optimizer_uses_the_groups():
     assert len(saved["norms"]["params"]) == 10  # norm1, norm2 per block + the final norm
 
 
+@pytest.mark.slow
 def test_cli_records_every_groups_rate(mgr):
     mgr("task", "add", "g", "--dataset", "synthetic:per_class=4", "--backbone", TINY_SPEC,
         "--weights", "random")  # fmt: skip

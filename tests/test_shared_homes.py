@@ -92,6 +92,7 @@ def test_other_machines_temporary_files_are_judged_by_age(tmp_path: Path) -> Non
     assert store.pending_artifact("t").name.startswith(f".pending-{os.getpid()}@{host_tag()}-")
 
 
+@pytest.mark.slow
 def test_two_homes_share_one_catalog_and_one_artifact_root(pg_url: str, tmp_path: Path) -> None:
     from PIL import Image
 

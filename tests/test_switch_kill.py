@@ -85,6 +85,7 @@ def wait_for_switching(home: Path, timeout: float = 20.0) -> None:
         time.sleep(0.002)
 
 
+@pytest.mark.slow
 def test_random_kills_never_leave_a_half_applied_switch(home):
     srv = fork_server()
     exp = Expected(home)
@@ -133,6 +134,7 @@ def test_random_kills_never_leave_a_half_applied_switch(home):
     assert seen["left half-applied"] >= 3, seen
 
 
+@pytest.mark.slow
 def test_real_process_killed_mid_write(home):
     """The same with a plain ``python -m manager switch`` process and ``mgr status`` after it."""
     exp = Expected(home)

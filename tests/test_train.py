@@ -32,6 +32,7 @@ def add_task(mgr, name: str, dataset: str = SMALL, *extra: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_every_method_records_a_version_with_true_bytes(mgr, home):
     add_task(mgr, "shapes")
     for method in METHODS:
@@ -58,6 +59,7 @@ def test_every_method_records_a_version_with_true_bytes(mgr, home):
     assert versions[-1]["active"] and versions[-1]["parent_id"] == versions[-2]["id"]
 
 
+@pytest.mark.slow
 def test_consolidator_learns_the_synthetic_shapes(mgr):
     add_task(mgr, "learn", "synthetic:per_class=32")
     out = mgr.json(
@@ -66,6 +68,7 @@ def test_consolidator_learns_the_synthetic_shapes(mgr):
     assert out["metrics"]["top1"] > 100 / 6 * 2, out["metrics"]  # far above chance (16.7%)
 
 
+@pytest.mark.slow
 def test_budget_too_small_is_refused_before_training(mgr, home):
     add_task(mgr, "tight", SMALL, "--budget", "10KB")
     proc = mgr("train", "tight", "--epochs", "50", ok=False)
@@ -81,6 +84,7 @@ def test_budget_too_small_is_refused_before_training(mgr, home):
     assert mgr.json("versions", "tight") == []
 
 
+@pytest.mark.slow
 def test_fit_budget_picks_the_finest_structure_that_fits(mgr):
     add_task(mgr, "fit", SMALL, "--budget", "60KB")
     out = mgr.json("train", "fit", "--fit-budget", "--epochs", "1")
@@ -90,6 +94,7 @@ def test_fit_budget_picks_the_finest_structure_that_fits(mgr):
     assert not shuffle
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_a_straight_run(mgr, home, tmp_path):
     args = ["--epochs", "8", "--batch-size", "16", "--drop-path", "0.2", "--seed", "3"]
     add_task(mgr, "resume", "synthetic:per_class=16")
@@ -122,6 +127,7 @@ def test_resume_after_kill_matches_a_straight_run(mgr, home, tmp_path):
     assert not ckpt.exists()  # a finished run leaves no checkpoint behind
 
 
+@pytest.mark.slow
 def test_bad_training_input_is_one_line(mgr):
     add_task(mgr, "bad")
     assert_clean_error(mgr("train", "nosuch", ok=False))

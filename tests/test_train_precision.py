@@ -45,6 +45,7 @@ def _train_in_process(**over):
     return train_adapter(model, method, cfg, _tiny_data(), "cpu", meta=meta)
 
 
+@pytest.mark.slow
 def test_bf16_run_records_a_float32_artifact_and_its_settings(mgr):
     add_task(mgr, "mixed")
     out = mgr.json(
@@ -93,6 +94,7 @@ def test_precisions_differ_but_stay_close():
         torch.testing.assert_close(w, d16.whole[name], atol=5e-3, rtol=0.05)
 
 
+@pytest.mark.slow
 def test_compile_trains_a_tiny_model():
     delta, metrics = _train_in_process(method="linear", compile=True, epochs=1)
     eager, _ = _train_in_process(method="linear", compile=False, epochs=1)
@@ -101,6 +103,7 @@ def test_compile_trains_a_tiny_model():
         torch.testing.assert_close(w, eager.whole[name], atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_a_compile_that_cannot_build_is_one_line(mgr, tmp_path):
     """A machine without a working C++ compiler: --compile fails with one line, nothing kept."""
     add_task(mgr, "nocc")

@@ -54,6 +54,7 @@ def test_holdout_is_a_fifth_of_each_class_and_fixed_by_the_seed():
         holdout(ImageTensors(data.images[:9], labels[:9]), seed=0)
 
 
+@pytest.mark.slow
 def test_tune_records_the_trials_and_trains_with_the_best(mgr):
     add_task(mgr, "t")
     out = mgr.json("train", "t", "--tune", "--tune-configs", "4", *FAST)
@@ -84,6 +85,7 @@ def test_tune_records_the_trials_and_trains_with_the_best(mgr):
     assert "tuned: 6 trials on val" in text and "successive_halving" in text
 
 
+@pytest.mark.slow
 def test_lr_auto_varies_only_the_lr_and_holds_out_when_reporting_on_val(mgr):
     add_task(mgr, "a")
     out = mgr.json(
@@ -101,6 +103,7 @@ def test_lr_auto_varies_only_the_lr_and_holds_out_when_reporting_on_val(mgr):
     assert out["metrics"]["eval_images"] == 24
 
 
+@pytest.mark.slow
 def test_tune_refusals_are_one_line(mgr):
     add_task(mgr, "e")
     add_task(mgr, "few", "synthetic:num_classes=2,per_class=4")

@@ -34,7 +34,7 @@ from manager.delta.structure import (
     parse_structure,
     scatter_branches,
 )
-from manager.errors import MgrError
+from manager.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,30 @@ class Branch:
 
 @dataclass(frozen=True)
 class ConsolidatorConfig:
-    """The branches of every adapted layer and the DropPath rate applied to each branch's output."""
+    """The branches of every adapted layer and the DropPath rate applied to each branch's output.
+
+    ``branches`` takes any spelling of a structure (``"96,48s"``, ``[[96, False]]``, ``Branch``
+    objects) and keeps it as ``Branch`` objects. The default, g=384, is the paper's ViT-B setting
+    (two input channels per group); DeiT-tiny's layers take g=96.
+    """
 
     branches: tuple[Branch, ...] = (Branch(384),)
     drop_path: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.branches:
-            raise MgrError("a consolidator needs at least one branch")
+            raise BadInput("a consolidator needs at least one branch")
+        if not all(isinstance(b, Branch) for b in self.branches) or isinstance(self.branches, str):
+            parsed = parse_structure(self.branches)
+            object.__setattr__(self, "branches", tuple(Branch(g, s) for g, s in parsed))
+        else:
+            object.__setattr__(self, "branches", tuple(self.branches))
         for b in self.branches:
             if b.g < 1:
-                raise MgrError(f"branch groups must be positive, got g={b.g}")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise MgrError(f"drop_path must be in [0, 1), got {self.drop_path}")
+                raise BadInput(f"branch groups must be positive, got g={b.g}")
+        dp = self.drop_path
+        if isinstance(dp, bool) or not isinstance(dp, int | float) or not 0.0 <= dp < 1.0:
+            raise BadInput(f"drop_path must be in [0, 1), got {dp!r}")
 
     @classmethod
     def parse(

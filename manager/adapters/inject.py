@@ -172,3 +172,29 @@ def mark_trainable(model: nn.Module, groups: Iterable[str]) -> dict[str, nn.Para
 def delta_whole_params(model: nn.Module) -> dict[str, Tensor]:
     """What a consolidator delta stores whole: target biases, LayerNorms, head (plain names)."""
     return {n: p.detach() for n, p in select_params(model, ("biases", "norms", "head")).items()}
+
+
+def inject_lora(
+    model: nn.Module, rank: int, alpha: float, targets: Iterable[str] = TARGETS
+) -> nn.Module:
+    """Wrap the chosen target linears of every block in ``LoRALinear`` (in place); returns
+    ``model``. ``targets``: a subset of ``TARGETS``. Freezing is the caller's (``mark_lora``)."""
+    from manager.adapters.lora import LoRALinear
+
+    chosen = tuple(targets)
+    found = [(n, m) for n, m in target_modules(model) if n.split(".", 2)[2] in chosen]
+    if any(type(m) is not nn.Linear for _, m in found):
+        raise MgrError("the model is already adapted: its target layers are not plain nn.Linear")
+    for name, module in found:
+        _set(model, name, LoRALinear(module, r=rank, alpha=alpha))
+    return model
+
+
+def mark_lora(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Freeze everything but the LoRA factors and the head; returns the trainable params."""
+    chosen = {n: p for n, p in model.named_parameters() if ".lora_" in n}
+    chosen.update(head_params(model))
+    ids = {id(p) for p in chosen.values()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    return chosen

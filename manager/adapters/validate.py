@@ -14,7 +14,7 @@ from torch import nn
 
 from manager.adapters.inject import target_modules
 from manager.delta.structure import parse_structure
-from manager.errors import MgrError
+from manager.errors import BadInput
 
 
 def adapted_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -23,21 +23,21 @@ def adapted_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def check_lora_rank(model: nn.Module, rank: int) -> None:
-    """Raise MgrError unless ``1 <= rank <= min(out, in)`` of every adapted layer.
+    """Raise BadInput unless ``1 <= rank <= min(out, in)`` of every adapted layer.
 
     Past ``min(out, in)`` the update ``B A`` cannot gain rank: the extra columns only cost memory,
     training time and bytes on disk.
     """
     narrowest = min(min(s) for s in adapted_shapes(model).values())
     if not 1 <= rank <= narrowest:
-        raise MgrError(
+        raise BadInput(
             f"LoRA rank {rank} does not fit this backbone: its narrowest adapted layer is "
             f"{narrowest} wide, so the rank must be between 1 and {narrowest}"
         )
 
 
 def check_structure(model: nn.Module, structure: str | Iterable) -> None:
-    """Raise MgrError unless every branch's ``g`` divides both widths of every adapted layer."""
+    """Raise BadInput unless every branch's ``g`` divides both widths of every adapted layer."""
     shapes = adapted_shapes(model)
     widths = sorted({d for s in shapes.values() for d in s})
     common = math.gcd(*widths)
@@ -45,7 +45,7 @@ def check_structure(model: nn.Module, structure: str | Iterable) -> None:
         if common % g:
             fits = [d for d in (common // 2, common // 4, common) if d >= 1 and common % d == 0]
             hint = ", ".join(str(d) for d in dict.fromkeys(fits))
-            raise MgrError(
+            raise BadInput(
                 f"g={g} groups do not fit this backbone: g must divide every adapted layer width "
                 f"({', '.join(map(str, widths))}), i.e. divide {common} (e.g. {hint})"
             )

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from manager.catalog import events, versions
 from manager.catalog.models import VERSION_READY, AdapterVersion, Alias, Event, Task, VersionTag
-from manager.errors import MgrError
+from manager.errors import Conflict, MgrError, NotFound
 from manager.names import CHAMPION, validate_alias_name, validate_task_name
 
 # History kinds of this module (``promoted`` lives in events: the trainer records it too).
@@ -81,20 +81,20 @@ def lookup_alias(s: Session, task: Task, name: str) -> AdapterVersion:
     """The version alias ``name`` points at; one line listing the task's aliases if none."""
     if name == CHAMPION:
         if task.active_version is None:
-            raise MgrError(f"task {task.name!r} has no champion yet; train it first")
+            raise NotFound(f"task {task.name!r} has no champion yet; train it first")
         return task.active_version
     row = find_alias(s, task, name)
     if row is None:
         known = ", ".join(alias_names(s, task))
-        raise MgrError(f"task {task.name!r} has no alias {name!r} (its aliases: {known})")
+        raise NotFound(f"task {task.name!r} has no alias {name!r} (its aliases: {known})")
     return row.version
 
 
 def _ready(task: Task, version: AdapterVersion) -> None:
     if version.task_id != task.id:
-        raise MgrError(f"version {version.number} does not belong to task {task.name!r}")
+        raise Conflict(f"version {version.number} does not belong to task {task.name!r}")
     if version.status != VERSION_READY:
-        raise MgrError(f"version {version.number} of {task.name!r} is {version.status}")
+        raise Conflict(f"version {version.number} of {task.name!r} is {version.status}")
 
 
 def set_alias(

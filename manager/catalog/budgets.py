@@ -23,7 +23,7 @@ from manager.catalog.models import (
 )
 from manager.catalog.paging import Page
 from manager.catalog.reservations import reserved_bytes
-from manager.errors import MgrError
+from manager.errors import BudgetExceeded, MgrError
 from manager.units import format_size
 
 
@@ -132,7 +132,7 @@ def check_fits(s: Session, task: Task, projected_bytes: int) -> None:
     if task_max is not None:
         used, held = task_used, reserved_bytes(s, task)
         if used + held + projected_bytes > task_max:
-            raise MgrError(
+            raise BudgetExceeded(
                 f"a new version of {task.name!r} needs {format_size(projected_bytes)} but its "
                 f"budget is {format_size(task_max)} with {format_size(used)} used"
                 + (f" and {format_size(held)} reserved by running trainings" if held else "")
@@ -140,7 +140,7 @@ def check_fits(s: Session, task: Task, projected_bytes: int) -> None:
     if global_max is not None:
         used, held = all_used, reserved_bytes(s)
         if used + held + projected_bytes > global_max:
-            raise MgrError(
+            raise BudgetExceeded(
                 f"a new version of {task.name!r} needs {format_size(projected_bytes)} but the "
                 f"global budget is {format_size(global_max)} with {format_size(used)} used"
                 + (f" and {format_size(held)} reserved by running trainings" if held else "")

@@ -36,6 +36,17 @@ class ParamInfo:
         return num_classes * (self.num_features + 1) * FLOAT32_BYTES
 
 
+# The default backbone and its kin, counted once by timm (tests/test_catalog_imports.py checks
+# them against timm): ``mgr task add`` does not count the default, so without this the first
+# ``mgr storage`` of a home would import torch and timm to do it.
+KNOWN: dict[str, ParamInfo] = {
+    "vit_base_patch16_224": ParamInfo(85_798_656, 768),
+    "vit_large_patch16_224": ParamInfo(303_301_632, 1024),
+    "deit_small_patch16_224": ParamInfo(21_665_664, 384),
+    "deit_tiny_patch16_224": ParamInfo(5_524_416, 192),
+}
+
+
 def _count(spec: str) -> ParamInfo:
     import timm  # slow to import: only here, on a cache miss
     import torch
@@ -57,6 +68,8 @@ def param_info(spec: str, store: Store | None = None) -> ParamInfo:
 
     With a ``store``, counts are cached in ``<home>/cache/param_counts.json``.
     """
+    if spec in KNOWN:
+        return KNOWN[spec]
     cache_file = store.cache / _CACHE_FILE if store is not None else None
     cache: dict[str, Any] = {}
     if cache_file is not None and cache_file.exists():

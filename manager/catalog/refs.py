@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from manager.catalog import aliases, tasks, versions
 from manager.catalog.models import VERSION_READY, AdapterVersion, Backbone, Task
-from manager.errors import MgrError
+from manager.errors import Conflict, MgrError, NotFound
 from manager.names import CHAMPION, Selector, parse_selector
 
 
@@ -84,10 +84,10 @@ def resolve_version(s: Session, task_name: str, selector: Selector) -> VersionRe
     ready. Every command that takes ``TASK[@VERSION|@ALIAS]`` resolves it here."""
     task = tasks.get_task(s, task_name)
     if selector is None and task.active_version is None:
-        raise MgrError(f"task {task_name!r} has no active version; train it first")
+        raise NotFound(f"task {task_name!r} has no active version; train it first")
     v = select_version(s, task, selector)
     if v.status != VERSION_READY:
-        raise MgrError(f"version {v.number} of {task_name!r} is {v.status}")
+        raise Conflict(f"version {v.number} of {task_name!r} is {v.status}")
     if task.backbone_id is None:
         raise MgrError(f"task {task_name!r} is not bound to a backbone (never trained)")
     return VersionRef.of(v)

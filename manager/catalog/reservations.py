@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from manager.catalog.models import Reservation, Task
-from manager.errors import MgrError
+from manager.errors import Busy
 from manager.store.fs import pid_alive
 
 FOREIGN_TTL = timedelta(hours=24)
@@ -73,7 +73,7 @@ def reserve(s: Session, task: Task, nbytes: int) -> int:
     running = live_reservations(s, task)
     if running:
         other = running[0]
-        raise MgrError(
+        raise Busy(
             f"task {task.name!r} is being trained now (pid {other.pid} on {other.host}); "
             "wait for that run to finish"
         )

@@ -10,7 +10,7 @@ from manager.catalog import budgets, events
 from manager.catalog.deployment import host_deployments, live_elsewhere
 from manager.catalog.models import Task
 from manager.catalog.paging import Page
-from manager.errors import MgrError
+from manager.errors import Conflict, MgrError, NotFound
 from manager.names import validate_task_name
 
 DEFAULT_BACKBONE = "vit_base_patch16_224"
@@ -26,7 +26,7 @@ def get_task(s: Session, name: str) -> Task:
     validate_task_name(name)
     task = find_task(s, name)
     if task is None:
-        raise MgrError(f"unknown task {name!r} (see 'mgr task list')")
+        raise NotFound(f"unknown task {name!r} (see 'mgr task list')")
     return task
 
 
@@ -59,7 +59,7 @@ def add_task(
     if not class_names:
         raise MgrError(f"data set {dataset!r} has no classes")
     if find_task(s, name) is not None:
-        raise MgrError(f"task {name!r} already exists")
+        raise Conflict(f"task {name!r} already exists")
     task = Task(
         name=name,
         dataset=dataset,
@@ -73,7 +73,7 @@ def add_task(
     try:
         s.flush()
     except IntegrityError as exc:  # a concurrent add on a database without BEGIN IMMEDIATE
-        raise MgrError(f"task {name!r} already exists") from exc
+        raise Conflict(f"task {name!r} already exists") from exc
     events.record_event(
         s,
         events.TASK_ADDED,
@@ -110,13 +110,13 @@ def remove_task(s: Session, name: str, host: str, force: bool = False) -> Task:
     task = get_task(s, name)
     elsewhere = live_elsewhere(s, task.id, host)
     if elsewhere:
-        raise MgrError(
+        raise Conflict(
             f"task {name!r} is live on {len(elsewhere)} other host(s) sharing this catalog "
             f"({', '.join(elsewhere[:3])}); switch it away there first"
         )
     live = is_live(s, task, host)
     if live and not force:
-        raise MgrError(f"task {name!r} is live in the deployment; switch away first or use --force")
+        raise Conflict(f"task {name!r} is live in the deployment; switch away first or use --force")
     n_versions = len(task.versions)
     # Core DELETE: the database's ON DELETE rules do the cascading, in one statement.
     s.execute(delete(Task).where(Task.id == task.id))

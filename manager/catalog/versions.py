@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from manager.catalog import events
 from manager.catalog.models import VERSION_READY, AdapterVersion, Task
-from manager.errors import MgrError
+from manager.errors import Conflict, NotFound
 
 
 def next_version_number(s: Session, task: Task) -> int:
@@ -72,7 +72,7 @@ def get_version(s: Session, task: Task, number: int) -> AdapterVersion:
         )
     ).one_or_none()
     if v is None:
-        raise MgrError(f"task {task.name!r} has no version {number}")
+        raise NotFound(f"task {task.name!r} has no version {number}")
     return v
 
 
@@ -86,9 +86,9 @@ def promote(
     champion's number.
     """
     if version.task_id != task.id:
-        raise MgrError(f"version {version.number} does not belong to task {task.name!r}")
+        raise Conflict(f"version {version.number} does not belong to task {task.name!r}")
     if version.status != VERSION_READY:
-        raise MgrError(f"version {version.number} of {task.name!r} is {version.status}")
+        raise Conflict(f"version {version.number} of {task.name!r} is {version.status}")
     previous = task.active_version.number if task.active_version is not None else None
     task.active_version = version
     s.flush()

@@ -232,6 +232,21 @@ class Delta:
         tensors, meta = self.state()
         return st_save(tensors, metadata=meta)
 
+    def apply_to(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Merge this delta into ``model``'s weights in place; returns ``model``.
+
+        ``model`` is the plain backbone the delta was trained from (W0), with a head of
+        ``meta.num_classes`` classes: each layer becomes ``W0 + dW`` on its support by exact writes
+        (``manager.delta.apply``), whole tensors (biases, norms, head) are set. Shapes are checked
+        before anything is written; a mismatch is one ``MgrError`` line and the model is unchanged.
+        """
+        from manager.delta.apply import apply
+
+        live = model.state_dict()  # shares storage with the parameters: written in place
+        base = {n: live[n].clone() for n in self.layers if n in live}
+        apply(live, base, self)
+        return model
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Delta:
         """Read and validate a delta file; every problem is a clear ``MgrError``."""

@@ -34,7 +34,7 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from manager.errors import MgrError
+from manager.errors import BadInput, MgrError
 
 Shape = tuple[int, int]
 Structure = tuple[tuple[int, bool], ...]
@@ -62,7 +62,7 @@ def parse_structure(spec: str | Iterable, *, shuffle: bool = False) -> Structure
             s = item.lower().endswith("s")
             digits = item[:-1] if s else item
             if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
-                raise MgrError(f"bad branch {item!r} in {spec!r}: expected e.g. '384' or '96s'")
+                raise BadInput(f"bad branch {item!r} in {spec!r}: expected e.g. '384' or '96s'")
             out.append((int(digits), s or shuffle))
         return tuple(out)
     try:
@@ -74,12 +74,12 @@ def parse_structure(spec: str | Iterable, *, shuffle: bool = False) -> Structure
                 raise TypeError
             out.append((g, s or shuffle))
     except (TypeError, ValueError):
-        raise MgrError(f"bad structure {spec!r}: expected e.g. [[96, false], [96, true]]") from None
+        raise BadInput(f"bad structure {spec!r}: expected e.g. [[96, false], [96, true]]") from None
     if not out:
-        raise MgrError("a structure needs at least one branch")
+        raise BadInput("a structure needs at least one branch")
     for g, _ in out:
         if g < 1:
-            raise MgrError(f"branch groups must be positive, got g={g}")
+            raise BadInput(f"branch groups must be positive, got g={g}")
     return tuple(out)
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from manager.catalog.models import Backbone
 from manager.digest import tensors_digest
-from manager.errors import MgrError
+from manager.errors import Corrupt, MgrError
 from manager.home import Home
 from manager.store.fs import Store
 
@@ -105,7 +105,7 @@ def check_backbone_file(store: Store, ref: BackboneRef) -> tuple[Path, int | Non
     except OSError as exc:
         raise MgrError(f"cannot read backbone file {path}: {exc.strerror or exc}") from None
     if st.st_size != ref.bytes:
-        raise MgrError(
+        raise Corrupt(
             f"backbone file {path} is corrupt: {st.st_size} bytes on disk, the catalog "
             f"recorded {ref.bytes}"
         )
@@ -114,9 +114,9 @@ def check_backbone_file(store: Store, ref: BackboneRef) -> tuple[Path, int | Non
     try:
         got = file_content_hash(path)
     except Exception as exc:  # safetensors raises several kinds on a damaged file
-        raise MgrError(f"backbone file {path} is corrupt: {exc}") from None
+        raise Corrupt(f"backbone file {path} is corrupt: {exc}") from None
     if got != ref.content_hash:
-        raise MgrError(
+        raise Corrupt(
             f"backbone file {path} is corrupt: content hash {got[:12]}, the catalog recorded "
             f"{ref.content_hash[:12]} (the file changed since it was written)"
         )

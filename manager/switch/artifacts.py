@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from manager.errors import MgrError
+from manager.errors import Corrupt, MgrError, NotFound
 from manager.store.fs import Store
 from manager.store.maintenance import OK, compare
 
@@ -49,14 +49,14 @@ def load_verified(
     path = store.resolve(ref.path)
     data = read_recorded(store, ref.path)
     if data is None:
-        raise MgrError(f"artifact of {ref.label} is missing: {path}")
+        raise NotFound(f"artifact of {ref.label} is missing: {path}")
     status, detail = compare(data, ref.bytes, ref.content_hash)
     if status != OK:
-        raise MgrError(f"artifact of {ref.label} is corrupt ({detail}): {path}")
+        raise Corrupt(f"artifact of {ref.label} is corrupt ({detail}): {path}")
     delta = Delta.from_bytes(data, where=str(path))
     bad = delta.nonfinite()
     if bad:
-        raise MgrError(
+        raise Corrupt(
             f"artifact of {ref.label} holds NaN or infinite values in {', '.join(bad[:3])}: {path}"
         )
     check_compatible(delta, backbone_name, backbone_hash, shapes)

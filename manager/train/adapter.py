@@ -15,7 +15,7 @@ from manager.adapters.consolidate import num_classes_of
 from manager.adapters.validate import check_lora_rank, check_structure
 from manager.delta.delta import Delta, DeltaMeta
 from manager.delta.structure import Structure, parse_structure
-from manager.errors import MgrError
+from manager.errors import Diverged
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors
 from manager.train.distributed import Dist
@@ -117,7 +117,7 @@ def export_adapter(
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         dtype = str(meta.dtype).removeprefix("torch.")
-        raise MgrError(
+        raise Diverged(
             f"the trained adapter holds NaN or infinite values ({bad[0]}{more}, in {dtype}): "
             "the run diverged and nothing was recorded; try a smaller --lr"
         )

@@ -32,7 +32,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from manager.device import resolve_precision
-from manager.errors import MgrError
+from manager.errors import Diverged, MgrError
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors, Normalise
 from manager.train.distributed import Dist
@@ -117,7 +117,7 @@ def check_settings(cfg: TrainConfig, lr: float) -> None:
 
 
 def _diverged(what: str, epoch: int, step: int, lr: float) -> MgrError:
-    return MgrError(
+    return Diverged(
         f"training diverged: {what} at epoch {epoch + 1}, step {step + 1} (peak lr {lr:.3g}); "
         "nothing was recorded; try a smaller --lr"
     )

@@ -1,0 +1,149 @@
+"""Commands that only read or write the catalog import neither torch, torchvision nor timm.
+
+They answer in a blink only while that holds (torch alone is seconds of CPU to import); a module
+import added at the top of a CLI module, or a catalog helper that reaches for the model code,
+fails here, naming the first command that pulled them in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, TINY_SPEC
+
+from manager.catalog import aliases, budgets, open_catalog, tasks, versions
+from manager.catalog.paramcount import KNOWN, _count, param_info
+from manager.home import Home
+from manager.store.fs import Store
+
+HEAVY = ("torch", "torchvision", "timm")
+
+# In order: each runs in the same process, after the ones before it.
+COMMANDS = [
+    ["task", "list"],
+    ["task", "list", "--json"],
+    ["task", "show", "pets"],
+    ["task", "show", "pets", "--json"],
+    ["versions", "pets"],
+    ["versions", "pets@stable", "--json"],
+    ["storage"],
+    ["storage", "--json"],
+    ["budget", "show"],
+    ["budget", "show", "--json"],
+    ["budget", "set", "1GB", "--task", "pets"],
+    ["alias", "list", "pets"],
+    ["alias", "set", "pets", "candidate", "1"],
+    ["alias", "remove", "pets", "candidate"],
+    ["tag", "pets@1", "good"],
+    ["promote", "pets@2"],
+    ["rollback", "pets"],
+    ["history"],
+    ["history", "--task", "pets", "--json"],
+    ["db", "current"],
+    ["db", "upgrade"],
+    ["task", "remove", "cats", "--yes"],
+]
+
+PROBE = """
+import json, sys
+from manager.cli import main
+
+HEAVY = {heavy!r}
+report = []
+for args in json.loads(sys.argv[1]):
+    try:
+        code = main.main(args, prog_name="mgr", standalone_mode=False)
+    except SystemExit as exc:
+        code = exc.code
+    report.append([args, code or 0, sorted(m for m in HEAVY if m in sys.modules)])
+print(json.dumps(report))
+"""
+
+
+def _fill(home: Path) -> None:
+    """Two tasks, two versions of one (fake artifacts: rows and bytes only), an alias, a budget."""
+    cat = open_catalog(Home(home))
+    store = Store.of(Home(home))
+    param_info(TINY_SPEC, store)  # as `mgr task add --backbone TINY_SPEC` does: counted, cached
+    try:
+        with cat.session() as s:
+            pets = tasks.add_task(
+                s, name="pets", dataset="synthetic", class_names=["a", "b"], backbone_spec=TINY_SPEC
+            )
+            # The default backbone (vit_base_patch16_224), which `task add` does not count.
+            tasks.add_task(s, name="cats", dataset="synthetic", class_names=["a", "b"])
+            for n in (1, 2):
+                path = store.artifact("pets", n)
+                store.write_bytes(path, b"\0" * (100 * n))
+                v = versions.add_version(
+                    s,
+                    pets,
+                    method="consolidator",
+                    structure=[[96, False]],
+                    bytes=100 * n,
+                    content_hash="0" * 64,
+                    path=store.rel(path),
+                    metrics={"top1": 50.0 + n},
+                )
+                if n == 1:
+                    versions.promote(s, pets, v)
+            aliases.set_alias(s, pets, "stable", v)
+            budgets.set_budget(s, 10_000, None)
+    finally:
+        cat.close()
+
+
+def test_catalog_commands_import_neither_torch_nor_timm(home: Path) -> None:
+    _fill(home)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
+    env["MGR_HOME"] = str(home)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps(COMMANDS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(report) == len(COMMANDS)
+    failed = [(args, code) for args, code, _ in report if code != 0]
+    assert not failed, f"commands failed: {failed}\n{proc.stderr}"
+    heavy = [(args, mods) for args, _, mods in report if mods]
+    assert not heavy, f"first command to import {heavy[0][1]}: mgr {' '.join(heavy[0][0])}"
+    cat = open_catalog(Home(home))  # the writes really ran
+    try:
+        with cat.session(write=False) as s:
+            assert tasks.find_task(s, "cats") is None
+            pets = tasks.get_task(s, "pets")
+            assert budgets.get_budget(s, pets) == 10**9
+            assert pets.active_version.number == 1  # promoted to 2, rolled back
+    finally:
+        cat.close()
+
+
+def test_the_probe_sees_a_heavy_import(home: Path) -> None:
+    """The same probe flags a command that does import torch (the check is not vacuous)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
+    env["MGR_HOME"] = str(home)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps([["status", "--json"]])],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (args, _code, mods), *_ = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "torch" in mods, (args, mods)  # mgr status checks the live files with torch
+
+
+def test_the_built_in_parameter_counts_are_timms() -> None:
+    for spec, info in KNOWN.items():
+        assert _count(spec) == info, spec
