@@ -121,6 +121,16 @@ def test_switch_across_backbones_in_every_order(home):
     assert all(b["verified"] is True for b in st["backbones"])
     text = mgr(home, "status").stdout
     assert text.count("verified:  yes") == 2 and SPEC1 in text and TINY_SPEC in text
+    # --repair, verify and --none cover every live backbone.
+    reps = mgr(home, "switch", "--repair", "--json").json()
+    assert {f"{r['task']}@{r['version']}" for r in reps} == set(held.values())
+    for lab in held.values():
+        assert_live_is(home, lab)
+    assert mgr(home, "verify", "--json").json()["ok"] is True
+    reps = mgr(home, "switch", "--none", "--json").json()
+    assert len(reps) == 2 and all(r["task"] is None for r in reps)
+    st = mgr(home, "status", "--json").json()
+    assert st["verified"] is True and [b["task"] for b in st["backbones"]] == [None, None]
 
 
 def _image(tmp_path: Path) -> Path:
