@@ -121,6 +121,16 @@ def test_switch_across_backbones_in_every_order(home):
     assert all(b["verified"] is True for b in st["backbones"])
     text = mgr(home, "status").stdout
     assert text.count("verified:  yes") == 2 and SPEC1 in text and TINY_SPEC in text
+    # --repair, verify and --none cover every live backbone.
+    reps = mgr(home, "switch", "--repair", "--json").json()
+    assert {f"{r['task']}@{r['version']}" for r in reps} == set(held.values())
+    for lab in held.values():
+        assert_live_is(home, lab)
+    assert mgr(home, "verify", "--json").json()["ok"] is True
+    reps = mgr(home, "switch", "--none", "--json").json()
+    assert len(reps) == 2 and all(r["task"] is None for r in reps)
+    st = mgr(home, "status", "--json").json()
+    assert st["verified"] is True and [b["task"] for b in st["backbones"]] == [None, None]
 
 
 def _image(tmp_path: Path) -> Path:
@@ -202,34 +212,33 @@ def test_task_add_checks_the_weight_file_header(tmp_path):
     weights = tmp_path / "deit_tiny.safetensors"
     model = timm.create_model("deit_tiny_patch16_224", num_classes=0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    cli = CLI(home)
     # The default backbone is ViT-B (768 wide): refused in one line naming what fits.
-    proc = cli("task", "add", "bad3", "--dataset", "synthetic", "--weights", str(weights), ok=False)
+    proc = mgr(home, "task", "add", "bad3", "--dataset", "synthetic", "--weights", str(weights),
+               ok=False)  # fmt: skip
     assert_clean_error(proc)
     assert "cls_token" in proc.stderr and "deit_tiny_patch16_224" in proc.stderr
-    assert cli.json("task", "list") == []
+    assert mgr(home, "task", "list", "--json").json() == []
     # The same file with a spec it fits is accepted (another image size included).
-    cli("task", "add", "good", "--dataset", "synthetic", "--weights", str(weights),
+    mgr(home, "task", "add", "good", "--dataset", "synthetic", "--weights", str(weights),
         "--backbone", "deit_tiny_patch16_224", "--img-size", "48")  # fmt: skip
-    shown = cli.json("task", "show", "good")
+    shown = mgr(home, "task", "show", "good", "--json").json()
     assert shown["backbone_spec"] == "deit_tiny_patch16_224:img_size=48"
 
 
 def test_train_img_size_other_than_the_tasks_is_refused(tmp_path):
     home = tmp_path / "home"
-    cli = CLI(home)
     spec = "deit_tiny_patch16_224:depth=1"
-    cli("task", "add", "t", "--dataset", "synthetic:per_class=2", "--backbone", spec,
+    mgr(home, "task", "add", "t", "--dataset", "synthetic:per_class=2", "--backbone", spec,
         "--weights", "random", "--img-size", "32")  # fmt: skip
-    proc = cli("train", "t", "--epochs", "1", "--img-size", "48", ok=False)
+    proc = mgr(home, "train", "t", "--epochs", "1", "--img-size", "48", ok=False)
     assert_clean_error(proc)
     assert "takes 32 px" in proc.stderr and "--img-size 48" in proc.stderr
     assert "mgr task add" in proc.stderr
-    shown = cli.json("task", "show", "t")
+    shown = mgr(home, "task", "show", "t", "--json").json()
     assert shown["bound_backbone"] is None and shown["versions"] == []  # nothing bound
     assert not (home / "backbones").exists() or not any((home / "backbones").iterdir())
     # --img-size is refused when it contradicts the spec's own.
-    proc = cli("task", "add", "u", "--dataset", "synthetic", "--backbone", TINY_SPEC,
+    proc = mgr(home, "task", "add", "u", "--dataset", "synthetic", "--backbone", TINY_SPEC,
                "--weights", "random", "--img-size", "48", ok=False)  # fmt: skip
     assert_clean_error(proc)
     assert "contradicts" in proc.stderr

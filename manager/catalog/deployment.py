@@ -70,6 +70,14 @@ def get_deployment(s: Session, host: str, backbone_id: int | None = None) -> Dep
     return dep
 
 
+def find_deployment(s: Session, host: str, backbone_id: int) -> Deployment | None:
+    """`host`'s row for ``backbone_id``, if it has one (a read: nothing is created)."""
+    _claim(s, host)
+    return s.scalar(
+        select(Deployment).where(Deployment.host == host, Deployment.backbone_id == backbone_id)
+    )
+
+
 def host_deployments(s: Session, host: str, blank: bool = False) -> list[Deployment]:
     """`host`'s rows that have a backbone (live files), by backbone id; ``blank``: also the
     row of a home that never switched."""

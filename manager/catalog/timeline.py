@@ -88,14 +88,17 @@ def _upto(at: datetime) -> Any:
 
 
 def live_at(s: Session, at: datetime, host: str | None) -> list[LiveThen]:
-    """Each host's live version at ``at`` (``host`` given: that host's only)."""
+    """Each host's live versions at ``at``, one per backbone it had live (``host`` given: that
+    host's only)."""
     q = select(Event).where(Event.kind == events.SWITCHED, _upto(at)).order_by(Event.id)
     if host is not None:
         q = q.where(or_(Event.host == host, Event.host.is_(None)))
-    last: dict[str | None, Event] = {}
+    last: dict[tuple[str | None, str | None], Event] = {}
     for e in s.scalars(q):
-        last[host if host is not None else e.host] = e
-    out = [LiveThen(h, (e.details or {}).get("to"), e.at) for h, e in last.items()]
+        # Events from before live folders per backbone name none: one live file per host then.
+        backbone = (e.details or {}).get("backbone_hash")
+        last[(host if host is not None else e.host, backbone)] = e
+    out = [LiveThen(h, (e.details or {}).get("to"), e.at) for (h, _), e in last.items()]
     if host is not None and not out:
         out = [LiveThen(host, None, None)]  # never switched by then: nothing was live
     return sorted(out, key=lambda x: x.host or "")

@@ -116,7 +116,7 @@ def _local(
     that backbone holds another version; without it, the one task live answers (several live
     backbones: one line naming them, exit 1). Never another task's answer.
     """
-    from manager.catalog.deployment import get_deployment
+    from manager.catalog.deployment import find_deployment
     from manager.catalog.refs import resolve_version
     from manager.cli.switch import describe
     from manager.device import resolve_device
@@ -131,8 +131,8 @@ def _local(
         task, selector = parse_version_selector(target)
         with app.session(write=False) as s:
             ref = resolve_version(s, task, selector)  # TASK alone: its champion
-            dep = get_deployment(s, app.home.host, ref.backbone_id)
-            same = dep.version_id == ref.id and dep.state == "idle"
+            dep = find_deployment(s, app.home.host, ref.backbone_id)
+            same = dep is not None and dep.version_id == ref.id and dep.state == "idle"
         if not same:
             report = switch_live(app.home, app.catalog, ref.task, ref.number)
             click.echo(describe(report), err=True)

@@ -54,7 +54,6 @@ FOREIGN_TEMP_TTL_S = 24 * 3600
 _TEMP = re.compile(r"^\..+\.tmp-(\d+)(?:@([0-9a-f]+))?-[0-9a-f]+$")
 _PENDING = re.compile(r"^\.pending-(\d+)(?:@([0-9a-f]+))?-[0-9a-f]+\.safetensors$")
 _HEX = re.compile(r"[0-9a-f]{16,128}")
-_HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
 def host_tag() -> str:
@@ -380,12 +379,6 @@ class Store:
         if not _HEX.fullmatch(digest or ""):
             raise MgrError(f"refusing a live folder for backbone hash {digest!r}: not hex")
         return self.confine(self.live / digest[:16])
-
-    def live_dirs(self) -> list[Path]:
-        """The per-backbone live folders present (names of 16 hex digits), sorted."""
-        if not self.live.is_dir():
-            return []
-        return sorted(p for p in self.live.iterdir() if _HEX16.fullmatch(p.name) and p.is_dir())
 
     @property
     def live_weights(self) -> Path:

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from manager.catalog import Catalog
-from manager.catalog.deployment import get_deployment, host_deployments
+from manager.catalog.deployment import find_deployment, host_deployments
 from manager.catalog.refs import VersionRef
 from manager.device import resolve_precision
 from manager.errors import MgrError
@@ -86,8 +86,8 @@ def load_live_model(
         backbone_id = the_live_version(catalog)[0]
     with store.lock(store.live_lock_file, shared=True):
         with catalog.session(write=False) as s:
-            dep = get_deployment(s, home.host, backbone_id)
-            if dep.version is None:
+            dep = find_deployment(s, home.host, backbone_id)
+            if dep is None or dep.version is None:
                 raise MgrError("no task is live: 'mgr switch TASK' or pass --task")
             if version_id is not None and dep.version_id != version_id:
                 raise MgrError(
