@@ -57,8 +57,6 @@ def evaluate(
         acc = per_class.compute().tolist() if len(data) else [0.0] * num_classes
         present = torch.bincount(data.labels.cpu(), minlength=num_classes).tolist()
         out["per_class_top1"] = {
-            c: round(100.0 * a, 4)
-            for c, a, n in zip(class_names, acc, present, strict=False)
-            if n
+            c: round(100.0 * a, 4) for c, a, n in zip(class_names, acc, present, strict=False) if n
         }
     return out
