@@ -121,7 +121,7 @@ def resolve(catalog: Catalog, target: str | None) -> tuple[VersionRef, list[str]
             raise ServeError(409, f"version {v.number} of {task.name!r} is {v.status}")
         if task.backbone_id is None:
             raise ServeError(409, f"task {task.name!r} is not bound to a backbone")
-        return VersionRef.of(v), list(task.class_names)
+        return VersionRef.of(v), list((v.lineage or {}).get("classes") or task.class_names)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from torch import nn
 
 from manager.catalog import Catalog
 from manager.catalog.deployment import get_deployment
+from manager.catalog.lineage import version_classes
 from manager.device import resolve_precision
 from manager.errors import MgrError
 from manager.home import Home
@@ -57,7 +58,7 @@ def load_live_model(
             if dep.version is None:
                 raise MgrError("no task is live: 'mgr switch TASK' or pass --task")
             task, version = dep.version.task.name, dep.version.number
-            class_names = list(dep.version.task.class_names)
+            class_names = version_classes(dep.version)  # its own set: labels may have grown
             version_id, spec = dep.version_id, dep.backbone.spec
             base = store.resolve(dep.backbone.path)
         # Cheap (stats and headers): a live file changed since its switch is never served.
