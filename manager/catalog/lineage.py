@@ -75,3 +75,26 @@ def describe_diff(lineage: dict[str, Any] | None, parent: dict[str, Any] | None)
     if lineage.get("settings_hash") != parent.get("settings_hash"):
         parts.append("settings changed")
     return ", ".join(parts) or "same data and settings"
+
+
+def gate_decisions(s: Session, task: Any) -> dict[int, dict[str, Any]]:
+    """Each version's gate decision from the history (the last one recorded), by version id:
+    ``{"promoted", "reason", "score", "champion_score", "worst_classes", ...}``."""
+    from sqlalchemy import select
+
+    from manager.catalog.aliases import PROMOTION_REFUSED
+    from manager.catalog.events import PROMOTED
+    from manager.catalog.models import Event
+
+    rows = s.scalars(
+        select(Event)
+        .where(Event.task_name == task.name, Event.kind.in_((PROMOTED, PROMOTION_REFUSED)))
+        .order_by(Event.id)
+    )
+    out: dict[int, dict[str, Any]] = {}
+    for ev in rows:
+        d = dict(ev.details or {})
+        if ev.version_id is None or d.get("mode") != "gate":
+            continue
+        out[ev.version_id] = {"promoted": ev.kind == PROMOTED, **d}
+    return out

@@ -115,7 +115,7 @@ def decide(
     drops = class_drops(new_pc, old_pc, gated)
     details["worst_classes"] = [
         {"class": c, "champion": round(o, 2), "new": round(n, 2), "change": round(n - o, 2)}
-        for c, o, n in drops[:5]
+        for c, o, n in class_drops(new_pc, old_pc, old_classes)[:5]
     ]
     if max_class_drop is not None:
         details.update(max_class_drop=max_class_drop, gated_classes=len(gated))
