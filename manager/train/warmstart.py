@@ -51,9 +51,10 @@ class InitSource:
 def warm_start(model: nn.Module, source: InitSource, classes: Sequence[str]) -> dict[str, Any]:
     """Load ``source``'s adapter into ``model`` (prepared for the same method); see the module.
 
-    Returns the lineage record: ``{"from", "task", "version", "head"}`` where ``head`` is
-    ``kept`` (same classes), ``grown`` (``n`` old rows kept, the rest fresh) or
-    ``reinitialised`` (no class in common).
+    Returns the lineage record: ``{"from", "task", "version", "head", "head_rows_kept"}`` where
+    ``head`` is ``kept`` (same classes), ``grown`` (the old classes first, at their indices, new
+    ones fresh), ``remapped`` (some classes shared, rows moved by name) or ``reinitialised``
+    (no class in common).
     """
     delta = source.delta
     params = dict(model.named_parameters())
@@ -87,10 +88,12 @@ def warm_start(model: nn.Module, source: InitSource, classes: Sequence[str]) -> 
                 p[new_row].copy_(t[old_row].to(p.dtype))
     if not shared:
         state = "reinitialised"
-    elif len(shared) == len(classes) == len(source.classes):
+    elif list(classes) == source.classes:
         state = "kept"
+    elif list(classes[: len(source.classes)]) == source.classes:
+        state = "grown"  # old classes at their old indices, new ones appended
     else:
-        state = "grown" if len(shared) == len(source.classes) else "remapped"
+        state = "remapped"
     return {
         "from": source.label,
         "task": source.task,
