@@ -70,6 +70,7 @@ def run(
     seed: int,
     device: torch.device,
     init: InitSource | None = None,
+    label: str = "",
 ) -> dict:
     """One run; top-1 after every epoch and the training seconds up to it."""
     from manager.datasets.transforms import data_config
@@ -94,6 +95,8 @@ def run(
         now = time.perf_counter()
         top1 = evaluate(model, test, n, mean, std, device=device)["top1"]
         curve.append((event.epoch, top1, now - clock["start"] - clock["paused"]))
+        print(f"  {label} epoch {event.epoch}: top-1 {top1:.1f}% after {curve[-1][2]:.0f} s",
+              file=sys.stderr, flush=True)  # fmt: skip
         clock["paused"] += time.perf_counter() - now
 
     data = TrainData(train, test)
@@ -145,12 +148,12 @@ def main() -> None:
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         t0 = time.perf_counter()
-        halfrun = run(spec, classes, half(train), test, args.epochs, seed, device)
+        halfrun = run(spec, classes, half(train), test, args.epochs, seed, device, label="half")
         half_s = time.perf_counter() - t0
-        scratch = run(spec, classes, train, test, args.epochs, seed, device)
+        scratch = run(spec, classes, train, test, args.epochs, seed, device, label="scratch")
         target = scratch["curve"][-1][1]
         source = InitSource("flowers", 1, halfrun["delta"], classes)
-        warm = run(spec, classes, train, test, args.epochs, seed, device, init=source)
+        warm = run(spec, classes, train, test, args.epochs, seed, device, init=source, label="warm")
         s_ep, s_sec = reached(scratch["curve"], target)
         w_ep, w_sec = reached(warm["curve"], target)
         drops = [
