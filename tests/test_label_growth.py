@@ -104,3 +104,30 @@ def test_a_new_class_grows_the_head_and_old_versions_keep_theirs(tmp_path: Path)
         ["aa"],
         [],
     ]
+
+
+def test_vtab1k_classes_txt_grows_by_refresh(tmp_path: Path) -> None:
+    """A VTAB-1k task names its classes in ``classes.txt``; a line added there is a new class."""
+    from PIL import Image
+
+    root = tmp_path / "vtab"
+    root.mkdir()
+    for k in range(3):
+        Image.new("RGB", (8, 8), (80 * k, 0, 0)).save(root / f"{k}.png")
+    (root / "train800val200.txt").write_text("0.png 0\n1.png 1\n")
+    (root / "test.txt").write_text("0.png 0\n1.png 1\n")
+    (root / "classes.txt").write_text("cat\ndog\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    mgr(home, "task", "add", "v", "--dataset", "vtab1k", "--root", str(root))
+    assert mgr(home, "task", "refresh", "v", "--json").json()["new"] == []
+    (root / "classes.txt").write_text("cat\ndog\nbird\n")
+    (root / "train800val200.txt").write_text("0.png 0\n1.png 1\n2.png 2\n")
+    shown = mgr(home, "task", "refresh", "v")
+    assert "1 new class(es) found: bird" in shown.stdout
+    assert mgr(home, "task", "refresh", "v", "--yes", "--json").json()["classes"] == [
+        "cat",
+        "dog",
+        "bird",
+    ]
+    assert mgr(home, "task", "show", "v", "--json").json()["class_names"] == ["cat", "dog", "bird"]
