@@ -133,6 +133,9 @@ class AdapterVersion(Base):
     parent_id: Mapped[int | None] = mapped_column(
         ForeignKey("adapter_versions.id", ondelete="SET NULL"), index=True
     )
+    # What made it (manager.train.lineage): its data (set, root, splits, counts per class, file
+    # fingerprint), its class names in label order, its settings' hash, the warm start.
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     task: Mapped[Task] = relationship(back_populates="versions", foreign_keys=[task_id])

@@ -42,7 +42,7 @@ class VersionRef:
             v.path,
             v.bytes,
             v.content_hash,
-            v.task.num_classes,
+            len(v.lineage["classes"]) if (v.lineage or {}).get("classes") else v.task.num_classes,
             v.task.backbone_id,
         )
 

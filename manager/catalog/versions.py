@@ -32,6 +32,7 @@ def add_version(
     parent_id: int | None = None,
     number: int | None = None,
     status: str = VERSION_READY,
+    lineage: dict[str, Any] | None = None,
 ) -> AdapterVersion:
     """Record a version whose artifact is already written (`path` relative to the home).
 
@@ -49,6 +50,7 @@ def add_version(
         path=path,
         status=status,
         parent_id=parent_id,
+        lineage=lineage,
     )
     s.add(version)
     s.flush()

@@ -35,6 +35,7 @@ def version_dict(v: AdapterVersion) -> dict[str, Any]:
         "structure": v.structure,
         "hyperparams": v.hyperparams,
         "metrics": v.metrics,
+        "lineage": v.lineage,
         "created_at": iso(v.created_at),
     }
 

@@ -293,3 +293,9 @@ def _remove_forced(app: App, name: str) -> None:
                 click.echo(describe(report))
         with app.session() as s:
             task_ops.remove_task(s, name, app.home.host, force=True)
+
+
+# `mgr task refresh` (issue 21) lives in its own module.
+from manager.cli.refresh import refresh  # noqa: E402
+
+command.add_command(refresh)

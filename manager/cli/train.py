@@ -206,6 +206,33 @@ class LearningRate(FiniteFloat):
     help="Compare on this split. [default: val; test where training used val]",
 )
 @click.option("--no-promote", is_flag=True, help="Same as --promote never.")
+# -- continual adaptation (issue 21) --
+@click.option(
+    "--init",
+    metavar="champion|TASK@V",
+    help="Warm start from a recorded version's adapter (branches, biases, norms, head): "
+    "'champion' (this task's), TASK@V or OTHER@V on the same backbone, method and structure. "
+    "Head rows are matched by class name; new classes start fresh.",
+)
+@click.option(
+    "--if-changed",
+    is_flag=True,
+    help="Train only if the data (file list, sizes, mtimes), the label set or the settings "
+    "differ from the champion's; otherwise print one line and exit 0 (for nightly jobs).",
+)
+@click.option(
+    "--hash-data",
+    is_flag=True,
+    help="Fingerprint the data's file contents too, not only names, sizes and mtimes (slow).",
+)
+@click.option(
+    "--max-class-drop",
+    type=FiniteFloat(0, 100),
+    default=30.0,
+    show_default=True,
+    help="The gate refuses a version that loses more than this many points of top-1 on any "
+    "class the champion knew (classes with 10+ evaluation images), even if its top-1 rises.",
+)
 @json_option
 @pass_app
 def command(
@@ -241,6 +268,10 @@ def command(
     gate_margin: float,
     gate_split: str | None,
     no_promote: bool,
+    init: str | None,
+    if_changed: bool,
+    hash_data: bool,
+    max_class_drop: float,
     as_json: bool,
 ) -> None:
     """Train TASK's adapter, consolidate it and record a new adapter version.
@@ -262,6 +293,7 @@ def command(
       mgr train pets --lr auto               # the lr alone
       mgr train pets --method full --batch-size 256 --lr 4e-4 --compile
       torchrun --standalone --nproc-per-node 4 -m manager train pets --batch-size 256
+      mgr train pets --if-changed --init champion   # nightly: only when the data changed
     """
     # Cheap checks before the heavy imports, so a typo fails in a fraction of a second.
     budget_bytes = parse_size(budget) if budget is not None else None
@@ -277,6 +309,7 @@ def command(
     from manager.delta.structure import format_structure
     from manager.train.config import TrainConfig
     from manager.train.distributed import PeerError
+    from manager.train.lineage import Unchanged
     from manager.train.run import train_task
 
     cfg = TrainConfig(
@@ -338,7 +371,17 @@ def command(
             eval_split=eval_split,
             progress=progress,
             log=log,
+            init=init,
+            if_changed=if_changed,
+            hash_data=hash_data,
+            max_class_drop=max_class_drop,
         )
+    except Unchanged as nothing:
+        if as_json:
+            echo_json({"task": task, "trained": False, "reason": str(nothing)})
+        else:
+            click.echo(str(nothing))
+        return
     except PeerError:
         sys.exit(1)  # rank 0 prints this error; the other torchrun processes stay quiet
     if out is None:

@@ -55,15 +55,23 @@ def _settings(v: dict) -> str:
     help="Also list every trial of the searches that chose tuned versions' settings "
     "(mgr train --tune); --json always holds them, under hyperparams.tune.",
 )
+@click.option(
+    "--classes",
+    "show_classes",
+    is_flag=True,
+    help="Also show each version's classes, top-1 per class and the gate's decision with its "
+    "worst classes (--json always holds them, under metrics.per_class_top1 and gate).",
+)
 @json_option
 @pass_app
-def command(app: App, task: str, trials: bool, as_json: bool) -> None:
+def command(app: App, task: str, trials: bool, show_classes: bool, as_json: bool) -> None:
     """List TASK's adapter versions: method, structure, accuracy, bytes, training settings.
 
     \b
     Examples:
       mgr versions pets
       mgr versions pets@3 --trials      # one version, with the trials of its --tune search
+      mgr versions pets@4 --classes     # its classes, per-class top-1, the gate's worst classes
     """
     from manager.catalog.refs import version_number
 
@@ -79,6 +87,17 @@ def command(app: App, task: str, trials: bool, as_json: bool) -> None:
         named, tagged = aliases_by_version(s, t), tags_by_version(s, t)
         for v, row in zip(t.versions, rows, strict=True):
             row.update(aliases=named.get(v.id, []), tags=tagged.get(v.id, []))
+        from manager.catalog.lineage import describe_diff, gate_decisions, version_classes
+
+        by_id = {v.id: v for v in t.versions}
+        gates = gate_decisions(s, t)
+        for v, row in zip(t.versions, rows, strict=True):
+            parent = by_id.get(v.parent_id) if v.parent_id else None
+            row.update(
+                classes=version_classes(v),
+                changes=describe_diff(v.lineage, parent.lineage if parent else None),
+                gate=gates.get(v.id),
+            )
     if number is not None:
         rows = [v for v in rows if v["number"] == number]
         if not rows:
@@ -102,6 +121,7 @@ def command(app: App, task: str, trials: bool, as_json: bool) -> None:
         "status",
         "aliases",
         "tags",
+        "lineage",
         "created",
         title=f"{name}: adapter versions (* = active, the champion)",
     )
@@ -119,11 +139,50 @@ def command(app: App, task: str, trials: bool, as_json: bool) -> None:
             v["status"],
             ",".join(v["aliases"]) or "-",
             ",".join(v["tags"]) or "-",
+            _lineage(v),
             (v["created_at"] or "")[:19],
         )
     console().print(table)
     if trials:
         _print_trials(rows)
+    if show_classes:
+        for v in rows:
+            _print_classes(v)
+
+
+def _lineage(v: dict) -> str:
+    """``from v2: +120 images, 2 new classes; init pets@2 (head grown)``."""
+    lin = v.get("lineage") or {}
+    text = v.get("changes") or "-"
+    if lin.get("parent") is not None:
+        text = f"from v{lin['parent']}: {text}"
+    init = lin.get("init")
+    if init:
+        text += f"; init {init['from']} (head {init['head']})"
+    return text
+
+
+def _print_classes(v: dict) -> None:
+    from rich.table import Table
+
+    per_class = (v["metrics"] or {}).get("per_class_top1") or {}
+    gate = v.get("gate") or {}
+    worst = {w["class"]: w for w in gate.get("worst_classes") or []}
+    title = f"v{v['number']}: {len(v['classes'])} classes"
+    if gate:
+        verdict = "promoted" if gate.get("promoted") else "refused"
+        title += f"; gate: {verdict} ({gate.get('reason')})"
+    table = Table("index", "class", "top-1 %", "gate: champion %", "gate: new %", title=title)
+    for i, name in enumerate(v["classes"]):
+        w = worst.get(name)
+        table.add_row(
+            str(i),
+            name,
+            _pct(per_class.get(name)),
+            _pct(w["champion"]) if w else "-",
+            _pct(w["new"]) if w else "-",
+        )
+    console().print(table)
 
 
 def _print_trials(rows: list[dict]) -> None:

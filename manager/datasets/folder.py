@@ -32,6 +32,7 @@ FLAT_PICKS = {"train": (0, 1, 2), "val": (3,), "test": (4,), "trainval": (0, 1, 
 # claim 100000x100000 pixels and make the decoder allocate tens of gigabytes.
 DEFAULT_MAX_PIXELS = 40_000_000
 SKIP_HINT = "or skip unreadable images: --dataset imagefolder:skip_bad=true"
+CLASSES_FILE = "classes.txt"  # optional, at the root: one name per class folder, in sorted order
 
 
 def _reason(exc: BaseException) -> str:
@@ -164,11 +165,35 @@ class Folder(DatasetKind):
         return root if top.is_dir() and _class_dirs(top) else None
 
     def classes(self, found: Path | None, **options) -> list[str]:
+        """Class folder names, or with ``classes.txt`` at the root its names (one per line, in
+        the folders' sorted order: ``006`` answers as ``airplane``)."""
         if found is None:
             raise MgrError("imagefolder: class names need the data set on disk; pass --root")
-        return _class_dirs(found / "train" if _is_split_tree(found) else found)
+        dirs = _class_dirs(found / "train" if _is_split_tree(found) else found)
+        listed = found / CLASSES_FILE
+        if not listed.is_file():
+            return dirs
+        try:
+            names = [ln.strip() for ln in listed.read_text("utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MgrError(f"imagefolder: cannot read {listed}: {exc}") from None
+        if len(names) != len(dirs) or len(set(names)) != len(names):
+            raise MgrError(
+                f"imagefolder: {listed} names {len(names)} distinct classes, the data has "
+                f"{len(dirs)} class folders; one name per folder, in their sorted order"
+            )
+        return names
 
     def build(
+        self, root, split: str, transform: Callable | None, download: bool, **options
+    ) -> Dataset:
+        ds = self._build(root, split, transform, download, **options)
+        found = self.locate(resolve_root(root))
+        if found is not None and (found / CLASSES_FILE).is_file():
+            ds.classes = self.classes(found)  # labels stay the folders' sorted order
+        return ds
+
+    def _build(
         self, root, split: str, transform: Callable | None, download: bool, **options
     ) -> Dataset:
         # Types and ranges were checked against `options` when the spec was parsed.
@@ -190,12 +215,12 @@ class Folder(DatasetKind):
         found = self.locate(root)
         if found is None:
             raise MgrError(f"imagefolder: no class folders in {root}")
-        classes = self.classes(found)
+        classes = _class_dirs(found / "train" if _is_split_tree(found) else found)
         if not _is_split_tree(root):
             ds = self._open(root, classes, transform, **opts)
             return Labeled.subset(ds, every_kth(ds.targets, 5, FLAT_PICKS[split]))
         if split == "trainval":
-            parts = [self.build(root, s, transform, False, **opts) for s in ("train", "val")]
+            parts = [self._build(root, s, transform, False, **opts) for s in ("train", "val")]
             return Labeled.concat(parts)
         folder = root / split
         if split == "test" and not folder.is_dir():

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from manager.catalog import Catalog, tasks
 from manager.catalog.db import sqlite_file
 from manager.catalog.deployment import host_deployments
+from manager.catalog.lineage import version_classes
 from manager.catalog.models import VERSION_READY
 from manager.catalog.refs import VersionRef, select_version
 from manager.errors import MgrError
@@ -65,7 +66,7 @@ def resolve(catalog: Catalog, target: str | None) -> Resolved:
             raise ServeError(409, f"version {v.number} of {task.name!r} is {v.status}")
         if task.backbone_id is None:
             raise ServeError(409, f"task {task.name!r} is not bound to a backbone")
-        return VersionRef.of(v), list(task.class_names)
+        return VersionRef.of(v), version_classes(v)  # its own set: labels may have grown
 
 
 class Resolver:

@@ -48,6 +48,7 @@ def record_version(
     parent_id: int | None = None,
     promote: bool | PromotionDecision = True,
     reservation: int | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> RecordedVersion:
     """Write ``delta`` as the next version of ``task_name`` and record it (see the module doc).
 
@@ -100,6 +101,7 @@ def record_version(
                 metrics=metrics,
                 parent_id=parent_id,
                 number=number,
+                lineage=lineage,
             )
             promotion = _apply_promotion(s, task, version, promote)
             version_id = version.id

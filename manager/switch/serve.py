@@ -18,6 +18,7 @@ from torch import nn
 
 from manager.catalog import Catalog
 from manager.catalog.deployment import find_deployment, host_deployments
+from manager.catalog.lineage import version_classes
 from manager.catalog.refs import VersionRef
 from manager.device import resolve_precision
 from manager.errors import MgrError
@@ -95,7 +96,7 @@ def load_live_model(
                     "the version asked for; run the command again"
                 )
             task, version = dep.version.task.name, dep.version.number
-            class_names = list(dep.version.task.class_names)
+            class_names = version_classes(dep.version)  # its own set: labels may have grown
             version_id, spec = dep.version_id, dep.backbone.spec
             digest = dep.backbone.content_hash
             base = store.resolve(dep.backbone.path)

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from manager.catalog import Catalog, open_catalog, tasks
+from manager.catalog import Catalog, open_catalog
+from manager.catalog.lineage import classes_of
 from manager.catalog.models import Backbone
 from manager.catalog.refs import BackboneRef, VersionRef, resolve_version
 from manager.delta.delta import Delta
@@ -136,7 +137,7 @@ class Switcher:
         if task is not None:
             with self.catalog.session(write=False) as s:
                 target = resolve_version(s, task, version)
-                class_names = list(tasks.get_task(s, task).class_names)
+                class_names = classes_of(s, target.id)  # the version's own class set
         if target == self.current:
             return False
         if target is None and self.model is None:

@@ -88,8 +88,11 @@ def export_adapter(
     device: torch.device | str = "cpu",
     *,
     meta: DeltaMeta,
+    class_names: list[str] | None = None,
 ) -> tuple[Delta, dict[str, Any]]:
     """Evaluate a trained model on ``data.eval`` (float32, on ``device``) and export its delta.
+
+    ``class_names`` adds top-1 per class (``per_class_top1``) to the metrics.
 
     A delta with any non-finite value (e.g. one that overflows the storage dtype) raises
     MgrError: such a delta is never returned.
@@ -105,6 +108,7 @@ def export_adapter(
         torch.tensor(dc["mean"]),
         torch.tensor(dc["std"]),
         device=device,
+        class_names=class_names,
     )
     metrics.update(
         train_images_per_s=round(result.images_per_s, 2),

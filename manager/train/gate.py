@@ -17,15 +17,21 @@ import torch
 
 from manager.catalog import Catalog, tasks
 from manager.catalog.aliases import PromotionDecision
+from manager.catalog.lineage import version_classes
 from manager.catalog.models import Backbone
 from manager.catalog.refs import VersionRef
 from manager.delta.delta import Delta
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
+from manager.train.lineage import class_drops
 
 MODES = ("gate", "always", "never")
 VAL_SPLIT = "val"
+# The forgetting gate compares classes with at least this many evaluation images.
+MIN_CLASS_IMAGES = 10
+# --max-class-drop's default, in points of one class's top-1 (see BENCHMARKS.md, "Continual").
+MAX_CLASS_DROP = 30.0
 
 
 def gate_split(trained_on: str, eval_split: str, asked: str | None = None) -> tuple[str, str]:
@@ -54,11 +60,16 @@ def decide(
     split: str | None = None,
     device: torch.device | str = "cpu",
     log: Callable[[str], Any] = print,
+    classes: Sequence[str] | None = None,
+    max_class_drop: float | None = None,
 ) -> PromotionDecision:
     """Whether ``delta`` (a new version of ``task_name``) should become its champion.
 
     ``always`` and ``never`` evaluate nothing; ``gate`` scores the new delta and the champion's
     (the first version of a task is always the champion). ``backbone``: the task's row.
+    ``classes``: the new version's class names (default: the task's); both versions are scored
+    per class by name, and with ``max_class_drop`` the new one is refused if it loses more than
+    that many points of top-1 on any class the champion knew (even if its top-1 rises).
     """
     if mode not in MODES:
         raise MgrError(f"--promote must be one of {', '.join(MODES)}, not {mode!r}")
@@ -68,6 +79,9 @@ def decide(
         task = tasks.get_task(s, task_name)
         champion = VersionRef.of(task.active_version) if task.active_version else None
         dataset, root = task.dataset, task.data_root
+        label_set = list(task.class_names)
+        old_classes = version_classes(task.active_version) if task.active_version else []
+    new_classes = list(classes) if classes is not None else label_set
     if champion is None:
         return PromotionDecision(mode, True, "first version")
     split_name, note = gate_split(trained_on, eval_split, split)
@@ -87,12 +101,31 @@ def decide(
         )  # fmt: skip
     log(f"gate: scoring the new version and champion v{champion.number} on {split_name}")
     new = Delta.from_bytes(delta.to_bytes())  # as it will be stored: the storage dtype's values
-    (new_score, old_score), images = score_deltas(
-        home, backbone, champion.num_classes, [new, old], dataset, root, split_name, device
-    )
+    scored, counts = score_by_class(
+        home, backbone, [(new, new_classes), (old, old_classes)], dataset, root, split_name,
+        label_set, device,
+    )  # fmt: skip
+    (new_score, new_pc), (old_score, old_pc) = scored
     won = new_score >= old_score + margin
+    images = sum(counts.values())
     details.update(score=round(new_score, 4), champion_score=round(old_score, 4), images=images)
     reason = f"new {'>=' if won else '<'} champion + margin on {split_name}"
+    # Classes with few images are listed but not gated: one image is worth 100 points there.
+    gated = [c for c in old_classes if counts.get(c, 0) >= MIN_CLASS_IMAGES]
+    drops = class_drops(new_pc, old_pc, gated)
+    details["worst_classes"] = [
+        {"class": c, "champion": round(o, 2), "new": round(n, 2), "change": round(n - o, 2)}
+        for c, o, n in class_drops(new_pc, old_pc, old_classes)[:5]
+    ]
+    if max_class_drop is not None:
+        details.update(max_class_drop=max_class_drop, gated_classes=len(gated))
+        worst = drops[0] if drops else None
+        if won and worst is not None and worst[1] - worst[2] > max_class_drop:
+            won = False
+            reason = (
+                f"class {worst[0]!r} drops {worst[1] - worst[2]:.1f} points "
+                f"({worst[1]:.1f}% -> {worst[2]:.1f}%), over --max-class-drop {max_class_drop:g}"
+            )
     return PromotionDecision(mode, won, reason, champion.id, details)
 
 
@@ -115,36 +148,63 @@ def load_champion(store: Store, ref: VersionRef, backbone: Backbone) -> Delta:
 
 
 @torch.no_grad()
-def score_deltas(
+def score_by_class(
     home: Home,
     backbone: Backbone,
-    num_classes: int,
-    deltas: Sequence[Delta],
+    scored: Sequence[tuple[Delta, Sequence[str]]],
     dataset: str,
     root: str | None,
     split: str,
+    label_set: Sequence[str],
     device: torch.device | str = "cpu",
-) -> tuple[list[float], int]:
-    """Top-1 (%) of W0 + each delta on ``split`` of ``dataset``, and the number of images."""
+) -> tuple[list[tuple[float, dict[str, float]]], dict[str, int]]:
+    """Top-1 (%) and top-1 per class name of W0 + each ``(delta, its class names)`` on ``split``,
+    and the split's image count per class name.
+
+    The split's labels are the task's (``label_set``); each version's answers are read as its
+    own class names, so versions trained on different label sets are compared class by class.
+    """
     from manager.datasets import create_dataset
     from manager.datasets.transforms import data_config
     from manager.delta.apply import apply
     from manager.store.backbones import load_backbone
     from manager.train.data import ImageTensors, decode_transform
-    from manager.train.evaluate import evaluate
+    from manager.train.lineage import label_lut
 
-    model = load_backbone(home, backbone, num_classes=num_classes).to(device).eval()
-    dc = data_config(model)
-    data = ImageTensors.decode(
-        create_dataset(dataset, root, split, decode_transform(dc["img_size"]))
-    )
-    mean, std = torch.tensor(dc["mean"]), torch.tensor(dc["std"])
-    live = model.state_dict()  # shares storage with the model's parameters
-    w0 = {name: t.clone() for name, t in live.items()}
-    scores = []
-    for delta in deltas:
+    out: list[tuple[float, dict[str, float]]] = []
+    data = None
+    models: dict[int, tuple[torch.nn.Module, dict, dict]] = {}
+    n = len(label_set)
+    for delta, names in scored:
+        k = delta.meta.num_classes
+        if k not in models:
+            model = load_backbone(home, backbone, num_classes=k).to(device).eval()
+            live = model.state_dict()  # shares storage with the model's parameters
+            models[k] = (model, live, {name: t.clone() for name, t in live.items()})
+        model, live, w0 = models[k]
+        if data is None:
+            dc = data_config(model)
+            mean, std = torch.tensor(dc["mean"]), torch.tensor(dc["std"])
+            ds = create_dataset(dataset, root, split, decode_transform(dc["img_size"]))
+            data = ImageTensors.decode(ds)
+            data.labels = label_lut(ds.classes, label_set, "this")[data.labels]
         for name, t in live.items():  # back to W0 (and the fresh head) before each delta
             t.copy_(w0[name])
         apply(live, w0, delta)
-        scores.append(evaluate(model, data, num_classes, mean, std, device=device)["top1"])
-    return scores, len(data)
+        index = {c: i for i, c in enumerate(label_set)}
+        to_set = torch.tensor([index.get(c, -1) for c in names][:k] + [-1] * (k - len(names)))
+        preds = torch.cat(
+            [to_set[model(x.to(device)).argmax(1).cpu()] for x, _ in data.batches(128, mean, std)]
+        )
+        correct = (preds == data.labels).float()
+        count = torch.bincount(data.labels, minlength=n)
+        hits = torch.bincount(data.labels, weights=correct, minlength=n)
+        per_class = {
+            c: round(100.0 * float(hits[i] / count[i]), 4)
+            for i, c in enumerate(label_set)
+            if count[i]
+        }
+        out.append((100.0 * float(correct.mean()) if len(correct) else 0.0, per_class))
+    labels = data.labels if data is not None else torch.zeros(0, dtype=torch.long)
+    count = torch.bincount(labels, minlength=n).tolist()
+    return out, {c: int(k) for c, k in zip(label_set, count, strict=True)}

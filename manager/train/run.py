@@ -73,6 +73,7 @@ class _TaskInfo:
     weights: str | None
     backbone_id: int | None
     parent_id: int | None
+    class_names: tuple[str, ...] = ()  # the task's label set, in label order
 
 
 def _task_info(task: Task) -> _TaskInfo:
@@ -87,6 +88,7 @@ def _task_info(task: Task) -> _TaskInfo:
         task.weights,
         task.backbone_id,
         parent,
+        tuple(task.class_names),
     )
 
 
@@ -205,13 +207,19 @@ def load_data(
     from manager.datasets import create_dataset
     from manager.datasets.transforms import data_config
     from manager.train.data import ImageTensors, decode_transform
+    from manager.train.lineage import label_lut
 
     split = train_split or TRAIN_SPLIT.get(info.dataset.split(":", 1)[0], "train")
     tf = decode_transform(data_config(model)["img_size"])
-    return TrainData(
-        ImageTensors.decode(create_dataset(info.dataset, info.data_root, split, tf)),
-        ImageTensors.decode(create_dataset(info.dataset, info.data_root, eval_split, tf)),
-    )
+
+    def decode(name: str) -> ImageTensors:
+        ds = create_dataset(info.dataset, info.data_root, name, tf)
+        out = ImageTensors.decode(ds)
+        if info.class_names and len(out):  # the data's labels, read as the task's (by name)
+            out.labels = label_lut(ds.classes, info.class_names, info.name)[out.labels]
+        return out
+
+    return TrainData(decode(split), decode(eval_split))
 
 
 def train_task(
@@ -231,8 +239,18 @@ def train_task(
     eval_split: str = EVAL_SPLIT,
     progress: ProgressFn | None = None,
     log: Callable[[str], Any] = print,
+    init: str | None = None,
+    if_changed: bool = False,
+    hash_data: bool = False,
+    max_class_drop: float | None = None,
 ) -> TrainOutcome | None:
     """Train ``task_name``'s adapter and record it as a new version (see the module docstring).
+
+    ``init``: start from that version's adapter (``champion``, ``TASK@V``; see
+    ``manager.train.warmstart``). ``if_changed``: raise ``manager.train.lineage.Unchanged``
+    before any work when the data, classes and settings match the champion's. ``hash_data``:
+    fingerprint file contents, not only sizes and mtimes. ``max_class_drop``: the gate's limit
+    on any one class's loss of top-1 (points).
 
     ``promote``: ``"gate"`` (the champion changes only if the new version beats it by
     ``gate_margin`` points on ``gate_split``, see ``manager.train.gate``), ``"always"``,
@@ -261,6 +279,10 @@ def train_task(
             eval_split=eval_split,
             progress=progress,
             log=log,
+            init=init,
+            if_changed=if_changed,
+            hash_data=hash_data,
+            max_class_drop=max_class_drop,
         )
 
 
@@ -324,8 +346,13 @@ def _train(
     eval_split: str,
     progress: ProgressFn | None,
     log: Callable[[str], Any],
+    init: str | None = None,
+    if_changed: bool = False,
+    hash_data: bool = False,
+    max_class_drop: float | None = None,
 ) -> TrainOutcome | None:
     from manager.datasets.transforms import data_config
+    from manager.train import lineage
 
     t0 = time.perf_counter()
     method = get_method(cfg.method)
@@ -339,6 +366,19 @@ def _train(
     checkpoint = Checkpoint.of(store, task_name)
     if resume and not checkpoint.exists():
         raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {task_name!r}")
+    trained_on = train_split or TRAIN_SPLIT.get(info.dataset.split(":", 1)[0], "train")
+    classes = list(info.class_names)
+    settings = lineage.settings_hash(cfg, trained_on, eval_split)
+    identity = lineage.data_identity(info.dataset, info.data_root, content=hash_data)
+    if if_changed:
+        with catalog.session(write=False) as s:
+            champ = tasks.get_task(s, task_name).active_version
+            champ_lineage = champ.lineage if champ is not None else None
+            champ_label = f"{task_name}@{champ.number}" if champ is not None else None
+        reason = lineage.unchanged_reason(champ_lineage, identity, classes, settings)
+        if reason is not None:
+            raise lineage.Unchanged(f"{champ_label} {reason}")
+    source = _init_source(home, catalog, task_name, init, method.name) if init else None
 
     def prepare(cfg: TrainConfig, *, fit: bool, reserve: bool) -> _Prepared:
         return _prepare(
@@ -369,6 +409,16 @@ def _train(
         cfg = TrainConfig(**ctx.decide(None))
         run = prepare(cfg, fit=False, reserve=False)
     try:
+        started = None
+        if source is not None:
+            from manager.train.warmstart import warm_start
+
+            if source.delta.meta.backbone_hash != run.backbone.content_hash:
+                raise MgrError(
+                    f"--init {source.label}: it was trained on another backbone "
+                    f"({source.delta.meta.backbone}); warm starts need the task's backbone"
+                )
+            started = warm_start(run.model, source, classes)
         data = load_data(info, run.model, train_split, eval_split)
         result = fit_adapter(
             run.model,
@@ -383,7 +433,9 @@ def _train(
         )
         if ctx is not None and not ctx.is_main:
             return None
-        delta, metrics = export_adapter(run.model, method, data, result, dev, meta=run.meta)
+        delta, metrics = export_adapter(
+            run.model, method, data, result, dev, meta=run.meta, class_names=classes or None
+        )
         hyper = {
             **run.cfg.to_json(),
             "img_size": data_config(run.model)["img_size"],
@@ -394,11 +446,22 @@ def _train(
         from manager.train.gate import decide
 
         mode = promote if isinstance(promote, str) else ("always" if promote else "never")
-        trained_on = train_split or TRAIN_SPLIT.get(info.dataset.split(":", 1)[0], "train")
         decision = decide(
             home, catalog, task_name, delta, mode, backbone=run.backbone, trained_on=trained_on,
             eval_split=eval_split, margin=gate_margin, split=gate_split, device=dev, log=log,
+            classes=classes or None, max_class_drop=max_class_drop,
         )  # fmt: skip
+        record = {
+            "classes": classes,
+            "data": {
+                **identity,
+                "train": lineage.split_record(trained_on, data.train.labels, classes),
+                "eval": lineage.split_record(eval_split, data.eval.labels, classes),
+            },
+            "settings_hash": settings,
+            "parent": _parent_number(catalog, info.parent_id),
+            "init": started,
+        }
         recorded = record_version(
             catalog,
             task_name,
@@ -409,6 +472,7 @@ def _train(
             parent_id=info.parent_id,
             promote=decision,
             reservation=run.reservation,
+            lineage=record,
         )
     except BaseException:
         if run.reservation is not None:
@@ -427,3 +491,37 @@ def _train(
         recorded.path,
         recorded.promotion,
     )
+
+
+def _parent_number(catalog: Catalog, parent_id: int | None) -> int | None:
+    from manager.catalog.models import AdapterVersion
+
+    if parent_id is None:
+        return None
+    with catalog.session(write=False) as s:
+        row = s.get(AdapterVersion, parent_id)
+        return row.number if row is not None else None
+
+
+def _init_source(home: Home, catalog: Catalog, task_name: str, text: str, method: str) -> Any:
+    """The version ``--init`` names, its delta loaded and checked (see manager.train.warmstart)."""
+    from manager.catalog.lineage import resolve_init
+    from manager.train.gate import load_champion
+    from manager.train.warmstart import InitSource
+
+    with catalog.session(write=False) as s:
+        ref, classes = resolve_init(s, task_name, text)
+        bound = s.get(Backbone, ref.backbone_id) if ref.backbone_id else None
+        if bound is None:
+            raise MgrError(f"--init {ref.label}: its task is not bound to a backbone")
+        s.expunge(bound)
+    try:
+        delta = load_champion(Store.of(home), ref, bound)
+    except MgrError as exc:
+        raise MgrError(f"--init {ref.label}: {exc}") from None
+    if delta.meta.method != method:
+        raise MgrError(
+            f"--init {ref.label}: it is a {delta.meta.method} adapter and this run trains "
+            f"{method}; warm starts need the same method and structure"
+        )
+    return InitSource(ref.task, ref.number, delta, classes)
