@@ -29,5 +29,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("adapter_versions") as batch:
-        batch.drop_column("lineage")
+    # Not batch mode: on SQLite it rebuilds adapter_versions, and dropping the old table under
+    # foreign_keys=ON sets deployment.version_id (ON DELETE SET NULL): what was live would be lost.
+    # ALTER TABLE ... DROP COLUMN (SQLite >= 3.35) keeps every row where it is.
+    op.drop_column("adapter_versions", "lineage")
