@@ -13,6 +13,7 @@ from manager.train.methods import get_method
 from manager.train.tune import holdout, make_plan
 
 KNOBS = ("lr", "lr_norm", "lr_branch", "weight_decay", "drop_path")
+ALL_RATES = ("--lr", "1e-3", "--lr-norm", "1e-3", "--lr-branch", "1e-4")
 FAST = ("--epochs", "2", "--batch-size", "32", "--groups", "96")
 
 
@@ -111,8 +112,7 @@ def test_tune_refusals_are_one_line(mgr):
     for args in (
         ("e", "--tune", "--resume"),  # refused before looking for a checkpoint
         ("e", "--tune", "--fit-budget"),
-        ("e", "--tune", "--lr", "1e-3", "--lr-norm", "1e-3", "--lr-branch", "1e-4")
-        + ("--weight-decay", "0", "--drop-path", "0"),
+        ("e", "--tune", *ALL_RATES, "--weight-decay", "0", "--drop-path", "0"),
         ("e", "--lr", "fast"),
         ("few", "--tune", "--eval-split", "val"),  # 8 training images: too few to hold out
     ):
