@@ -5,10 +5,10 @@ per-role rates included) with the TrainConfig fields ``k=v`` changed (``lr``, ``
 ``lr_branch``, ``drop_path``, ``groups``, ``shuffle``, ``warmup_epochs``, ``weight_decay``,
 ``lora_rank``...), plus ``init=B``: the branches re-drawn uniform in +-B. Every (variant, seed) run
 appends one JSON line to ``--log``, so a long ablation survives being stopped and can be grown a
-seed at a time; ``--report`` prints the mean +- sd table with each row's margin over the
-Consolidator's default row. Runs go through bench/accuracy.py's ``run_one`` (the trainer's own
-code). The schedule defaults to the demo's (``mgr demo``): 112 px, one warm-up epoch, Flowers-102
-train -> val, Pets trainval -> test.
+seed at a time; ``--report`` prints the mean +- sd table with the Consolidator default row's lead
+over each row, paired by seed (mean +- sd of the per-seed differences). Runs go through
+bench/accuracy.py's ``run_one`` (the trainer's own code). The schedule defaults to the demo's
+(``mgr demo``): 112 px, one warm-up epoch, Flowers-102 train -> val, Pets trainval -> test.
 
     python bench/ablation.py --dataset pets --epochs 8 --seeds 0,1,2 \\
         --variant 'Consolidator|consolidator|' --variant 'BitFit|bitfit|' \\
@@ -76,22 +76,32 @@ def report(path: Path) -> None:
     for ds, ep in sorted({(k[0], k[1]) for k in rows}):
         group = {k[2]: v for k, v in rows.items() if k[:2] == (ds, ep)}
         ref = group.get(REFERENCE)
-        ref_mean = statistics.mean(r["top1"] for r in ref) if ref else None
         split = group[next(iter(group))][0]["eval_split"]
         print(
-            f"\n| {ds}, {ep} epochs, {split} | top-1 % (mean ± sd) | seeds | vs {REFERENCE} "
+            f"\n| {ds}, {ep} epochs, {split} | top-1 % (mean ± sd) | seeds | {REFERENCE} lead "
             f"| stored bytes | % of backbone |"
         )
         print("|---|---|---|---|---|---|")
         for label, runs in group.items():
             accs = [r["top1"] for r in runs]
             mean = statistics.mean(accs)
-            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            margin = "-" if ref_mean is None or label == REFERENCE else f"{mean - ref_mean:+.1f}"
+            sd = f"{statistics.stdev(accs):.1f}" if len(accs) > 1 else "-"
+            margin = "-" if ref is None or label == REFERENCE else _margin(ref, runs)
             print(
-                f"| {label} | {mean:.1f} ± {sd:.1f} | {len(accs)} | {margin} "
+                f"| {label} | {mean:.1f} ± {sd} | {len(accs)} | {margin} "
                 f"| {runs[0]['bytes']:,} | {runs[0]['pct']:.2f}% |"
             )
+
+
+def _margin(ref: list[dict], runs: list[dict]) -> str:
+    """The Consolidator's lead over a row, paired by seed: mean +- sd of the per-seed differences
+    (positive: the Consolidator is ahead)."""
+    mine = {r["seed"]: r["top1"] for r in ref}
+    diffs = [mine[r["seed"]] - r["top1"] for r in runs if r["seed"] in mine]
+    if not diffs:
+        return "-"
+    sd = f" ± {statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
+    return f"{statistics.mean(diffs):+.1f}{sd}"
 
 
 def main() -> None:

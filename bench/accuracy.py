@@ -70,7 +70,9 @@ LR_GRID = {
     "bitfit_ln": [1e-2],
     "lora": [1e-2, 3e-2],
     "full": [1e-4, 3e-4],
-    "consolidator": [3e-3, 1e-2],
+    # One point: the per-role defaults (head and biases 1e-2, norms 1e-2/3, branches 1e-3, issue
+    # 16's ablation); a swept lr would move the norms' and branches' rates with it.
+    "consolidator": [1e-2],
 }
 DATASETS = {  # name -> (train split, sweep-eval split, test split)
     "flowers102": ("train", "val", "test"),
