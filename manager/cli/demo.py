@@ -174,7 +174,7 @@ METHOD_NAMES = {
     "lora": "LoRA r=8",
     "full": "full fine-tuning",
 }
-LONGER = 'BENCHMARKS.md, "Consolidator against its baselines"'
+LONGER = 'BENCHMARKS.md, "Consolidator defaults"'
 
 
 def lead_note(task: str, scores: dict[str, float]) -> str | None:
@@ -188,7 +188,7 @@ def lead_note(task: str, scores: dict[str, float]) -> str | None:
         return None
     return (
         f"{task}: {best} {'ties' if top == mine else 'leads'} the Consolidator at this short "
-        f"schedule ({top:.1f}% vs {mine:.1f}%); the longer-schedule table is in {LONGER}."
+        f"schedule ({top:.1f}% vs {mine:.1f}%); over seeds and longer schedules see {LONGER}."
     )
 
 
