@@ -52,7 +52,7 @@ def parse_variant(text: str) -> tuple[str, str, dict, float | None]:
         if "=" not in item:
             raise SystemExit(f"--variant {text!r}: {item!r} is not k=v")
         k, v = item.split("=", 1)
-        over[k] = _value(v)
+        over[k] = v if k == "groups" else _value(v)  # "48" is a structure, not a number
     init = over.pop("init", None)
     return label, method, over, init
 
