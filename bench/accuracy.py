@@ -37,7 +37,17 @@ from manager.train.data import ImageTensors, decode_transform
 from manager.train.methods import get_method
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
+
+
+def _assets() -> Path:
+    """``../shared/assets`` beside the checkout (or beside its parent: a git worktree)."""
+    for up in (ROOT.parent, ROOT.parent.parent):
+        if (up / "shared" / "assets").is_dir():
+            return up / "shared" / "assets"
+    return ROOT.parent / "shared" / "assets"
+
+
+ASSETS = _assets()
 
 # (label, method, TrainConfig overrides). The consolidator rows: the released one-branch setting
 # scaled to DeiT-tiny (g = 96: two channels per group), DropPath, reorder, and several branches.
@@ -61,7 +71,9 @@ LR_GRID = {
     "bitfit_ln": [1e-2],
     "lora": [1e-2, 3e-2],
     "full": [1e-4, 3e-4],
-    "consolidator": [3e-3, 1e-2],
+    # One point: the per-role defaults (head and biases 1e-2, norms 1e-2/3, branches 1e-3, issue
+    # 16's ablation); a swept lr would move the norms' and branches' rates with it.
+    "consolidator": [1e-2],
 }
 DATASETS = {  # name -> (train split, sweep-eval split, test split)
     "flowers102": ("train", "val", "test"),
@@ -85,15 +97,20 @@ def run_one(
     test: ImageTensors,
     num_classes: int,
     spec: str,
-    lr: float,
+    lr: float | None,
     epochs: int,
     seed: int,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
     precision: str | None = None,
     compile: bool = False,
+    branch_init: float | None = None,
 ) -> dict:
-    """One training run through the trainer's own code (``train_adapter``), no catalog."""
+    """One training run through the trainer's own code (``train_adapter``), no catalog.
+
+    ``lr`` None is the method's default (its per-role rates too, unless ``overrides`` set them);
+    ``branch_init`` re-draws the Consolidator's branches uniform in +-that bound (an ablation).
+    """
     torch.manual_seed(seed)
     model = build_backbone(spec, ASSETS / "deit_tiny_patch16_224.safetensors", num_classes)
     meta = DeltaMeta(
@@ -112,6 +129,10 @@ def run_one(
     )
     method = get_method(method_name)
     prepare_model(model, method, cfg)
+    if branch_init is not None:
+        for m in model.modules():
+            if hasattr(m, "reset_branches"):
+                m.reset_branches(branch_init)
     delta, metrics = train_adapter(model, method, cfg, TrainData(train, test), device, meta=meta)
     return {
         "top1": metrics["top1"],

@@ -70,3 +70,31 @@ def test_bad_flags_are_refused_cleanly(mgr, tmp_path: Path):
 def test_assets_are_looked_for_beside_the_checkout_only():
     # Run from this checkout (editable install): ../shared/assets beside the repository.
     assert checkout_assets() == ROOT.parent / "shared" / "assets"
+
+
+def test_real_plan_compares_four_methods_at_mgr_train_defaults(tmp_path: Path):
+    from manager.cli.demo import Source, _plan
+
+    plan = _plan(None, Source(tmp_path, tmp_path / "w.safetensors", "test"), None)  # type: ignore[arg-type]
+    for task in ("flowers102", "pets"):
+        runs = [a for a in plan if a[:2] == ["train", task]]
+        methods = [a[a.index("--method") + 1] if "--method" in a else "consolidator" for a in runs]
+        assert methods == ["consolidator", "linear", "bitfit", "lora"]
+        # Same data and schedule for all; no method gets a rate of its own: mgr train's defaults.
+        schedules = {tuple(x for x in a[2:] if x not in ("--method", m, "--no-promote"))
+                     for a, m in zip(runs, methods, strict=True)}  # fmt: skip
+        assert len(schedules) == 1
+        assert not any(x.startswith("--lr") for a in runs for x in a)
+
+
+def test_the_demo_says_in_one_line_where_the_consolidator_does_not_lead():
+    from manager.cli.demo import lead_note
+
+    assert lead_note("pets", {"Consolidator": 56.1, "BitFit": 54.5, "LoRA r=8": 45.5}) is None
+    note = lead_note("pets", {"Consolidator": 54.0, "BitFit": 55.4, "linear probe": 30.0})
+    assert note is not None and "\n" not in note
+    assert note.startswith("pets: BitFit leads the Consolidator")
+    assert "(55.4% vs 54.0%)" in note and "BENCHMARKS.md" in note
+    tie = lead_note("f", {"Consolidator": 50.0, "LoRA r=8": 50.0})
+    assert tie is not None and "LoRA r=8 ties" in tie
+    assert lead_note("f", {"BitFit": 50.0}) is None  # no Consolidator trained: nothing to say

@@ -92,8 +92,8 @@ class LearningRate(FiniteFloat):
     default=TrainConfig.lr,
     help="Peak learning rate of the head and biases, and of the branches and LayerNorms unless "
     "--lr-branch/--lr-norm say otherwise; 'auto' searches it on the validation split (--tune "
-    "with the lr alone). [default: measured per method: 3e-3 for the Consolidator (its "
-    "LayerNorms at a third), 1e-2 for linear, bitfit, bitfit_ln and lora, 3e-4 for full]",
+    "with the lr alone). [default: measured per method: 1e-2 for the Consolidator, linear, "
+    "bitfit, bitfit_ln and lora, 3e-4 for full]",
 )
 @click.option(
     "--lr-norm",
@@ -106,15 +106,18 @@ class LearningRate(FiniteFloat):
     "--lr-branch",
     type=FiniteFloat(0, min_open=True),
     default=TrainConfig.lr_branch,
-    help="Peak learning rate of the adapter branches (Consolidator, LoRA A/B). [default: --lr]",
+    help="Peak learning rate of the adapter branches (Consolidator, LoRA A/B). [default: "
+    "--lr / 10 for the Consolidator (1e-3: its branches start at +-1e-3), --lr for lora]",
 )
 @click.option(
     "--tune",
     is_flag=True,
-    help="Search lr, weight decay and DropPath (the Consolidator's) on the validation split, "
+    help="Search lr, the LayerNorms' and branches' rates and DropPath (the Consolidator's) and "
+    "weight decay on the validation split, "
     "or 20% held out of the training split where there is none, by successive halving; then "
-    "train with the best. Any of the three given explicitly is held fixed. The trials and the "
-    "choice are recorded with the version (mgr versions TASK --trials).",
+    "train with the best; the current settings always reach the last rung. Any knob given "
+    "explicitly is held fixed. The trials and the choice are recorded with the version "
+    "(mgr versions TASK --trials).",
 )
 @click.option(
     "--tune-budget",
@@ -288,8 +291,8 @@ def command(
       mgr train pets --groups 96,96s --drop-path 0.5
       mgr train pets --method lora --lr 3e-3
       mgr train pets --promote always      # skip the gate: the new version becomes champion
-      mgr train pets --lr 3e-3 --lr-norm 1e-3
-      mgr train pets --tune                  # lr, weight decay, DropPath: ~2x one run, then the run
+      mgr train pets --lr 1e-2 --lr-norm 3e-3 --lr-branch 1e-3   # the Consolidator's defaults
+      mgr train pets --tune                  # rates per role, wd, DropPath: ~2x one run
       mgr train pets --lr auto               # the lr alone
       mgr train pets --method full --batch-size 256 --lr 4e-4 --compile
       torchrun --standalone --nproc-per-node 4 -m manager train pets --batch-size 256
@@ -416,11 +419,12 @@ def command(
         f"  artifact {out.path}"
     )
     if cfg.tune:
+        from manager.train.tune import describe
+
         c, t = cfg.tune["chosen"], cfg.tune
         click.echo(
-            f"  tuned: lr {c['lr']:.1e}, weight decay {c['weight_decay']:g}, DropPath "
-            f"{c['drop_path']:g} (best of {t['configs']} on {t['split']}: {c['score']:.1f}%, "
-            f"{len(t['trials'])} trials in {t['seconds']:.0f} s)"
+            f"  tuned: {describe(c)} (best of {t['configs']} on {t['split']}: "
+            f"{c['score']:.1f}%, {len(t['trials'])} trials in {t['seconds']:.0f} s)"
         )
     if out.promotion is not None:
         from manager.cli.promote import describe_promotion
@@ -431,8 +435,9 @@ def command(
 def _tune_knobs(
     method: str, lr: float | str | None, tune: bool, resume: bool, fit_budget: bool
 ) -> list[str] | None:
-    """What --tune / --lr auto search (None: no search). Of lr, weight decay and DropPath,
-    those given explicitly are held fixed; DropPath is searched for the Consolidator only."""
+    """What --tune / --lr auto search (None: no search). Of the rates (lr, and the norms' and
+    branches' where the method searches them apart), weight decay and DropPath, those given
+    explicitly are held fixed; DropPath is searched for the Consolidator only."""
     if not tune and lr != "auto":
         return None
     flag = "--tune" if tune else "--lr auto"
@@ -444,8 +449,12 @@ def _tune_knobs(
         )
     if not tune:
         return ["lr"]
+    from manager.train.methods import get_method
+
     ctx = click.get_current_context()
-    wanted = ["lr", "weight_decay"] + (["drop_path"] if method == "consolidator" else [])
+    m = get_method(method)
+    roles = [k for k, r in (("lr_norm", m.norm_range), ("lr_branch", m.branch_range)) if r]
+    wanted = ["lr", *roles, "weight_decay"] + (["drop_path"] if method == "consolidator" else [])
     knobs = [
         k
         for k in wanted
@@ -453,7 +462,7 @@ def _tune_knobs(
         or ctx.get_parameter_source(k) in (ParameterSource.DEFAULT, None)
     ]
     if not knobs:
-        raise MgrError(f"{flag}: nothing to tune; lr, weight decay and DropPath are all given")
+        raise MgrError(f"{flag}: nothing to tune; rates, weight decay and DropPath are all given")
     return knobs
 
 

@@ -199,6 +199,8 @@ def _print_trials(rows: list[dict]) -> None:
             "config",
             "epochs",
             "lr",
+            "norms lr",
+            "branches lr",
             "weight decay",
             "DropPath",
             f"{tune['split']} top-1 %",
@@ -208,13 +210,16 @@ def _print_trials(rows: list[dict]) -> None:
         last = max(t["rung"] for t in tune["trials"])
         for i, t in enumerate(tune["trials"], 1):
             pick = t["rung"] == last and all(
-                t[k] == chosen[k] for k in ("lr", "weight_decay", "drop_path")
+                t.get(k) == chosen.get(k)
+                for k in ("lr", "lr_norm", "lr_branch", "weight_decay", "drop_path")
             )
             table.add_row(
                 f"{i}{' *' if pick else ''}",
                 str(t["config"]),
                 str(t["epochs"]),
                 _num(t["lr"]),
+                _num(t.get("lr_norm")),
+                _num(t.get("lr_branch")),
                 _num(t["weight_decay"]),
                 f"{t['drop_path']:g}",
                 _pct(t["score"]) if t.get("score") is not None else "diverged",

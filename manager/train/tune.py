@@ -1,4 +1,4 @@
-"""``mgr train TASK --tune``: a budgeted search over lr, weight decay and DropPath.
+"""``mgr train TASK --tune``: a budgeted search over the per-role rates, weight decay and DropPath.
 
 Successive halving (Jamieson & Talwalkar, 2016): ``configs`` candidate settings each train
 ``r`` epochs; the best ``1/eta`` of them train ``eta * r`` epochs; and so on until ``eta`` or
@@ -38,7 +38,7 @@ from manager.train.groups import resolve_lrs
 from manager.train.methods import Method, get_method, storage_dtype
 from manager.train.run import TRAIN_SPLIT, build_model, load_task_info
 
-KNOBS = ("lr", "weight_decay", "drop_path")
+KNOBS = ("lr", "lr_norm", "lr_branch", "weight_decay", "drop_path")
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-2, 0.1)
 DROP_PATHS = (0.0, 0.2, 0.5)
 HOLDOUT = 0.2
@@ -84,13 +84,18 @@ def _lr_grid(lo: float, hi: float, n: int) -> list[float]:
 
 def candidates(
     cfg: TrainConfig, method: Method, knobs: Sequence[str], n: int
-) -> list[dict[str, float]]:
+) -> list[dict[str, float | None]]:
     """``n`` settings. Only the lr: a log-spaced grid over the method's range. Otherwise the
     current settings first, then the lr stratified on a log scale (one draw from each of
-    ``n - 1`` equal slices, shuffled) and the others drawn from their grids, all by the seed."""
+    ``n - 1`` equal slices, shuffled), the norm and branch rates log-uniform in their ranges and
+    the others drawn from their grids, all by the seed. A role rate left None follows the lr."""
     lo, hi = method.lr_range
-    base = {
-        "lr": cfg.lr if cfg.lr is not None else method.default_lr,
+    current = resolve_lrs(cfg, method)
+    base: dict[str, float | None] = {
+        "lr": current.lr,
+        # Searched: start from the resolved default; else as given (None: lr x the method's scale).
+        "lr_norm": current.lr_norm if "lr_norm" in knobs else cfg.lr_norm,
+        "lr_branch": current.lr_branch if "lr_branch" in knobs else cfg.lr_branch,
         "weight_decay": cfg.weight_decay,
         "drop_path": cfg.drop_path,
     }
@@ -99,12 +104,17 @@ def candidates(
     rng = random.Random(cfg.seed)
     slices = list(range(n - 1))
     rng.shuffle(slices)
+    ranges = {"lr_norm": method.norm_range, "lr_branch": method.branch_range}
     out = [dict(base)]
     for k in slices:
         c = dict(base)
         if "lr" in knobs:
             u = (k + rng.random()) / (n - 1)
             c["lr"] = float(f"{lo * (hi / lo) ** u:.2g}")
+        for knob, bounds in ranges.items():
+            if knob in knobs and bounds is not None:
+                a, b = bounds
+                c[knob] = float(f"{a * (b / a) ** rng.random():.2g}")
         if "weight_decay" in knobs:
             c["weight_decay"] = rng.choice(WEIGHT_DECAYS)
         if "drop_path" in knobs:
@@ -125,7 +135,7 @@ def make_plan(
     """Rungs of ``configs``, ``configs/eta``, ... (while more than one remains), with the first
     rung's epochs set so the search costs ``budget`` runs; no trial runs longer than one run."""
     if not knobs:
-        raise MgrError("nothing to tune: lr, weight decay and DropPath are all set explicitly")
+        raise MgrError("nothing to tune: rates, weight decay and DropPath are all set explicitly")
     if configs < 2:
         raise MgrError(f"--tune-configs must be at least 2, got {configs}")
     if not (math.isfinite(budget) and budget > 0):
@@ -187,7 +197,8 @@ def search(
     alive = list(range(len(plan.candidates)))
     done = 0
     for rung, (keep, epochs) in enumerate(plan.rungs):
-        alive = alive[:keep]
+        # The current settings (candidate 0) always go on: the choice is never below them.
+        alive = alive[:keep] if 0 in alive[:keep] else [*alive[: keep - 1], 0]
         scored = []
         for idx in alive:
             c = plan.candidates[idx]
@@ -210,10 +221,7 @@ def search(
             scored.append((idx, trial))
             done += 1
             shown = "diverged" if trial["score"] is None else f"top-1 {trial['score']:.1f}%"
-            log(
-                f"tune: trial {done}/{plan.trials} ({_epochs(epochs)}) lr {c['lr']:.1e}"
-                f"  wd {c['weight_decay']:g}  dp {c['drop_path']:g}: {shown}"
-            )
+            log(f"tune: trial {done}/{plan.trials} ({_epochs(epochs)}) {describe(c)}: {shown}")
         # Stable: among equal scores the earlier candidate (the current settings first) wins.
         alive = [idx for idx, _ in sorted(scored, key=lambda s: -_score(s[1]))]
     best = next(t for t in trials if t["config"] == alive[0] and t["rung"] == len(plan.rungs) - 1)
@@ -221,6 +229,17 @@ def search(
         raise MgrError(f"--tune: every trial failed; the first: {trials[0].get('error')}")
     chosen = {k: best[k] for k in KNOBS}
     return {"trials": trials, "chosen": {**chosen, "score": best["score"]}}
+
+
+def describe(c: dict) -> str:
+    """One setting in a line: ``lr 1.0e-02 (norms 3.3e-03, branches 1.0e-03) wd 0.0001 dp 0``."""
+    roles = [
+        f"{name} {c[k]:.1e}"
+        for k, name in (("lr_norm", "norms"), ("lr_branch", "branches"))
+        if c.get(k) is not None
+    ]
+    extra = f" ({', '.join(roles)})" if roles else ""
+    return f"lr {c['lr']:.1e}{extra}  wd {c['weight_decay']:g}  dp {c['drop_path']:g}"
 
 
 def _decode(info: Any, model: nn.Module, split: str) -> ImageTensors:
@@ -295,10 +314,7 @@ def tune_task(
     log(f"{plan.describe(knobs)}; trials train on {len(data.train)} images, scored on {split}")
     record = search(model, method, cfg, data, plan, meta=meta, device=dev, log=log)
     chosen = record["chosen"]
-    log(
-        f"tune: chose lr {chosen['lr']:.1e}, weight decay {chosen['weight_decay']:g}, "
-        f"DropPath {chosen['drop_path']:g} ({split} top-1 {chosen['score']:.1f}%)"
-    )
+    log(f"tune: chose {describe(chosen)} ({split} top-1 {chosen['score']:.1f}%)")
     tune = {
         "method": "successive_halving",
         "split": split,
