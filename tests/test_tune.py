@@ -86,7 +86,8 @@ def test_tune_records_the_trials_and_trains_with_the_best(mgr):
     # The version was trained with the chosen values.
     assert tuple(hyper[k] for k in KNOBS) == tuple(chosen[k] for k in KNOBS)
     assert hyper["epochs"] == 2
-    text = mgr("versions", "t", "--trials").stdout
+    # Wide enough that rich does not wrap the settings cell (the table has grown columns).
+    text = mgr("versions", "t", "--trials", COLUMNS="400").stdout
     assert "tuned: 6 trials on val" in text and "successive_halving" in text
 
 

@@ -57,10 +57,14 @@ def echo_json(obj: Any) -> None:
 
 
 def console(stderr: bool = False):  # rich is imported here so JSON-only commands skip it
+    import os
     import sys
 
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    # Piped output has no terminal width; do not cut task names to rich's default 80 columns.
-    return Console(stderr=stderr) if stream.isatty() else Console(stderr=stderr, width=200)
+    # Piped output has no terminal width; do not cut task names to rich's default 80 columns
+    # (COLUMNS, where set, still wins: rich reads it).
+    if stream.isatty() or os.environ.get("COLUMNS", "").isdigit():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=200)
