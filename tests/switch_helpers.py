@@ -330,3 +330,27 @@ def deployment(home: Path) -> dict:
         "pending_id": pending,
         "live": f"{task}@{number}" if task else None,
     }
+
+
+def with_second_backbone(home: Path, spec: str, tasks_spec, carrier: str = "carrier") -> Path:
+    """``home`` plus ``tasks_spec`` on a second backbone ``spec`` (random W0), bound through an
+    untrained task ``carrier``: a home with two live-able backbones, built in-process (fast)."""
+    from manager.backbone import build_backbone
+    from manager.catalog import open_catalog, tasks
+    from manager.home import Home
+    from manager.store.backbones import materialise_backbone
+
+    h = Home.resolve(home)
+    cat = open_catalog(h)
+    try:
+        other = build_backbone(spec, "random")
+        with cat.session() as s:
+            row = materialise_backbone(s, h, other, spec, "random")
+            tasks.add_task(
+                s, name=carrier, dataset="synthetic", class_names=["a", "b"], backbone_spec=spec
+            )
+            tasks.get_task(s, carrier).backbone_id = row.id
+    finally:
+        cat.close()
+    add_python_tasks(home, tasks_spec, carrier, spec=spec)
+    return home

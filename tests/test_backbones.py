@@ -25,6 +25,7 @@ from switch_helpers import (  # noqa: F401  (one_thread is an autouse fixture)
     merged,
     one_thread,
     template_home,
+    with_second_backbone,
 )
 
 SPEC1 = "deit_tiny_patch16_224:img_size=32,depth=1"
@@ -53,26 +54,9 @@ def _backbones(home: Path) -> dict[str, tuple[str, str]]:
 @pytest.fixture(scope="module")
 def two_backbone_home(tmp_path_factory) -> Path:
     """The template plus ``small`` on a second backbone (depth 1), built once per module."""
-    from manager.backbone import build_backbone
-    from manager.catalog import open_catalog, tasks
-    from manager.home import Home
-    from manager.store.backbones import materialise_backbone
-
     base = tmp_path_factory.getbasetemp()
     home = copy_home(template_home(base), tmp_path_factory.mktemp("bb") / "home")
-    h = Home.resolve(home)
-    cat = open_catalog(h)
-    try:
-        other = build_backbone(SPEC1, "random")
-        with cat.session() as s:
-            row = materialise_backbone(s, h, other, SPEC1, "random")
-            tasks.add_task(
-                s, name="carrier", dataset="synthetic", class_names=["a", "b"], backbone_spec=SPEC1
-            )
-            tasks.get_task(s, "carrier").backbone_id = row.id
-    finally:
-        cat.close()
-    add_python_tasks(home, SMALL, "carrier", spec=SPEC1)
+    with_second_backbone(home, SPEC1, SMALL)
     return home
 
 

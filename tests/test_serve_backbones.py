@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from serve_helpers import Server, b64, metric, one_line_error, png
-from switch_helpers import add_python_tasks, copy_home, fork_server, template_home
+from switch_helpers import copy_home, fork_server, template_home, with_second_backbone
 
 SPEC1 = "deit_tiny_patch16_224:img_size=32,depth=1"
 SMALL = {"small": (4, [("consolidator", ((4, True),), torch.float32)])}
@@ -24,27 +24,10 @@ IMAGES = [png(40 + i, size) for i, size in enumerate([(40, 32), (64, 48), (17, 9
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """The switch template plus ``small`` on a second backbone (depth 1)."""
-    from manager.backbone import build_backbone
-    from manager.catalog import open_catalog, tasks
-    from manager.home import Home
-    from manager.store.backbones import materialise_backbone
-
     home = copy_home(
         template_home(tmp_path_factory.getbasetemp()), tmp_path_factory.mktemp("sbb") / "home"
     )
-    h = Home.resolve(home)
-    cat = open_catalog(h)
-    try:
-        other = build_backbone(SPEC1, "random")
-        with cat.session() as s:
-            row = materialise_backbone(s, h, other, SPEC1, "random")
-            tasks.add_task(
-                s, name="carrier", dataset="synthetic", class_names=["a", "b"], backbone_spec=SPEC1
-            )
-            tasks.get_task(s, "carrier").backbone_id = row.id
-    finally:
-        cat.close()
-    add_python_tasks(home, SMALL, "carrier", spec=SPEC1)
+    with_second_backbone(home, SPEC1, SMALL)
     folder = home.parent / "images"
     folder.mkdir()
     for i, data in enumerate(IMAGES):
