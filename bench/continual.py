@@ -33,12 +33,12 @@ from manager.datasets import create_dataset
 from manager.datasets.registry import Labeled, every_kth
 from manager.delta.delta import DeltaMeta
 from manager.device import resolve_device
-from manager.train.adapter import TrainData, export_adapter, fit_adapter, prepare_model
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors, decode_transform
 from manager.train.evaluate import evaluate
 from manager.train.loop import EpochEvent
 from manager.train.methods import get_method
+from manager.train.train_adapter import TrainData, export_adapter, fit_adapter, prepare_model
 from manager.train.warmstart import InitSource, warm_start
 
 ROOT = Path(__file__).resolve().parents[1]

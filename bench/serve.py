@@ -63,8 +63,8 @@ def make_home(home: Path, spec: str, n_tasks: int, groups: int) -> list[str]:
     from manager.delta.delta import ConsolidatorLayer, Delta, DeltaMeta
     from manager.delta.structure import support_numel
     from manager.home import Home
-    from manager.store.backbones import materialise_backbone
-    from manager.store.record import record_version
+    from manager.registry.backbones import materialise_backbone
+    from manager.registry.record import record_version
 
     h = Home.resolve(home)
     cat = open_catalog(h)

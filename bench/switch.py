@@ -301,8 +301,8 @@ def cross_backbone(tmp: Path, reps: int) -> dict[str, float]:
     switch to the second backbone's task (a full load: W0 copied to its live folder) and the
     median switch between two tasks of one backbone (O(delta))."""
     from manager.catalog import open_catalog, tasks
-    from manager.store.backbones import materialise_backbone
-    from manager.store.record import record_version
+    from manager.registry.backbones import materialise_backbone
+    from manager.registry.record import record_version
     from manager.switch.live import switch_live
 
     home = Home(tmp / "home")

@@ -25,7 +25,7 @@ import torch
 from hardware import hardware_line
 
 from manager.adapters import Branch, ConsolidatorConfig, inject_consolidator, unwrap
-from manager.adapters.consolidate import consolidate
+from manager.adapters.fold import consolidate
 from manager.delta.apply import SupportCache, apply, switch
 from manager.delta.delta import Delta
 from manager.delta.structure import positions, scatter_union

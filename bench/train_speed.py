@@ -95,12 +95,12 @@ def prepare(
     from manager.backbone import build_backbone
     from manager.delta.structure import format_structure
     from manager.device import resolve_device, resolve_precision
-    from manager.train.adapter import prepare_model
     from manager.train.config import TrainConfig
     from manager.train.data import ImageTensors, Normalise
     from manager.train.groups import param_groups
     from manager.train.methods import get_method
     from manager.train.step import TrainStep, make_optimizer
+    from manager.train.train_adapter import prepare_model
 
     _label, name, over = ROWS[row]
     dev = resolve_device(device)

@@ -23,10 +23,10 @@ from hardware import hardware_line
 from manager.backbone import backbone_state, build_backbone, content_hash
 from manager.datasets import create_dataset
 from manager.delta.delta import DeltaMeta
-from manager.train.adapter import TrainData, prepare_model, train_adapter
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors, decode_transform
 from manager.train.methods import get_method
+from manager.train.train_adapter import TrainData, prepare_model, train_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"

@@ -31,7 +31,7 @@ SERVER = r"""
 import json, os, sys, traceback
 import torch, timm  # noqa: F401  (imported once, before any fork)
 from manager.cli import main
-import manager.switch.live, manager.switch.check, manager.switch.serve  # noqa: F401
+import manager.switch.live, manager.switch.status, manager.switch.predict  # noqa: F401
 import manager.train.run, manager.backbone, manager.datasets  # noqa: F401
 
 for line in sys.stdin:
@@ -174,9 +174,9 @@ def _perturbed_delta(base_model, method: str, structure, dtype, seed: int, backb
     """A delta as a trained run would make one: the method's trainable tensors moved at random."""
     from manager.delta.delta import DeltaMeta
     from manager.delta.structure import format_structure
-    from manager.train.adapter import prepare_model
     from manager.train.config import TrainConfig
     from manager.train.methods import get_method
+    from manager.train.train_adapter import prepare_model
 
     model = copy.deepcopy(base_model)
     groups = format_structure(structure) if structure else ""
@@ -198,8 +198,8 @@ def add_python_tasks(
     from manager.backbone import new_head
     from manager.catalog import open_catalog, tasks
     from manager.home import Home
-    from manager.store.backbones import load_backbone
-    from manager.store.record import record_version
+    from manager.registry.backbones import load_backbone
+    from manager.registry.record import record_version
 
     h = Home.resolve(home)
     cat = open_catalog(h)
@@ -338,7 +338,7 @@ def with_second_backbone(home: Path, spec: str, tasks_spec, carrier: str = "carr
     from manager.backbone import build_backbone
     from manager.catalog import open_catalog, tasks
     from manager.home import Home
-    from manager.store.backbones import materialise_backbone
+    from manager.registry.backbones import materialise_backbone
 
     h = Home.resolve(home)
     cat = open_catalog(h)

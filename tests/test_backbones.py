@@ -295,7 +295,7 @@ def test_kills_during_cross_backbone_switches_leave_every_backbone_consistent(
     from manager.backbone import build_backbone
     from manager.catalog import open_catalog, tasks
     from manager.home import Home
-    from manager.store.backbones import materialise_backbone
+    from manager.registry.backbones import materialise_backbone
 
     home = copy_home(two_backbone_home, tmp_path / "home")
     h = Home.resolve(home)

@@ -11,7 +11,7 @@ from conftest import TINY_SPEC
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from manager.catalog import budgets, events, open_catalog, storage, tasks, versions
+from manager.catalog import accounting, budgets, events, open_catalog, tasks, versions
 from manager.catalog.deployment import get_deployment, host_deployments
 from manager.catalog.models import AdapterVersion, Backbone, Budget, Deployment, Event
 from manager.catalog.paramcount import ParamInfo, param_info
@@ -203,9 +203,9 @@ def test_remove_cascades_and_history_survives(catalog) -> None:
 
 def test_storage_report(catalog, monkeypatch) -> None:
     info = ParamInfo(params=1_000_000, num_features=100)
-    monkeypatch.setattr(storage, "param_info", lambda spec, cache: info)
+    monkeypatch.setattr(accounting, "param_info", lambda spec, cache: info)
     with catalog.session() as s:
-        empty = storage.storage_report(s, catalog.home).to_dict()
+        empty = accounting.storage_report(s, catalog.home).to_dict()
         assert empty["tasks"] == [] and empty["totals"]["adapter_bytes"] == 0
         a = _add(s, "a", n=10, budget_bytes=100_000)
         _add(s, "b", n=5)
@@ -214,7 +214,7 @@ def test_storage_report(catalog, monkeypatch) -> None:
         budgets.set_budget(s, 1_000_000)
     (catalog.home.root / v.path).unlink()  # a missing artifact is reported, not fatal
     with catalog.session(write=False) as s:
-        report = storage.storage_report(s, catalog.home).to_dict()
+        report = accounting.storage_report(s, catalog.home).to_dict()
     ra, rb = report["tasks"]
     assert ra["backbone_bytes"] == 4_000_000
     assert ra["versions"][0]["pct_of_backbone"] == pytest.approx(1.0)

@@ -12,7 +12,7 @@ import pytest
 from conftest import CLI, TINY_SPEC, assert_clean_error
 from sqlalchemy import event
 
-from manager.catalog import Catalog, budgets, open_catalog, storage, tasks, versions
+from manager.catalog import Catalog, accounting, budgets, open_catalog, tasks, versions
 from manager.catalog.models import VERSION_DELETED
 from manager.catalog.paging import Page
 from manager.catalog.views import task_dict, task_rows
@@ -71,8 +71,8 @@ def _queries(cat: Catalog, fn: Callable[[Any], Any]) -> tuple[Any, int]:
 
 
 REPORTS: dict[str, Callable[[Any, Home], Any]] = {
-    "storage": lambda s, h: storage.storage_report(s, h),
-    "storage page": lambda s, h: storage.storage_report(s, h, Page("t*", limit=2, offset=1)),
+    "storage": lambda s, h: accounting.storage_report(s, h),
+    "storage page": lambda s, h: accounting.storage_report(s, h, Page("t*", limit=2, offset=1)),
     "budgets": lambda s, h: budgets.budget_report(s),
     "budgets page": lambda s, h: budgets.budget_report(s, Page(limit=3)),
     "task list": lambda s, h: task_rows(s),
@@ -107,7 +107,7 @@ def test_aggregates_match_the_rows_one_by_one(home: Path) -> None:
         with cat.session(write=False) as s:
             all_tasks = tasks.list_tasks(s)
             assert task_rows(s) == [task_dict(s, t) for t in all_tasks]
-            report = storage.storage_report(s, cat.home)
+            report = accounting.storage_report(s, cat.home)
             for t, row in zip(all_tasks, report.tasks, strict=True):
                 live = [v for v in t.versions if v.status != VERSION_DELETED]
                 assert row.task == t.name and row.active_version == t.active_version.number
@@ -133,7 +133,7 @@ def test_aggregates_match_the_rows_one_by_one(home: Path) -> None:
                 (r.task, r.budget_bytes, r.used_bytes) for r in report.tasks
             ]
             # A page is a slice of the whole; the totals stay the whole catalog's.
-            page = storage.storage_report(s, cat.home, Page(limit=3, offset=2))
+            page = accounting.storage_report(s, cat.home, Page(limit=3, offset=2))
             assert page.tasks == report.tasks[2:5] and page.totals == report.totals
             assert budgets.budget_report(s, Page(limit=3, offset=2)).tasks == budget.tasks[2:5]
             assert task_rows(s, Page(offset=5)) == task_rows(s)[5:]

@@ -199,7 +199,7 @@ def test_each_backbone_has_its_own_live_files(home):
     from manager.backbone import build_backbone
     from manager.catalog import open_catalog, tasks
     from manager.home import Home
-    from manager.store.backbones import materialise_backbone
+    from manager.registry.backbones import materialise_backbone
 
     h = Home.resolve(home)
     cat = open_catalog(h)

@@ -19,8 +19,8 @@ from manager.adapters import (
     target_linears,
     unwrap,
 )
-from manager.adapters.consolidate import consolidate
 from manager.adapters.consolidator import branch_forward
+from manager.adapters.fold import consolidate
 from manager.adapters.inject import select_params
 from manager.adapters.validate import check_structure
 from manager.delta.apply import apply
@@ -56,9 +56,9 @@ def test_structure_is_checked_against_the_model_widths():
             check_structure(model, bad)
         assert "192, 576, 768" in str(info.value) and "\n" not in str(info.value)
     # prepare_model refuses before touching the model.
-    from manager.train.adapter import prepare_model
     from manager.train.config import TrainConfig
     from manager.train.methods import get_method
+    from manager.train.train_adapter import prepare_model
 
     before = {n: type(m) for n, m in model.named_modules()}
     with pytest.raises(MgrError, match="g=7"):

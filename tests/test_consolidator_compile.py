@@ -7,9 +7,9 @@ import torch
 from conftest import tiny_vit
 
 from manager.adapters.consolidator import ConsolidatorLinear
-from manager.train.adapter import prepare_model
 from manager.train.config import TrainConfig
 from manager.train.methods import get_method
+from manager.train.train_adapter import prepare_model
 
 
 @pytest.mark.parametrize("drop_path", [0.0, 0.2])

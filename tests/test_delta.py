@@ -10,8 +10,8 @@ from conftest import tiny_vit
 from safetensors.torch import load_file
 
 from manager.adapters import ConsolidatorConfig, inject_consolidator
-from manager.adapters.consolidate import consolidate
 from manager.adapters.consolidator import Branch
+from manager.adapters.fold import consolidate
 from manager.adapters.sizing import (
     finest_fitting,
     projected_bytes,

@@ -205,10 +205,10 @@ def test_unreadable_checkpoint_is_one_line_and_never_unpickled(mgr, home, tmp_pa
 
 def _tiny_run(method_name: str = "consolidator", **cfg_over):
     from manager.delta.delta import DeltaMeta
-    from manager.train.adapter import TrainData, prepare_model
     from manager.train.config import TrainConfig
     from manager.train.data import ImageTensors
     from manager.train.methods import get_method
+    from manager.train.train_adapter import TrainData, prepare_model
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=gen)
@@ -227,7 +227,7 @@ def _tiny_run(method_name: str = "consolidator", **cfg_over):
     "over", [{"lr": float("inf")}, {"lr": float("nan")}, {"weight_decay": float("nan")}]
 )
 def test_train_adapter_refuses_non_finite_settings(over):
-    from manager.train.adapter import train_adapter
+    from manager.train.train_adapter import train_adapter
 
     model, method, cfg, data, meta, _ = _tiny_run(**over)
     with pytest.raises(MgrError, match="finite"):
@@ -235,8 +235,8 @@ def test_train_adapter_refuses_non_finite_settings(over):
 
 
 def test_train_adapter_is_pure_and_reports_progress():
-    from manager.train.adapter import train_adapter
     from manager.train.loop import EpochEvent, StepEvent
+    from manager.train.train_adapter import train_adapter
 
     model, method, cfg, data, meta, structure = _tiny_run()
     assert structure == ((96, False),)
@@ -255,7 +255,7 @@ def test_train_adapter_is_pure_and_reports_progress():
 def test_record_version_refuses_a_non_finite_delta(home):
     from manager.catalog import open_catalog, tasks
     from manager.home import Home
-    from manager.store.record import record_version
+    from manager.registry.record import record_version
 
     model, method, _, _, meta, _ = _tiny_run()
     delta = method.export(model, meta)

@@ -60,9 +60,9 @@ def test_bad_rank():
 
 
 def test_rank_is_checked_against_the_narrowest_layer():
-    from manager.train.adapter import prepare_model
     from manager.train.config import TrainConfig
     from manager.train.methods import get_method
+    from manager.train.train_adapter import prepare_model
 
     model = tiny_vit()  # the narrowest adapted width is 192
     for ok in (1, 8, 192):

@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import TINY_SPEC, assert_clean_error, tiny_vit
 
-from manager.train.adapter import prepare_model
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors
 from manager.train.groups import group_lrs, param_groups, resolve_lrs
 from manager.train.loop import fit
 from manager.train.methods import get_method
+from manager.train.train_adapter import prepare_model
 
 LR, LR_NORM, LR_BRANCH, WD = 2e-3, 5e-4, 4e-3, 0.05
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import TINY_SPEC, tiny_vit
 
-from manager.catalog import budgets, open_catalog, storage, tasks, versions
+from manager.catalog import accounting, budgets, open_catalog, tasks, versions
+from manager.catalog.accounting import StorageReport, TaskStorage, VersionStorage
 from manager.catalog.budgets import BudgetReport, BudgetUsage, TaskBudget
-from manager.catalog.storage import StorageReport, TaskStorage, VersionStorage
 from manager.home import Home
 from manager.store.fs import Store
 
@@ -63,7 +63,7 @@ def test_storage_report_is_typed_and_round_trips(home_with_tasks: Home) -> None:
     cat = open_catalog(home_with_tasks)
     try:
         with cat.session(write=False) as s:
-            report = storage.storage_report(s, home_with_tasks)
+            report = accounting.storage_report(s, home_with_tasks)
     finally:
         cat.close()
     assert isinstance(report, StorageReport)
@@ -105,7 +105,7 @@ def test_cli_json_is_the_reports_to_dict(mgr, home_with_tasks: Home) -> None:
     cat = open_catalog(home_with_tasks)
     try:
         with cat.session(write=False) as s:
-            want_storage = storage.storage_report(s, home_with_tasks).to_dict()
+            want_storage = accounting.storage_report(s, home_with_tasks).to_dict()
             want_budgets = budgets.budget_report(s).to_dict()
     finally:
         cat.close()
@@ -117,7 +117,7 @@ def test_predictions_are_typed_and_round_trip(tmp_path: Path) -> None:
     from PIL import Image
 
     from manager.datasets.transforms import transform_for
-    from manager.switch.serve import ClassScore, LiveModel, Prediction, predict_files
+    from manager.switch.predict import ClassScore, LiveModel, Prediction, predict_files
 
     model = tiny_vit(num_classes=4)
     live = LiveModel(model, "t", 1, ["a", "b", "c", "d"], transform_for(model))

@@ -11,7 +11,7 @@ from conftest import tiny_vit
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from manager.adapters import Branch, ConsolidatorConfig, inject_consolidator
-from manager.adapters.consolidate import consolidate
+from manager.adapters.fold import consolidate
 from manager.adapters.inject import METHOD_GROUPS, select_params
 from manager.delta.apply import SupportCache, apply, check_compatible, restore, switch
 from manager.delta.delta import Delta

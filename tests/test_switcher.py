@@ -23,7 +23,7 @@ def trained(tmp_path_factory, tmp_path) -> Path:
 
 def fresh_merge(sw: Switcher, home: Path, rel: str | None) -> dict[str, torch.Tensor]:
     """An independent model: W0 (from the backbone file) + the delta through `apply`."""
-    from manager.store.backbones import load_backbone
+    from manager.registry.backbones import load_backbone
 
     with sw.catalog.session(write=False) as s:
         from manager.catalog.models import Backbone
@@ -78,7 +78,7 @@ def test_thousand_random_switches_are_bit_exact(trained):
 
 
 def test_predict_matches_a_fresh_model(trained):
-    from manager.store.backbones import load_backbone
+    from manager.registry.backbones import load_backbone
 
     with Switcher(trained) as sw:
         sw.switch("digits", 1)
@@ -143,7 +143,7 @@ def test_a_task_on_another_backbone_is_refused(trained):
     from manager.backbone import build_backbone
     from manager.catalog import open_catalog, tasks
     from manager.home import Home
-    from manager.store.backbones import materialise_backbone
+    from manager.registry.backbones import materialise_backbone
 
     home = Home.resolve(trained)
     cat = open_catalog(home)

@@ -22,8 +22,8 @@ def add_task(mgr, name: str, dataset: str = SMALL) -> None:
 
 
 def _tiny_data(n: int = 16, classes: int = 3):
-    from manager.train.adapter import TrainData
     from manager.train.data import ImageTensors
+    from manager.train.train_adapter import TrainData
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
@@ -33,9 +33,9 @@ def _tiny_data(n: int = 16, classes: int = 3):
 
 def _train_in_process(**over):
     from manager.delta.delta import DeltaMeta
-    from manager.train.adapter import prepare_model, train_adapter
     from manager.train.config import TrainConfig
     from manager.train.methods import get_method
+    from manager.train.train_adapter import prepare_model, train_adapter
 
     model = tiny_vit(num_classes=3)
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 1e-3, **over})
@@ -167,9 +167,9 @@ def test_data_lives_on_the_device_as_uint8_and_normalises_exactly(device):
 def test_checkpoints_carry_the_grad_scaler_and_resume(tmp_path: Path):
     """An fp16 run checkpoints its loss scale; resuming from epoch 1 gives the straight run."""
     from manager.delta.delta import DeltaMeta
-    from manager.train.adapter import prepare_model, train_adapter
     from manager.train.config import TrainConfig
     from manager.train.methods import get_method
+    from manager.train.train_adapter import prepare_model, train_adapter
 
     class Memory:
         def __init__(self):

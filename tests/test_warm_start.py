@@ -18,9 +18,9 @@ from switch_helpers import fork_server, one_thread  # noqa: F401
 
 from manager.delta.delta import ConsolidatorLayer, DeltaMeta
 from manager.errors import MgrError
-from manager.train.adapter import prepare_model
 from manager.train.config import TrainConfig
 from manager.train.methods import get_method
+from manager.train.train_adapter import prepare_model
 from manager.train.warmstart import InitSource, warm_start
 
 TRAIN = ("--epochs", "1", "--batch-size", "24")

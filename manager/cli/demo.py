@@ -314,7 +314,7 @@ def command(
 
 def _picture(app: App, store: Store, plot: Path | None) -> None:
     """The storage report as a picture (``mgr storage --plot``), where the demo says."""
-    from manager.catalog.storage import storage_report
+    from manager.catalog.accounting import storage_report
     from manager.report.storage_plot import storage_png
 
     with app.session(write=False) as s:

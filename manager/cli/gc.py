@@ -27,7 +27,7 @@ def command(app: App, keep: int, task: str | None, dry_run: bool, as_json: bool)
     catalog (see <home>/catalog-id; a wrong MGR_DB_URL) is refused before anything is deleted;
     --dry-run lists what would go and says whether gc would refuse.
     """
-    from manager.store.maintenance import collect_garbage
+    from manager.registry.maintenance import collect_garbage
 
     rep = collect_garbage(app.home, app.catalog, keep=keep, task=task, dry_run=dry_run)
     if as_json:

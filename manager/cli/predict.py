@@ -80,7 +80,7 @@ def command(
     if server is not None:
         from manager.serve.auth import load_keys
         from manager.serve.client import predict_files
-        from manager.switch.serve import Prediction
+        from manager.switch.predict import Prediction
 
         key = (load_keys(api_key_file) or [None])[0] if api_key_file else None
         answer = predict_files(server, [str(p) for p in images], target, top_k, api_key=key)
@@ -122,7 +122,7 @@ def _local(
     from manager.device import resolve_device
     from manager.names import parse_version_selector
     from manager.switch.live import switch_live
-    from manager.switch.serve import load_live_model, predict_images, read_images
+    from manager.switch.predict import load_live_model, predict_images, read_images
 
     # Every image is decoded first: a bad one must not switch the live files or load a model.
     decoded = read_images(images, max_pixels)

@@ -9,7 +9,7 @@ import click
 from manager.cli.app import App, echo_json, json_option, pass_app
 
 if TYPE_CHECKING:
-    from manager.switch.check import HomeStatus, StatusReport
+    from manager.switch.status import HomeStatus, StatusReport
 
 
 @click.command("status")
@@ -27,7 +27,7 @@ def command(app: App, no_verify: bool, as_json: bool) -> None:
     artifact files hash to what the catalog recorded. A live version that is not its task's
     champion (e.g. after 'mgr rollback') is noted. Exits 1 if a check fails.
     """
-    from manager.switch.check import live_status
+    from manager.switch.status import live_status
 
     st = live_status(app.home, app.catalog, verify=not no_verify)
     if as_json:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from manager.catalog.storage import storage_report
+from manager.catalog.accounting import storage_report
 from manager.catalog.tasks import count_tasks
 from manager.cli.app import App, console, echo_json, json_option, pass_app
 from manager.cli.paging import footer, make_page, page_options

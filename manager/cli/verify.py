@@ -15,8 +15,8 @@ def command(app: App, as_json: bool) -> None:
     """Check every adapter artifact (bytes, sha256, finite values), backbone file (content hash),
     the files nothing owns (see 'mgr gc'), the files under artifacts/ against the catalog's byte
     totals, and the live files (see 'mgr status')."""
-    from manager.store.maintenance import verify_all
-    from manager.switch.check import live_status
+    from manager.registry.maintenance import verify_all
+    from manager.switch.status import live_status
 
     rep = verify_all(app.home, app.catalog, live_status(app.home, app.catalog, verify=True))
     if as_json:

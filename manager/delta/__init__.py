@@ -1,6 +1,7 @@
-"""The consolidated delta: structure (supports as views), the file format, stage 1 and stage 2.
+"""The consolidated delta, torch-only: supports as views (``structure``), the file format
+(``delta``), the exact switch math (``apply``) and fused merges (``fused``).
 
-Import from the submodules (``manager.delta.apply``, ``.consolidate``, ``.delta``, ``.sizing``,
-``.structure``): nothing is re-exported here, so that loading the switching code does not pull in
-the training side (timm), and no function shadows the submodule it lives in.
+Stage 1 (an adapted model -> ``Delta``) is timm-aware and lives in ``manager.adapters.fold``.
+Import from the submodules: nothing is re-exported here, so that loading the switching code does
+not pull in the training side.
 """

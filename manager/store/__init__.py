@@ -1,7 +1,5 @@
-"""The home as a store of files: the one owner of the filesystem (``fs``), materialised backbones
-(``backbones``), recording a trained version (``record``) and maintenance (``maintenance``: gc,
-verify, orphans).
+"""The home as a store of files: ``fs`` is the one module that writes, renames or deletes a path.
 
-Import from the submodules; nothing is re-exported, so that the catalog can use ``store.fs``
-without importing the rest.
+It sits at the bottom of the layers (it knows only the home), so that the catalog, the data sets
+and the backbone loader can all confine their paths through it.
 """

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from manager.errors import Corrupt, MgrError, NotFound
+from manager.registry.maintenance import OK, compare
 from manager.store.fs import Store
-from manager.store.maintenance import OK, compare
 
 if TYPE_CHECKING:  # torch stays out of the import path of light commands
     from torch import Tensor

@@ -34,7 +34,7 @@ Damage to the live file is found cheaply: the head file's metadata also records 
 finds them changed, or not recorded, does not trust the file: a switch rebuilds it from W0 (a
 fresh copy, then the new delta) and says so, ``mgr predict`` refuses it, and ``mgr switch
 --repair`` rebuilds on demand. The backbone file W0 is checked the same way against the catalog
-(``manager.store.backbones.check_backbone_file``). All paths come from ``Store``: a live file or
+(``manager.registry.backbones.check_backbone_file``). All paths come from ``Store``: a live file or
 folder that is a symbolic link, or a catalog path leading outside the home, is refused.
 
 Test hook: ``MGR_SWITCH_TEST_SLOWDOWN=<seconds>`` sleeps that long after each tensor written in
@@ -69,7 +69,7 @@ from manager.delta.apply import restore as restore_delta
 from manager.delta.delta import Delta
 from manager.errors import MgrError
 from manager.home import Home
-from manager.store.backbones import checked_backbone_file
+from manager.registry.backbones import checked_backbone_file
 from manager.store.fs import Store, pid_alive, temp_owner
 from manager.switch.artifacts import load_verified, pieces, split_head, touched_values
 from manager.switch.livefile import LiveFile, layout, read_metadata

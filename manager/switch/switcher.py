@@ -90,7 +90,7 @@ class Switcher:
                     "backbone, and all tasks switched here must share one"
                 )
             return
-        from manager.store.backbones import load_backbone
+        from manager.registry.backbones import load_backbone
 
         with self.catalog.session(write=False) as s:
             row = s.get(Backbone, backbone_id)

@@ -131,7 +131,7 @@ def decide(
 
 def load_champion(store: Store, ref: VersionRef, backbone: Backbone) -> Delta:
     """The champion's delta, checked against the catalog's size and sha256 and the backbone."""
-    from manager.store.maintenance import OK, compare
+    from manager.registry.maintenance import OK, compare
 
     path = store.resolve(ref.path)
     try:
@@ -167,7 +167,7 @@ def score_by_class(
     from manager.datasets import create_dataset
     from manager.datasets.transforms import data_config
     from manager.delta.apply import apply
-    from manager.store.backbones import load_backbone
+    from manager.registry.backbones import load_backbone
     from manager.train.data import ImageTensors, decode_transform
     from manager.train.lineage import label_lut
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from manager.adapters import ConsolidatorConfig, inject_consolidator, mark_trainable
-from manager.adapters.consolidate import consolidate, num_classes_of
+from manager.adapters.fold import consolidate, num_classes_of
 from manager.adapters.inject import METHOD_GROUPS, select_params, target_modules
 from manager.adapters.lora import LoRALinear
 from manager.delta.delta import DTYPES, Delta, DeltaMeta, LoRALayer

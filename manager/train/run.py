@@ -4,7 +4,7 @@ Order matters for "nothing lost" and "nothing wasted": the task's folders are co
 home and the settings checked against the model before any data is decoded; the projected size
 is checked against the budgets and reserved in one write transaction before any training (so
 trainings started together cannot all pass); the trained delta is recorded by
-``manager.store.record.record_version``, which leaves either a complete version or nothing.
+``manager.registry.record.record_version``, which leaves either a complete version or nothing.
 Under torchrun, rank 0 alone does all of that; see ``manager.train.distributed``.
 """
 
@@ -28,18 +28,18 @@ from manager.delta.structure import Structure, format_structure
 from manager.device import precision_name, resolve_device
 from manager.errors import MgrError
 from manager.home import Home
+from manager.registry.backbones import load_backbone, materialise_backbone
+from manager.registry.record import record_version
 from manager.specs import format_spec, split_spec
-from manager.store.backbones import load_backbone, materialise_backbone
 from manager.store.fs import Store
-from manager.store.record import record_version
 from manager.train import distributed
-from manager.train.adapter import TrainData, export_adapter, fit_adapter, prepare_model
 from manager.train.checkpoint import Checkpoint
 from manager.train.config import TrainConfig
 from manager.train.distributed import Dist
 from manager.train.groups import resolve_lrs
 from manager.train.loop import ProgressFn
 from manager.train.methods import Method, get_method, storage_dtype
+from manager.train.train_adapter import TrainData, export_adapter, fit_adapter, prepare_model
 
 # Default splits: train on the official training split, report on the official test split.
 TRAIN_SPLIT = {"pets": "trainval", "vtab1k": "trainval"}

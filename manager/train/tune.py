@@ -31,12 +31,12 @@ from manager.delta.delta import DeltaMeta
 from manager.device import resolve_device
 from manager.errors import MgrError
 from manager.home import Home
-from manager.train.adapter import TrainData, prepare_model, train_adapter
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors
 from manager.train.groups import resolve_lrs
 from manager.train.methods import Method, get_method, storage_dtype
 from manager.train.run import TRAIN_SPLIT, build_model, load_task_info
+from manager.train.train_adapter import TrainData, prepare_model, train_adapter
 
 KNOBS = ("lr", "lr_norm", "lr_branch", "weight_decay", "drop_path")
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-2, 0.1)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from manager.adapters.consolidate import num_classes_of
+from manager.adapters.fold import num_classes_of
 from manager.adapters.validate import check_lora_rank, check_structure
 from manager.delta.delta import Delta, DeltaMeta
 from manager.delta.structure import Structure, parse_structure

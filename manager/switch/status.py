@@ -8,7 +8,7 @@ hash; the active artifact's size and sha256 match the catalog; every tensor of t
 bit-identical (``torch.equal``) to a fresh merge of W0 and the active delta, computed one tensor at
 a time; the head file holds exactly the delta's head and names the active version; and the live
 file's size and mtime are those the last switch recorded. Without ``verify`` only the last (cheap)
-part runs. The checks of every other file are in ``manager.store.maintenance``.
+part runs. The checks of every other file are in ``manager.registry.maintenance``.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def _check_live_files(
     from safetensors.torch import load_file
 
     from manager.delta.apply import apply as apply_delta
-    from manager.store.backbones import file_content_hash
+    from manager.registry.backbones import file_content_hash
     from manager.switch.artifacts import load_verified, pieces, split_head
     from manager.switch.live import live_head, live_matches, live_problem, live_weights
     from manager.switch.livefile import LiveFile

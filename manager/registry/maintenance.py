@@ -50,7 +50,7 @@ from manager.store.fs import Store, temp_owner, temp_writer_alive
 
 
 class LiveCheck(Protocol):
-    """The live files' check (``manager.switch.check.HomeStatus``), made by the caller: the
+    """The live files' check (``manager.switch.status.HomeStatus``), made by the caller: the
     store knows nothing of switching."""
 
     verified: bool | None
@@ -471,7 +471,7 @@ class VerifyReport:
 
 def verify_all(home: Home, catalog: Catalog, live: LiveCheck) -> VerifyReport:
     """Every artifact and backbone file against the catalog, and the files nothing owns; ``live``
-    is the live files' check, made by the caller (``manager.switch.check.live_status``).
+    is the live files' check, made by the caller (``manager.switch.status.live_status``).
 
     The catalog's byte total (versions not deleted) must equal the bytes of the files under
     ``artifacts/``: a missing, resized, stray or leftover file is a problem.
@@ -534,7 +534,7 @@ def _check_artifact(path: Path, f: RecordedFile) -> tuple[str, str]:
 
 
 def _check_backbone(path: Path, f: RecordedFile) -> tuple[str, str]:
-    from manager.store.backbones import file_content_hash
+    from manager.registry.backbones import file_content_hash
 
     if not path.is_file():
         return MISSING, f"{path} does not exist"
