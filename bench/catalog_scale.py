@@ -216,9 +216,9 @@ def _cpu() -> float:
 def timed(args: list[str], env: dict[str, str], repeats: int) -> tuple[float, float]:
     """Median (wall, CPU) seconds of ``python -m manager ARGS`` in a fresh process, after one
     warm-up run. CPU (user + system of the child) does not count waiting for a busy machine."""
-    cmd = [sys.executable, "-m", "manager", *args]
     walls, cpus = [], []
     for i in range(repeats + 1):
+        cmd = [sys.executable, "-m", "manager", *(a.replace("{run}", str(i)) for a in args)]
         t, c = time.perf_counter(), _cpu()
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall, cpu = time.perf_counter() - t, _cpu() - c
@@ -242,12 +242,31 @@ COMMANDS = [
 ]
 
 # Whole-catalog forms (issue 20): every row of every task, so their cost grows with the catalog
-# by design; run up to WHOLE_MAX tasks only. `status` reads the live files (none here).
-WHOLE = [
-    ["task", "list"],
-    ["task", "list", "--json"],
-    ["storage", "--json"],
-    ["status"],
+# by design; run up to WHOLE_MAX tasks only. `status` reads the live files (none here). The
+# second element is how many rows the form prints per task (for the cost per row), if it grows.
+WHOLE: list[tuple[list[str], int | None]] = [
+    (["--help"], None),
+    (["task", "list"], None),
+    (["task", "list", "--json"], 1),
+    (["storage", "--json"], VERSIONS),
+    (["budget", "show", "--json"], 1),
+    (["versions", "{task}", "--json"], None),
+    (["status"], None),
+    (["status", "--json"], None),
+    # A write: each run adds a new task ({run} is the run's number); the classes come from the
+    # data-set definition, the backbone's parameters are counted (cached after the first run).
+    (
+        [
+            "task",
+            "add",
+            "new-{run}",
+            "--dataset",
+            "synthetic:num_classes=3",
+            "--backbone",
+            SPECS[0],
+        ],
+        None,
+    ),
 ]
 WHOLE_MAX = 10_000
 
@@ -260,16 +279,20 @@ def run_size(
     filled = fill(home, url, n)
     start = timed(["--version"], env, repeats)
     print(f"\n{backend}, {n:,} tasks x {VERSIONS} versions (filled in {filled:.1f} s)")
-    print(f"  {'command':<44} {'wall s':>7} {'-start':>7} {'CPU s':>7} {'-start':>7}")
+    print(f"  {'command':<44} {'wall s':>7} {'-start':>7} {'CPU s':>7} {'-start':>7} {'us/row':>7}")
     print(f"  {'python -m manager --version':<44} {start[0]:7.3f} {'':>7} {start[1]:7.3f}")
-    commands = [] if whole_only else list(COMMANDS)
+    commands: list[tuple[list[str], int | None]] = (
+        [] if whole_only else [(c, None) for c in COMMANDS]
+    )
     commands += WHOLE if n <= WHOLE_MAX else []
-    for cmd in commands:
-        args = [a.format(mid=n // 2, task=f"task-{n // 2:06d}") for a in cmd]
+    for cmd, per_task in commands:
+        args = [a.format(mid=n // 2, task=f"task-{n // 2:06d}", run="{run}") for a in cmd]
         wall, cpu = timed(args, env, repeats)
+        # CPU per printed row beyond start-up: what the row loop costs.
+        per_row = f"{(cpu - start[1]) / (n * per_task) * 1e6:7.1f}" if per_task else ""
         print(
             f"  {' '.join(args):<44} {wall:7.3f} {wall - start[0]:7.3f} "
-            f"{cpu:7.3f} {cpu - start[1]:7.3f}",
+            f"{cpu:7.3f} {cpu - start[1]:7.3f} {per_row}",
             flush=True,
         )
 
@@ -286,8 +309,8 @@ def main() -> None:
     ap.add_argument(
         "--whole-only",
         action="store_true",
-        help=f"only the whole-catalog forms (task list --json, storage --json, status; "
-        f"up to {WHOLE_MAX:,} tasks)",
+        help=f"only the whole-catalog forms (task list --json, storage --json, budget show "
+        f"--json, status, and task add; up to {WHOLE_MAX:,} tasks)",
     )
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]

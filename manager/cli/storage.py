@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from manager.catalog.accounting import storage_report
+from manager.catalog.accounting import iter_storage, storage_report, storage_totals
 from manager.catalog.tasks import count_tasks
-from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.app import App, console, json_option, pass_app
+from manager.cli.jsonout import echo_json_stream
 from manager.cli.paging import footer, make_page, page_options
 from manager.units import format_size
 
@@ -53,6 +54,15 @@ def command(
     mgr storage --plot storage.png     the picture, beside the table
     """
     page = make_page(pattern, limit, offset, as_json)
+    if as_json and plot is None:  # streamed: each task written as its rows arrive
+        with app.session(write=False) as s:
+            echo_json_stream(
+                {
+                    "tasks": iter_storage(s, app.home, page),
+                    "totals": lambda: storage_totals(s, app.home).to_dict(),
+                }
+            )
+        return
     with app.session(write=False) as s:
         report = storage_report(s, app.home, page)
         total = None if as_json or pattern is None else count_tasks(s, pattern)
@@ -63,7 +73,7 @@ def command(
         png = storage_png(report.to_dict(), parse_size(plot_size))
         click.echo(f"storage plot: {Store.of(app.home).write_user_file(plot, png)}", err=as_json)
     if as_json:
-        echo_json(report.to_dict())
+        echo_json_stream(report.to_dict())
         return
     from rich.table import Table
 
