@@ -6,6 +6,7 @@ of all versions of all tasks. Deleted versions do not count.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -192,21 +193,31 @@ class BudgetReport:
         return cls(BudgetUsage(**d["global"]), [TaskBudget(**t) for t in d["tasks"]])
 
 
+def global_usage(s: Session) -> BudgetUsage:
+    """The global budget and the bytes every live version holds."""
+    g = s.execute(select(global_max_column(), _used().scalar_subquery())).one()
+    return BudgetUsage(g[0], int(g[1]))
+
+
+def iter_task_budgets(s: Session, page: Page | None = None) -> Iterator[dict[str, Any]]:
+    """Each task of `page` (default: all) as ``TaskBudget.to_dict()`` gives it, one at a time:
+    Core rows fetched in batches, the budgets joined, the used bytes summed by the database."""
+    ids = (page or Page()).ids().subquery()
+    result = s.connection().execute(
+        select(ids.c.name, Budget.max_bytes, used_column(ids.c.id))
+        .select_from(ids)
+        .outerjoin(Budget, Budget.task_id == ids.c.id)
+        .order_by(ids.c.name)
+    )
+    for part in result.partitions(1000):
+        for name, max_bytes, used in part:
+            yield {"task": name, "max_bytes": max_bytes, "used_bytes": int(used)}
+
+
 def budget_report(s: Session, page: Page | None = None) -> BudgetReport:
     """The global budget and every task's (or `page`'s), with the bytes each holds now.
 
     Two queries whatever the number of tasks: the global row, and the page's rows with their
     budgets joined and their used bytes summed by the database.
     """
-    page = page or Page()
-    g = s.execute(select(global_max_column(), _used().scalar_subquery())).one()
-    ids = page.ids().subquery()
-    rows = s.execute(
-        select(ids.c.name, Budget.max_bytes, used_column(ids.c.id))
-        .select_from(ids)
-        .outerjoin(Budget, Budget.task_id == ids.c.id)
-        .order_by(ids.c.name)
-    ).all()
-    return BudgetReport(
-        BudgetUsage(g[0], int(g[1])), [TaskBudget(n, m, int(u)) for n, m, u in rows]
-    )
+    return BudgetReport(global_usage(s), [TaskBudget(**d) for d in iter_task_budgets(s, page)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -68,10 +69,16 @@ def task_dict(s: Session, task: Task, full: bool = False) -> dict[str, Any]:
 
 
 def task_rows(s: Session, page: Page | None = None) -> list[dict[str, Any]]:
-    """``task_dict`` of every task of `page` (default: all), in one query.
+    """``task_dict`` of every task of `page` (default: all), in one query."""
+    return list(iter_task_rows(s, page))
+
+
+def iter_task_rows(s: Session, page: Page | None = None) -> Iterator[dict[str, Any]]:
+    """`task_rows` one at a time, as the database hands them over (``task list --json``).
 
     The active version's number comes by a join, the budget by a join, the live versions'
-    count and bytes from the database (correlated sums on the (task_id, number) index).
+    count and bytes from the database (correlated sums on the (task_id, number) index). Core
+    rows, fetched in batches: no ORM object per row.
     """
     ids = (page or Page()).ids().subquery()
     active = aliased(AdapterVersion)
@@ -96,23 +103,22 @@ def task_rows(s: Session, page: Page | None = None) -> list[dict[str, Any]]:
         .outerjoin(Budget, Budget.task_id == Task.id)
         .order_by(ids.c.name)
     )
-    return [
-        {
-            "name": r[0],
-            "dataset": r[1],
-            "data_root": r[2],
-            "num_classes": r[3],
-            "backbone_spec": r[4],
-            "weights": r[5],
-            "backbone_id": r[6],
-            "active_version": r[7],
-            "versions": int(r[8]),
-            "budget_bytes": r[9],
-            "used_bytes": int(r[10]),
-            "created_at": iso(r[11]),
-        }
-        for r in s.execute(q)
-    ]
+    for part in s.connection().execute(q).partitions(1000):
+        for r in part:
+            yield {
+                "name": r[0],
+                "dataset": r[1],
+                "data_root": r[2],
+                "num_classes": r[3],
+                "backbone_spec": r[4],
+                "weights": r[5],
+                "backbone_id": r[6],
+                "active_version": r[7],
+                "versions": int(r[8]),
+                "budget_bytes": r[9],
+                "used_bytes": int(r[10]),
+                "created_at": iso(r[11]),
+            }
 
 
 def event_dict(e: Event) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import click
 
 from manager.catalog import budgets
 from manager.catalog import tasks as task_ops
-from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.app import App, console, json_option, pass_app
+from manager.cli.jsonout import echo_json_stream
 from manager.cli.paging import footer, make_page, page_options
 from manager.cli.types import Size
 from manager.units import format_size, parse_optional_size
@@ -47,12 +48,18 @@ def show(app: App, pattern: str | None, limit: int | None, offset: int, as_json:
     mgr budget show --task 'pets*'     the global budget and the pets tasks'
     """
     page = make_page(pattern, limit, offset, as_json)
+    if as_json:  # streamed: each task written as its row arrives
+        with app.session(write=False) as s:
+            echo_json_stream(
+                {
+                    "global": budgets.global_usage(s).to_dict(),
+                    "tasks": budgets.iter_task_budgets(s, page),
+                }
+            )
+        return
     with app.session(write=False) as s:
         report = budgets.budget_report(s, page)
-        total = None if as_json else task_ops.count_tasks(s, pattern)
-    if as_json:
-        echo_json(report.to_dict())
-        return
+        total = task_ops.count_tasks(s, pattern)
     from rich.table import Table
 
     table = Table("scope", "budget", "used", "used %")

@@ -126,8 +126,12 @@ def _chunks(o: Any, ind: str) -> Iterator[str]:
         inner = "\n" + ind + _INDENT
         sep = "{"
         for k, v in o.items():
-            yield sep + inner + _key(k) + ": "
-            yield from _chunks(v, ind + _INDENT)
+            # The key goes out with its value's first piece: a stream that fails before its
+            # first row (a bad pattern, a database error) has printed nothing.
+            pending = sep + inner + _key(k) + ": "
+            for chunk in _chunks(v, ind + _INDENT):
+                yield pending + chunk
+                pending = ""
             sep = ","
         yield "\n" + ind + "}"
     elif _is_stream(o):

@@ -49,7 +49,9 @@ def make_page(pattern: str | None, limit: int | None, offset: int, as_json: bool
     """The page the options ask for (the default limit applies to the table only)."""
     if limit is None and not as_json:
         limit = DEFAULT_PAGE
-    return Page(pattern=pattern, limit=limit or None, offset=offset)
+    page = Page(pattern=pattern, limit=limit or None, offset=offset)
+    page.ids()  # a bad pattern fails here, before a streamed listing prints its first line
+    return page
 
 
 def footer(page: Page, shown: int, total: int, what: str) -> str | None:

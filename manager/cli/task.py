@@ -9,8 +9,9 @@ import click
 
 from manager.catalog import tasks as task_ops
 from manager.catalog.models import VERSION_DELETED
-from manager.catalog.views import task_dict, task_rows
+from manager.catalog.views import iter_task_rows, task_dict, task_rows
 from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.jsonout import echo_json_stream
 from manager.cli.paging import footer, make_page, page_options
 from manager.cli.types import BackboneSpec, DatasetSpec, Int64, Size
 from manager.errors import MgrError
@@ -158,12 +159,13 @@ def list_(app: App, pattern: str | None, limit: int | None, offset: int, as_json
     mgr task list --task 'pets*' --json   every task whose name starts with "pets"
     """
     page = make_page(pattern, limit, offset, as_json)
+    if as_json:  # streamed: each task written as its row arrives
+        with app.session(write=False) as s:
+            echo_json_stream(iter_task_rows(s, page))
+        return
     with app.session(write=False) as s:
         rows = task_rows(s, page)
-        total = None if as_json else task_ops.count_tasks(s, pattern)
-    if as_json:
-        echo_json(rows)
-        return
+        total = task_ops.count_tasks(s, pattern)
     if not rows:
         if total:
             click.echo(f"no tasks on this page ({total:,} in all; --offset {offset} is past them)")
