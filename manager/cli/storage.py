@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from manager.catalog.accounting import iter_storage, storage_report, storage_totals
+from manager.catalog.accounting import (
+    StorageReport,
+    iter_storage,
+    storage_report,
+    storage_totals,
+)
+from manager.catalog.paging import Page
 from manager.catalog.tasks import count_tasks
 from manager.cli.app import App, console, json_option, pass_app
 from manager.cli.jsonout import echo_json_stream
@@ -74,7 +80,12 @@ def command(
         click.echo(f"storage plot: {Store.of(app.home).write_user_file(plot, png)}", err=as_json)
     if as_json:
         echo_json_stream(report.to_dict())
-        return
+    else:
+        _print(report, page, total)
+
+
+def _print(report: StorageReport, page: Page, total: int | None) -> None:
+    """The table of the page's tasks and versions, the footer, and the totals of all."""
     from rich.table import Table
 
     table = Table(

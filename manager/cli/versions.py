@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from sqlalchemy.orm import Session
 
 from manager.catalog import tasks as task_ops
 from manager.catalog.models import VERSION_DELETED
@@ -73,31 +74,9 @@ def command(app: App, task: str, trials: bool, show_classes: bool, as_json: bool
       mgr versions pets@3 --trials      # one version, with the trials of its --tune search
       mgr versions pets@4 --classes     # its classes, per-class top-1, the gate's worst classes
     """
-    from manager.catalog.refs import version_number
-
     name, selector = parse_version_selector(task)
     with app.session(write=False) as s:
-        t = task_ops.get_task(s, name)
-        number = version_number(s, name, selector)
-        active = t.active_version.number if t.active_version else None
-        rows = [{**version_dict(v), "active": v.number == active} for v in t.versions]
-        # Aliases (champion = active) and tags of each version.
-        from manager.catalog.aliases import aliases_by_version, tags_by_version
-
-        named, tagged = aliases_by_version(s, t), tags_by_version(s, t)
-        for v, row in zip(t.versions, rows, strict=True):
-            row.update(aliases=named.get(v.id, []), tags=tagged.get(v.id, []))
-        from manager.catalog.lineage import describe_diff, gate_decisions, version_classes
-
-        by_id = {v.id: v for v in t.versions}
-        gates = gate_decisions(s, t)
-        for v, row in zip(t.versions, rows, strict=True):
-            parent = by_id.get(v.parent_id) if v.parent_id else None
-            row.update(
-                classes=version_classes(v),
-                changes=describe_diff(v.lineage, parent.lineage if parent else None),
-                gate=gates.get(v.id),
-            )
+        rows, number = _rows(s, name, selector)
     if number is not None:
         rows = [v for v in rows if v["number"] == number]
         if not rows:
@@ -148,6 +127,33 @@ def command(app: App, task: str, trials: bool, show_classes: bool, as_json: bool
     if show_classes:
         for v in rows:
             _print_classes(v)
+
+
+def _rows(s: Session, name: str, selector: str | None) -> tuple[list[dict], int | None]:
+    """Every version of task `name` as --json prints it (aliases, tags, classes, lineage,
+    gate), and the number `selector` names (None: all)."""
+    from manager.catalog.aliases import aliases_by_version, tags_by_version
+    from manager.catalog.lineage import describe_diff, gate_decisions, version_classes
+    from manager.catalog.refs import version_number
+
+    t = task_ops.get_task(s, name)
+    number = version_number(s, name, selector)
+    active = t.active_version.number if t.active_version else None
+    rows = [{**version_dict(v), "active": v.number == active} for v in t.versions]
+    # Aliases (champion = active) and tags of each version.
+    named, tagged = aliases_by_version(s, t), tags_by_version(s, t)
+    by_id = {v.id: v for v in t.versions}
+    gates = gate_decisions(s, t)
+    for v, row in zip(t.versions, rows, strict=True):
+        parent = by_id.get(v.parent_id) if v.parent_id else None
+        row.update(
+            aliases=named.get(v.id, []),
+            tags=tagged.get(v.id, []),
+            classes=version_classes(v),
+            changes=describe_diff(v.lineage, parent.lineage if parent else None),
+            gate=gates.get(v.id),
+        )
+    return rows, number
 
 
 def _lineage(v: dict) -> str:
