@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from manager.catalog import tasks
 from manager.catalog.models import AdapterVersion
 from manager.catalog.refs import VersionRef, resolve_version
-from manager.errors import MgrError
+from manager.errors import MgrError, NotFound
 
 CHAMPION = "champion"
 
@@ -41,9 +41,7 @@ def resolve_init(s: Session, task_name: str, text: str) -> tuple[VersionRef, lis
     if text == CHAMPION:
         name, selector = task_name, None
         if tasks.get_task(s, task_name).active_version is None:
-            raise MgrError(
-                f"--init champion: task {task_name!r} has no champion yet; train it first"
-            )
+            raise NotFound(f"task {task_name!r} has no champion yet to start from; train it first")
     else:
         name, selector = parse_version_selector(text)
     ref = resolve_version(s, name, selector)

@@ -26,7 +26,7 @@ def get_task(s: Session, name: str) -> Task:
     validate_task_name(name)
     task = find_task(s, name)
     if task is None:
-        raise NotFound(f"unknown task {name!r} (see 'mgr task list')")
+        raise NotFound(f"unknown task {name!r}", hint="see 'mgr task list'")
     return task
 
 
@@ -116,7 +116,10 @@ def remove_task(s: Session, name: str, host: str, force: bool = False) -> Task:
         )
     live = is_live(s, task, host)
     if live and not force:
-        raise Conflict(f"task {name!r} is live in the deployment; switch away first or use --force")
+        raise Conflict(
+            f"task {name!r} is live in the deployment; switch away first",
+            hint="or use --force to remove it anyway",
+        )
     n_versions = len(task.versions)
     # Core DELETE: the database's ON DELETE rules do the cascading, in one statement.
     s.execute(delete(Task).where(Task.id == task.id))
