@@ -22,7 +22,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from manager.digest import tensors_digest
-from manager.errors import BadInput, MgrError
+from manager.errors import BadInput, Corrupt, MgrError, NotFound
 from manager.specs import validate_backbone_spec
 from manager.store.fs import not_regular
 
@@ -46,7 +46,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise MgrError(f"unknown timm model {name!r}{hint}")
+        raise BadInput(f"unknown timm model {name!r}{hint}")
     return name, kwargs
 
 
@@ -190,7 +190,7 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor] | None:
     if kind is not None:
         raise MgrError(f"weights {path} is {kind}, not a regular file")
     if not path.is_file():
-        raise MgrError(f"weights file not found: {path}")
+        raise NotFound(f"weights file not found: {path}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
@@ -204,7 +204,7 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor] | None:
         if suffix in TORCH_SUFFIXES:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            raise MgrError(f"{path}: unknown weights format (use .safetensors, .npz or .pth)")
+            raise BadInput(f"{path}: unknown weights format (use .safetensors, .npz or .pth)")
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0]
         raise MgrError(
@@ -444,7 +444,7 @@ def load_backbone_file(
     if expected_hash is not None:
         got = content_hash(backbone_state(model))
         if got != expected_hash:
-            raise MgrError(
+            raise Corrupt(
                 f"{path}: backbone content hash {got[:12]} does not match the catalog's "
                 f"{expected_hash[:12]} (file changed or corrupt)"
             )

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from manager.catalog import tasks
 from manager.catalog.models import AdapterVersion
 from manager.catalog.refs import VersionRef, resolve_version
-from manager.errors import MgrError, NotFound
+from manager.errors import NotFound
 
 CHAMPION = "champion"
 
@@ -29,7 +29,7 @@ def classes_of(s: Session, version_id: int) -> list[str]:
     """`version_classes` of the version with id ``version_id``."""
     v = s.get(AdapterVersion, version_id)
     if v is None:
-        raise MgrError(f"version id {version_id} is not in the catalog")
+        raise NotFound(f"version id {version_id} is not in the catalog")
     return version_classes(v)
 
 

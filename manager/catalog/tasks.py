@@ -10,7 +10,7 @@ from manager.catalog import budgets, events
 from manager.catalog.deployment import host_deployments, live_elsewhere
 from manager.catalog.models import Task
 from manager.catalog.paging import Page
-from manager.errors import Conflict, MgrError, NotFound
+from manager.errors import BadInput, Conflict, NotFound
 from manager.names import validate_task_name
 
 DEFAULT_BACKBONE = "vit_base_patch16_224"
@@ -57,7 +57,7 @@ def add_task(
     """Insert a task (and its budget, if given) and record ``task_added``."""
     validate_task_name(name)
     if not class_names:
-        raise MgrError(f"data set {dataset!r} has no classes")
+        raise BadInput(f"data set {dataset!r} has no classes")
     if find_task(s, name) is not None:
         raise Conflict(f"task {name!r} already exists")
     task = Task(
