@@ -22,7 +22,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from manager.digest import tensors_digest
-from manager.errors import MgrError
+from manager.errors import BadInput, Corrupt, MgrError, NotFound
 from manager.specs import validate_backbone_spec
 from manager.store.fs import not_regular
 
@@ -31,7 +31,9 @@ DEFAULT_HEADS = ("head", "head_dist")  # timm ViT/DeiT classifier names
 SEED = 0  # `--weights random` and every new head are initialised under this seed
 # One request decides whether the hub is reachable; a dead network fails within this time.
 HUB_PROBE_TIMEOUT_S = 5.0
-NO_HUB_HINT = "pass --weights PATH (.safetensors, .npz, .pth) or --weights random"
+# What the CLI adds to a hub failure (MgrError.hint); the library's own message says "weights".
+NO_HUB_HINT = "--weights PATH (.safetensors, .npz, .pth) or --weights random"
+NO_HUB = "give the weights (a file, or 'random')"
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -44,7 +46,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise MgrError(f"unknown timm model {name!r}{hint}")
+        raise BadInput(f"unknown timm model {name!r}{hint}")
     return name, kwargs
 
 
@@ -136,18 +138,21 @@ def _pretrained(spec: str) -> nn.Module:
         pass
     except Exception as e:  # in the cache but unusable: the hub would not change that
         raise MgrError(
-            f"cannot load the pretrained weights of {spec!r} ({_first_line(e)}); {NO_HUB_HINT}"
+            f"cannot load the pretrained weights of {spec!r} ({_first_line(e)}); {NO_HUB}",
+            hint=NO_HUB_HINT,
         ) from None
     if hf.HF_HUB_OFFLINE:
         raise MgrError(
             f"the pretrained weights of {spec!r} are not in the local Hugging Face cache and "
-            f"HF_HUB_OFFLINE is set; {NO_HUB_HINT}"
+            f"HF_HUB_OFFLINE is set; {NO_HUB}",
+            hint=NO_HUB_HINT,
         )
     why = _hub_unreachable()
     if why is not None:
         raise MgrError(
             f"cannot reach the Hugging Face hub at {hf.ENDPOINT} ({why}) for the pretrained "
-            f"weights of {spec!r}; offline? {NO_HUB_HINT}"
+            f"weights of {spec!r}; offline? {NO_HUB}",
+            hint=NO_HUB_HINT,
         )
     try:
         return _create(spec, pretrained=True)
@@ -155,7 +160,8 @@ def _pretrained(spec: str) -> nn.Module:
         raise
     except Exception as e:  # hub, network and cache errors all mean the same to the user
         raise MgrError(
-            f"cannot get pretrained weights for {spec!r} ({_first_line(e)}); {NO_HUB_HINT}"
+            f"cannot get pretrained weights for {spec!r} ({_first_line(e)}); {NO_HUB}",
+            hint=NO_HUB_HINT,
         ) from None
 
 
@@ -184,7 +190,7 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor] | None:
     if kind is not None:
         raise MgrError(f"weights {path} is {kind}, not a regular file")
     if not path.is_file():
-        raise MgrError(f"weights file not found: {path}")
+        raise NotFound(f"weights file not found: {path}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
@@ -198,7 +204,7 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor] | None:
         if suffix in TORCH_SUFFIXES:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            raise MgrError(f"{path}: unknown weights format (use .safetensors, .npz or .pth)")
+            raise BadInput(f"{path}: unknown weights format (use .safetensors, .npz or .pth)")
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0]
         raise MgrError(
@@ -330,12 +336,11 @@ def check_weights_header(path: Path, spec: str) -> None:
     if bad is None:
         return
     fit = fitting_architectures(shapes)
-    hint = (
-        f"; it fits {', '.join(fit)} (--backbone)"
-        if fit
-        else "; no timm ViT/DeiT architecture fits it"
+    fits = f"; it fits {', '.join(fit)}" if fit else "; no timm ViT/DeiT architecture fits it"
+    raise BadInput(
+        f"{path.name} does not fit backbone {spec}: {bad[0]} {bad[1]}{fits}",
+        hint="choose one with --backbone" if fit else None,
     )
-    raise MgrError(f"{path.name} does not fit backbone {spec}: {bad[0]} {bad[1]}{hint}")
 
 
 def fitting_architectures(shapes: Mapping[str, tuple[int, ...]], limit: int = 2) -> list[str]:
@@ -439,7 +444,7 @@ def load_backbone_file(
     if expected_hash is not None:
         got = content_hash(backbone_state(model))
         if got != expected_hash:
-            raise MgrError(
+            raise Corrupt(
                 f"{path}: backbone content hash {got[:12]} does not match the catalog's "
                 f"{expected_hash[:12]} (file changed or corrupt)"
             )

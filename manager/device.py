@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from manager.errors import MgrError
+from manager.errors import BadInput, MgrError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -12,11 +12,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MgrError(f"--device {name}: no CUDA device is available here")
+        raise BadInput(f"device {name!r}: no CUDA device is available here")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise MgrError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+        raise BadInput(f"unknown device {name!r}; use auto, cpu or cuda") from None
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

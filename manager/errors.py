@@ -3,16 +3,32 @@
 ``MgrError`` is the base: every user-facing failure is one, so ``except MgrError`` still catches
 them all. The subclasses say what kind of failure it is, for a library user who wants to react
 to one kind (a missing task, a full budget) and for the server, which maps each kind to an HTTP
-status. The message is the same whichever type carries it.
+status (``manager.serve.errors``). The message is the same whichever type carries it.
+
+Messages speak the library's terms (``force=True``, never ``--force``); what to
+type at the command line goes in ``hint``, which only the CLI prints, after the message:
+``error: <message>; <hint>`` (``manager.cli.group.error_line``).
 """
+
+from __future__ import annotations
 
 
 class MgrError(Exception):
     """A user-facing error: bad input, missing data, a refused operation.
 
-    Anything raised as ``MgrError`` is printed as ``error: <message>`` with exit code 1;
-    any other exception is a bug and keeps its traceback.
+    Anything raised as ``MgrError`` is printed by the CLI as ``error: <message>[; <hint>]``
+    with exit code 1; any other exception is a bug and keeps its traceback. ``hint`` says what to
+    do at the command line (flags, commands); ``str(exc)`` and the server never show it.
     """
+
+    def __init__(self, message: object = "", *, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+    @property
+    def message(self) -> str:
+        """The message alone (``str(exc)``), without the CLI's hint."""
+        return str(self)
 
 
 class NotFound(MgrError):

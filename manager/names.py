@@ -81,12 +81,13 @@ def validate_alias_name(name: str, *, settable: bool = True) -> str:
     Like a task name but starting with a letter, and never ``v<digits>``: after the ``@`` a
     number always means a version.
     """
-    problem = _alias_problem(name)
+    problem, hint = _alias_problem(name), None
     if problem is None and settable and name == CHAMPION:
-        problem = f"{CHAMPION!r} is the task's active version: use 'mgr promote TASK@VERSION'"
+        problem = f"{CHAMPION!r} is the task's active version: promote a version instead"
+        hint = "use 'mgr promote TASK@VERSION'"
     if problem is not None:
         shown = name if not isinstance(name, str) or len(name) <= 80 else name[:76] + "..."
-        raise BadInput(f"bad alias name {shown!r}: {problem}")
+        raise BadInput(f"bad alias name {shown!r}: {problem}", hint=hint)
     return name
 
 

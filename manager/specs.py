@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from manager.errors import MgrError
+from manager.errors import BadInput
 
 MAX_INT64 = 2**63 - 1
 # ASCII only: int() and float() also read "٣", "1_000" and " 1 ", which no spec should mean.
@@ -36,12 +36,12 @@ def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split ``"name:k=v,k2=v2"`` into ``("name", {"k": v, "k2": v2})`` with typed values."""
     name, _, opts = str(spec).strip().partition(":")
     if not name.strip():
-        raise MgrError(f"empty name in spec {_short(spec)} (expected NAME[:key=value,...])")
+        raise BadInput(f"empty name in spec {_short(spec)} (expected NAME[:key=value,...])")
     kwargs: dict[str, Any] = {}
     for item in filter(None, (s.strip() for s in opts.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise MgrError(f"bad option {_short(item)} in spec {_short(spec)} (expected key=value)")
+            raise BadInput(f"bad option {_short(item)} in spec {_short(spec)} (expected key=value)")
         kwargs[key.strip()] = parse_value(value)
     return name.strip(), kwargs
 
@@ -69,7 +69,7 @@ class Option:
     help: str = ""
 
     def check(self, owner: str, key: str, value: Any) -> Any:
-        """``value`` if it has this option's type and range, else MgrError naming ``owner``."""
+        """``value`` if it has this option's type and range, else BadInput naming ``owner``."""
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if self.type is str and value is None and self.default is None:
@@ -79,12 +79,12 @@ class Option:
         if wrong or (self.type is float and not math.isfinite(value)):
             what = kind[self.type] if wrong else "a finite number"
             rng = f" ({self._range()})" if self._range() else ""
-            raise MgrError(f"{owner}: {key} must be {what}{rng}, got {_show(value)}")
+            raise BadInput(f"{owner}: {key} must be {what}{rng}, got {_show(value)}")
         if self.type in (int, float) and (
             (self.min is not None and value < self.min)
             or (self.max is not None and value > self.max)
         ):
-            raise MgrError(f"{owner}: {key} must be {self._range()}, got {_show(value)}")
+            raise BadInput(f"{owner}: {key} must be {self._range()}, got {_show(value)}")
         return value
 
     def _range(self) -> str:
@@ -119,7 +119,7 @@ def check_options(
     if strict and unknown:
         names = ", ".join(_short(k, 30) for k in unknown)
         hint = f"known: {', '.join(known)}" if known else "it takes none"
-        raise MgrError(f"{owner}: unknown options {names}; {hint}")
+        raise BadInput(f"{owner}: unknown options {names}; {hint}")
     out = dict(options)
     for key, spec in known.items():
         if key in options:
@@ -168,17 +168,18 @@ def validate_backbone_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """
     name, kwargs = split_spec(spec)
     if not re.fullmatch(r"[A-Za-z0-9_./-]+", name, re.ASCII):
-        raise MgrError(f"bad backbone name {_short(name, 40)}: expected a timm model name")
+        raise BadInput(f"bad backbone name {_short(name, 40)}: expected a timm model name")
     owner = f"backbone {name}"
     for key in kwargs:
         if key in BACKBONE_REFUSED or key.endswith(("_path", "_dir", "_url", "_file")):
-            raise MgrError(
+            raise BadInput(
                 f"{owner}: option {_short(key, 30)} is refused: a spec may not name a file or a "
-                f"URL (weights come from --weights); allowed: {', '.join(BACKBONE_OPTIONS)}"
+                f"URL (the weights are given apart); allowed: {', '.join(BACKBONE_OPTIONS)}",
+                hint="weights come from --weights",
             )
     out = check_options(owner, kwargs, BACKBONE_OPTIONS, strict=True)
     if out.get("global_pool") not in (None, *GLOBAL_POOLS):
-        raise MgrError(
+        raise BadInput(
             f"{owner}: global_pool must be one of {', '.join(map(repr, GLOBAL_POOLS))}, "
             f"got {_short(out['global_pool'], 30)}"
         )

@@ -156,6 +156,6 @@ def test_offline_hub_gives_clear_error(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    with pytest.raises(MgrError, match="--weights PATH") as e:
+    with pytest.raises(MgrError, match="HF_HUB_OFFLINE is set") as e:
         build_backbone(TINY_SPEC, None)
-    assert "--weights random" in str(e.value)
+    assert "--weights PATH" in e.value.hint and "--weights random" in e.value.hint

@@ -162,17 +162,18 @@ def test_switch_and_serve_by_alias_give_the_numbered_version(home: Path) -> None
 
     # The server resolves a request's task through the same resolver.
     from manager.catalog import open_catalog
+    from manager.errors import NotFound
     from manager.home import Home
     from manager.serve.app import resolve
-    from manager.serve.scheduler import ServeError
+    from manager.serve.errors import status_of
 
     cat = open_catalog(Home(home), url=f"sqlite:///{home / 'catalog.db'}")
     try:
         assert resolve(cat, "pets3@candidate")[0].number == 1
         assert resolve(cat, "pets3@champion")[0].number == 3
-        with pytest.raises(ServeError) as err:
+        with pytest.raises(NotFound) as err:
             resolve(cat, "pets3@ghost")
-        assert err.value.status == 404 and "its aliases: champion, candidate" in err.value.message
+        assert status_of(err.value) == 404 and "its aliases: champion, candidate" in str(err.value)
     finally:
         cat.close()
 

@@ -30,7 +30,7 @@ from manager.catalog.db import (
     unreachable_message,
 )
 from manager.catalog.migrate import ensure_current
-from manager.errors import MgrError
+from manager.errors import Corrupt, MgrError
 from manager.home import Home
 from manager.store.fs import Store, is_no_space, read_only_folder
 
@@ -67,10 +67,10 @@ def home_files(home: Home) -> list[Path]:
 def _refuse_if_lost(home: Home, path: Path, state: str) -> None:
     files = home_files(home)
     if files:
-        raise MgrError(
+        raise Corrupt(
             f"the catalog {path} is {state} but the home holds {len(files)} artifact/live "
-            f"file(s) (e.g. {files[0]}): it was probably lost; restore it, or "
-            "'mgr db init --force' to start over with an empty catalog"
+            f"file(s) (e.g. {files[0]}): it was probably lost; restore it",
+            hint="or 'mgr db init --force' to start over with an empty catalog",
         )
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from manager.catalog import events, versions
 from manager.catalog.models import VERSION_READY, AdapterVersion, Alias, Event, Task, VersionTag
-from manager.errors import Conflict, MgrError, NotFound
+from manager.errors import BadInput, Conflict, MgrError, NotFound
 from manager.names import CHAMPION, validate_alias_name, validate_task_name
 
 # History kinds of this module (``promoted`` lives in events: the trainer records it too).
@@ -215,7 +215,7 @@ def rollback(
         stack.pop()
     if not stack:
         gone = f" ({', '.join(f'v{n}' for n in skipped)} deleted since)" if skipped else ""
-        raise MgrError(
+        raise Conflict(
             f"nothing to roll back to: {task.name}@{alias} (v{current.number}) has no earlier "
             f"version in its history{gone}"
         )
@@ -250,7 +250,7 @@ def validate_tag(name: str) -> str:
     try:
         return validate_task_name(name)
     except MgrError:
-        raise MgrError(
+        raise BadInput(
             f"bad tag {name[:40]!r}: use lower-case letters, digits, '-' and '_', starting with "
             "a letter or digit, at most 64 characters"
         ) from None
@@ -277,7 +277,7 @@ def untag(s: Session, task: Task, version: AdapterVersion, names: Iterable[str])
     missing = [n for n in wanted if n not in have]
     if missing:
         shown = ", ".join(have) or "none"
-        raise MgrError(
+        raise NotFound(
             f"{task.name}@{version.number} has no tag {missing[0]!r} (its tags: {shown})"
         )
     s.execute(

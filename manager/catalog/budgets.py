@@ -24,7 +24,7 @@ from manager.catalog.models import (
 )
 from manager.catalog.paging import Page
 from manager.catalog.reservations import reserved_bytes
-from manager.errors import BudgetExceeded, MgrError
+from manager.errors import BadInput, BudgetExceeded
 from manager.units import format_size
 
 
@@ -41,7 +41,7 @@ def get_budget(s: Session, task: Task | None = None) -> int | None:
 def set_budget(s: Session, max_bytes: int | None, task: Task | None = None) -> int | None:
     """Set (or with None, clear) a budget and record the change; returns the previous value."""
     if max_bytes is not None and max_bytes < 0:
-        raise MgrError("a budget cannot be negative")
+        raise BadInput("a budget cannot be negative")
     scope = _scope(task)
     row = s.scalars(select(Budget).where(Budget.scope == scope)).one_or_none()
     previous = None if row is None else row.max_bytes

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from manager.errors import MgrError
+from manager.errors import Corrupt, MgrError
 from manager.store.fs import free_bytes, is_no_space
 
 BUSY_TIMEOUT_MS = 30_000
@@ -207,7 +207,7 @@ def json_loads(text: str | bytes) -> Any:
     else:
         deep = _json_depth_over(value, MAX_JSON_DEPTH)
     if deep:
-        raise MgrError(
+        raise Corrupt(
             f"the catalog holds a damaged row: a JSON value nested more than {MAX_JSON_DEPTH} "
             "levels deep (mgr writes a few); mgr leaves it untouched: restore the catalog from "
             "a backup"

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from manager.catalog.models import CatalogIdentity
-from manager.errors import MgrError
+from manager.errors import Conflict, MgrError
 from manager.store.fs import Store
 
 
@@ -102,8 +102,8 @@ def check_before_deleting(
             with contextlib.suppress(OSError, MgrError):  # a home from before ids: adopted
                 store.write_catalog_id(cid)
     if why is not None:
-        raise MgrError(
+        raise Conflict(
             f"refusing to {what}: the catalog looks unrelated to the home {store.root} ({why}); "
-            "nothing was deleted; check MGR_DB_URL (or run 'mgr db init --force' to bind the "
-            "home to this catalog)"
+            "nothing was deleted",
+            hint="check MGR_DB_URL (or run 'mgr db init --force' to bind the home to this catalog)",
         )

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from manager.catalog import tasks
 from manager.catalog.models import AdapterVersion
 from manager.catalog.refs import VersionRef, resolve_version
-from manager.errors import MgrError
+from manager.errors import NotFound
 
 CHAMPION = "champion"
 
@@ -29,7 +29,7 @@ def classes_of(s: Session, version_id: int) -> list[str]:
     """`version_classes` of the version with id ``version_id``."""
     v = s.get(AdapterVersion, version_id)
     if v is None:
-        raise MgrError(f"version id {version_id} is not in the catalog")
+        raise NotFound(f"version id {version_id} is not in the catalog")
     return version_classes(v)
 
 
@@ -41,9 +41,7 @@ def resolve_init(s: Session, task_name: str, text: str) -> tuple[VersionRef, lis
     if text == CHAMPION:
         name, selector = task_name, None
         if tasks.get_task(s, task_name).active_version is None:
-            raise MgrError(
-                f"--init champion: task {task_name!r} has no champion yet; train it first"
-            )
+            raise NotFound(f"task {task_name!r} has no champion yet to start from; train it first")
     else:
         name, selector = parse_version_selector(text)
     ref = resolve_version(s, name, selector)

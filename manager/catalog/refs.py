@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from manager.catalog import aliases, tasks, versions
 from manager.catalog.models import VERSION_READY, AdapterVersion, Backbone, Task
-from manager.errors import Conflict, MgrError, NotFound
+from manager.errors import Conflict, NotFound
 from manager.names import CHAMPION, Selector, parse_selector
 
 
@@ -89,7 +89,7 @@ def resolve_version(s: Session, task_name: str, selector: Selector) -> VersionRe
     if v.status != VERSION_READY:
         raise Conflict(f"version {v.number} of {task_name!r} is {v.status}")
     if task.backbone_id is None:
-        raise MgrError(f"task {task_name!r} is not bound to a backbone (never trained)")
+        raise Conflict(f"task {task_name!r} is not bound to a backbone (never trained)")
     return VersionRef.of(v)
 
 

@@ -10,7 +10,7 @@ from manager.catalog import budgets, events
 from manager.catalog.deployment import host_deployments, live_elsewhere
 from manager.catalog.models import Task
 from manager.catalog.paging import Page
-from manager.errors import Conflict, MgrError, NotFound
+from manager.errors import BadInput, Conflict, NotFound
 from manager.names import validate_task_name
 
 DEFAULT_BACKBONE = "vit_base_patch16_224"
@@ -26,7 +26,7 @@ def get_task(s: Session, name: str) -> Task:
     validate_task_name(name)
     task = find_task(s, name)
     if task is None:
-        raise NotFound(f"unknown task {name!r} (see 'mgr task list')")
+        raise NotFound(f"unknown task {name!r}", hint="see 'mgr task list'")
     return task
 
 
@@ -57,7 +57,7 @@ def add_task(
     """Insert a task (and its budget, if given) and record ``task_added``."""
     validate_task_name(name)
     if not class_names:
-        raise MgrError(f"data set {dataset!r} has no classes")
+        raise BadInput(f"data set {dataset!r} has no classes")
     if find_task(s, name) is not None:
         raise Conflict(f"task {name!r} already exists")
     task = Task(
@@ -116,7 +116,10 @@ def remove_task(s: Session, name: str, host: str, force: bool = False) -> Task:
         )
     live = is_live(s, task, host)
     if live and not force:
-        raise Conflict(f"task {name!r} is live in the deployment; switch away first or use --force")
+        raise Conflict(
+            f"task {name!r} is live in the deployment; switch away first",
+            hint="or use --force to remove it anyway",
+        )
     n_versions = len(task.versions)
     # Core DELETE: the database's ON DELETE rules do the cascading, in one statement.
     s.execute(delete(Task).where(Task.id == task.id))

@@ -14,8 +14,20 @@ def one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
+def error_line(exc: MgrError) -> str:
+    """The CLI's one line for a library error, every kind alike: ``error: <message>``, then
+    ``; <hint>`` when the raise site said what to type (a flag, a command).
+
+    The library's message speaks the API; the hint is where the CLI's own words go, so
+    ``str(exc)`` (and the server's answer) never names a flag.
+    """
+    line = f"error: {one_line(exc)}"
+    hint = getattr(exc, "hint", None)
+    return f"{line}; {one_line(hint)}" if hint else line
+
+
 class MgrGroup(click.Group):
-    """A click group that reports MgrError as ``error: <message>`` with exit code 1.
+    """A click group that reports MgrError as one line (`error_line`) with exit code 1.
 
     Catching here, not in each command, covers every command added later too; subgroups made
     with ``@group.group()`` are MgrGroups as well.
@@ -27,7 +39,7 @@ class MgrGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MgrError as exc:
-            click.echo(f"error: {one_line(exc)}", err=True)
+            click.echo(error_line(exc), err=True)
             ctx.exit(1)
         except (OSError, RuntimeError) as exc:
             # A full disk where no caller named what it was writing: still one line.
@@ -62,7 +74,7 @@ class MgrGroup(click.Group):
             click.echo(f"error: {one_line(exc.format_message())}", err=True)
             sys.exit(exc.exit_code)
         except MgrError as exc:  # raised outside invoke, e.g. in the group's own options
-            click.echo(f"error: {one_line(exc)}", err=True)
+            click.echo(error_line(exc), err=True)
             sys.exit(1)
         except click.Abort:
             click.echo("error: aborted", err=True)

@@ -1,4 +1,8 @@
-"""``mgr serve``: one long-running HTTP server for every task, routed per request."""
+"""``mgr serve``: one long-running HTTP server for every task, routed per request.
+
+Every default here is a field of ``ServeConfig`` (``serve/state.py``), the one place they are
+written: the CLI and a Python caller of ``serve()`` get the same server.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,16 @@ import click
 
 from manager.cli.app import App, pass_app
 from manager.cli.types import FiniteFloat, Int64, Size, device_option
+from manager.serve.state import SCHEDULES, ServeConfig
+from manager.units import format_size
+
+DEFAULT = ServeConfig()
 
 
 @click.command("serve")
 @click.option(
     "--host",
-    default="127.0.0.1",
+    default=DEFAULT.host,
     show_default=True,
     help="Address to listen on. Loopback by default; any other address needs an API key "
     "(--api-key-file or MGR_API_KEY) or --allow-unauthenticated.",
@@ -19,7 +27,7 @@ from manager.cli.types import FiniteFloat, Int64, Size, device_option
 @click.option(
     "--port",
     type=Int64(0, 65535),
-    default=8000,
+    default=DEFAULT.port,
     show_default=True,
     help="Port (0: any free one; the address is printed).",
 )
@@ -32,21 +40,21 @@ from manager.cli.types import FiniteFloat, Int64, Size, device_option
 @click.option(
     "--max-batch",
     type=Int64(1, 4096),
-    default=64,
+    default=DEFAULT.max_batch,
     show_default=True,
     help="Most images in one model batch.",
 )
 @click.option(
     "--max-wait-ms",
     type=FiniteFloat(0, 10_000),
-    default=5.0,
+    default=DEFAULT.max_wait_ms,
     show_default=True,
     help="How long the first waiting request may wait for a batch to fill.",
 )
 @click.option(
     "--resident",
     type=Int64(1, 100_000),
-    default=8,
+    default=DEFAULT.resident,
     show_default=True,
     help="Task deltas kept resident on the device (LRU), besides pinned ones.",
 )
@@ -60,35 +68,35 @@ from manager.cli.types import FiniteFloat, Int64, Size, device_option
 @click.option(
     "--max-body-bytes",
     type=Size(),
-    default="32MiB",
-    show_default=True,
-    help="Refuse request bodies larger than this.",
+    default=DEFAULT.max_body_bytes,
+    help="Refuse request bodies larger than this. "
+    f"[default: {format_size(DEFAULT.max_body_bytes, binary=True)}]",
 )
 @click.option(
     "--max-pixels",
     type=Int64(1),
-    default=40_000_000,
+    default=DEFAULT.max_pixels,
     show_default=True,
     help="Refuse images with more pixels than this (decompression bombs).",
 )
 @click.option(
     "--max-images",
     type=Int64(1, 100_000),
-    default=256,
+    default=DEFAULT.max_images,
     show_default=True,
     help="Most images in one request.",
 )
 @click.option(
     "--max-queue",
     type=Int64(1),
-    default=4096,
+    default=DEFAULT.max_queue,
     show_default=True,
     help="Most images waiting; past it requests get 503.",
 )
 @click.option(
     "--schedule",
-    type=click.Choice(["auto", "switch", "mixed"]),
-    default="auto",
+    type=click.Choice(SCHEDULES),
+    default=DEFAULT.schedule,
     show_default=True,
     help="Several tasks waiting: the measured cost model's choice, always switch, or "
     "mixed-task batches whenever the deltas allow.",
@@ -96,7 +104,7 @@ from manager.cli.types import FiniteFloat, Int64, Size, device_option
 @click.option(
     "--threads",
     type=Int64(0, 1024),
-    default=0,
+    default=DEFAULT.threads,
     help="CPU threads of the model's kernels (0: torch's default). On a busy CPU, 1 "
     "avoids oversubscription.",
 )
@@ -111,7 +119,7 @@ from manager.cli.types import FiniteFloat, Int64, Size, device_option
 @click.option(
     "--max-request-pixels",
     type=Int64(1),
-    default=200_000_000,
+    default=DEFAULT.max_request_pixels,
     show_default=True,
     help="Refuse a request whose images hold more pixels than this in all (read from the "
     "headers, before decoding): 413.",
@@ -125,11 +133,13 @@ from manager.cli.types import FiniteFloat, Int64, Size, device_option
 @click.option(
     "--protect-metrics",
     is_flag=True,
+    default=DEFAULT.protect_metrics,
     help="Require the API key for /metrics too (open by default, for Prometheus).",
 )
 @click.option(
     "--allow-unauthenticated",
     is_flag=True,
+    default=DEFAULT.allow_unauthenticated,
     help="Allow a non-loopback --host without an API key (anyone who can reach it can use it).",
 )
 @click.option(
@@ -140,14 +150,14 @@ from manager.cli.types import FiniteFloat, Int64, Size, device_option
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
+    default=DEFAULT.log_level,
     show_default=True,
     help="'info' writes one access log line per request; 'warning' and above do not.",
 )
 @click.option(
     "--drain-seconds",
     type=FiniteFloat(0, 3600),
-    default=30.0,
+    default=DEFAULT.drain_seconds,
     show_default=True,
     help="On SIGTERM or SIGINT, how long queued requests may take to be answered; the rest "
     "get 503, then the server exits 0.",
@@ -155,6 +165,7 @@ from manager.cli.types import FiniteFloat, Int64, Size, device_option
 @click.option(
     "--no-docs",
     is_flag=True,
+    default=not DEFAULT.docs,
     help="Serve no /docs and no /openapi.json (the docs use local files, never a CDN).",
 )
 @pass_app

@@ -30,7 +30,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from manager.delta.structure import Structure, normalize, support_numel, union_plan
-from manager.errors import MgrError
+from manager.errors import Corrupt, MgrError
 
 FORMAT = "mgr-delta"
 FORMAT_VERSION = 1
@@ -57,7 +57,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 def _shape(spec: dict, where: str) -> tuple[int, int]:
     shape = spec.get("shape")
     if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(d, int) for d in shape)):
-        raise MgrError(f"{where}: bad or missing shape {shape!r}")
+        raise Corrupt(f"{where}: bad or missing shape {shape!r}")
     return shape[0], shape[1]
 
 
@@ -87,14 +87,14 @@ class ConsolidatorLayer:
         try:
             branches = normalize(spec["branches"])
         except (KeyError, TypeError, ValueError):
-            raise MgrError(f"{where}: bad or missing branches") from None
+            raise Corrupt(f"{where}: bad or missing branches") from None
         if not branches:
-            raise MgrError(f"{where}: no branches")
+            raise Corrupt(f"{where}: no branches")
         union_plan(shape, branches)  # raises a clear error for a g that does not divide
         values = _only(tensors, ("values",), where)["values"]
         expected = support_numel(shape, branches)
         if values.dim() != 1 or values.numel() != expected:
-            raise MgrError(
+            raise Corrupt(
                 f"{where}: {values.numel()} stored values, but structure "
                 f"{branches} on {shape[0]}x{shape[1]} has a support of {expected}"
             )
@@ -123,7 +123,7 @@ class DenseLayer:
         shape = _shape(spec, where)
         values = _only(tensors, ("values",), where)["values"]
         if tuple(values.shape) != shape:
-            raise MgrError(f"{where}: values of shape {tuple(values.shape)}, expected {shape}")
+            raise Corrupt(f"{where}: values of shape {tuple(values.shape)}, expected {shape}")
         return cls(shape, values)
 
 
@@ -151,7 +151,7 @@ class LoRALayer:
         t = _only(tensors, ("A", "B"), where)
         r = spec.get("rank")
         if t["A"].shape != (r, in_) or t["B"].shape != (out, r):
-            raise MgrError(
+            raise Corrupt(
                 f"{where}: A {tuple(t['A'].shape)} / B {tuple(t['B'].shape)} "
                 f"do not match shape {out}x{in_} rank {r}"
             )
@@ -166,7 +166,7 @@ def _only(tensors: dict[str, Tensor], parts: tuple[str, ...], where: str) -> dic
     missing = [p for p in parts if p not in tensors]
     extra = sorted(set(tensors) - set(parts))
     if missing or extra:
-        raise MgrError(f"{where}: missing tensors {missing}, unexpected {extra}")
+        raise Corrupt(f"{where}: missing tensors {missing}, unexpected {extra}")
     return tensors
 
 
@@ -263,50 +263,50 @@ class Delta:
             tensors = st_load(data)
             meta = _read_metadata(data)
         except (SafetensorError, ValueError, OSError) as e:
-            raise MgrError(f"{where}: not a valid safetensors file ({e})") from None
+            raise Corrupt(f"{where}: not a valid safetensors file ({e})") from None
         return cls.from_state(tensors, meta, where)
 
     @classmethod
     def from_state(cls, tensors: dict[str, Tensor], meta: dict[str, str], where: str) -> Delta:
         if meta.get("format") != FORMAT:
-            raise MgrError(f"{where}: not an mgr delta (format {meta.get('format')!r})")
+            raise Corrupt(f"{where}: not an mgr delta (format {meta.get('format')!r})")
         missing = [k for k in _REQUIRED_META if k not in meta]
         if missing:
-            raise MgrError(f"{where}: metadata lacks {', '.join(missing)}")
+            raise Corrupt(f"{where}: metadata lacks {', '.join(missing)}")
         version = meta["format_version"]
         if version != str(FORMAT_VERSION):
-            raise MgrError(
+            raise Corrupt(
                 f"{where}: delta format version {version}; this mgr reads version "
                 f"{FORMAT_VERSION} (a newer mgr may have written it)"
             )
         if meta["dtype"] not in DTYPES:
-            raise MgrError(f"{where}: unsupported dtype {meta['dtype']!r}")
+            raise Corrupt(f"{where}: unsupported dtype {meta['dtype']!r}")
         dtype = DTYPES[meta["dtype"]]
         try:
             specs = json.loads(meta["layers"])
             num_classes = int(meta["num_classes"])
         except ValueError:
-            raise MgrError(f"{where}: unreadable layers/num_classes metadata") from None
+            raise Corrupt(f"{where}: unreadable layers/num_classes metadata") from None
         if not isinstance(specs, dict):
-            raise MgrError(f"{where}: the layers metadata is not a mapping")
+            raise Corrupt(f"{where}: the layers metadata is not a mapping")
 
         parts: dict[str, dict[str, Tensor]] = {name: {} for name in specs}
         whole: dict[str, Tensor] = {}
         for key, t in tensors.items():
             if t.dtype != dtype:
-                raise MgrError(f"{where}: tensor {key} is {t.dtype}, the file says {meta['dtype']}")
+                raise Corrupt(f"{where}: tensor {key} is {t.dtype}, the file says {meta['dtype']}")
             if key.startswith("whole."):
                 whole[key[len("whole.") :]] = t
                 continue
             name, _, part = key.removeprefix("layers.").rpartition(".")
             if not key.startswith("layers.") or name not in parts:
-                raise MgrError(f"{where}: unexpected tensor {key}")
+                raise Corrupt(f"{where}: unexpected tensor {key}")
             parts[name][part] = t
         layers = {}
         for name, spec in specs.items():
             kind = spec.get("kind") if isinstance(spec, dict) else None
             if kind not in LAYER_KINDS:
-                raise MgrError(f"{where}: layer {name} has unknown kind {kind!r}")
+                raise Corrupt(f"{where}: layer {name} has unknown kind {kind!r}")
             layers[name] = LAYER_KINDS[kind].from_parts(spec, parts[name], f"{where}: {name}")
         known = set(_REQUIRED_META)
         return cls(

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from manager.catalog.models import Backbone
 from manager.digest import tensors_digest
-from manager.errors import Corrupt, MgrError
+from manager.errors import Corrupt, MgrError, NotFound
 from manager.home import Home
 from manager.store.fs import Store
 
@@ -98,7 +98,7 @@ def check_backbone_file(store: Store, ref: BackboneRef) -> tuple[Path, int | Non
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise MgrError(
+        raise NotFound(
             f"backbone file missing: {path} (recorded for {ref.spec}; the task's versions "
             "cannot be switched without it)"
         ) from None
@@ -140,5 +140,5 @@ def load_backbone(home: Home, row: Backbone, num_classes: int = 0) -> nn.Module:
 
     path = Store.of(home).resolve(row.path)
     if not path.is_file():
-        raise MgrError(f"backbone file missing: {path} (recorded for {row.spec})")
+        raise NotFound(f"backbone file missing: {path} (recorded for {row.spec})")
     return load_backbone_file(path, row.spec, num_classes, expected_hash=row.content_hash)

@@ -44,7 +44,7 @@ from manager.catalog.models import (
     Deployment,
     Task,
 )
-from manager.errors import MgrError
+from manager.errors import BadInput, Corrupt, MgrError
 from manager.home import Home
 from manager.store.fs import Store, temp_owner, temp_writer_alive
 
@@ -315,7 +315,7 @@ def collect_garbage(
     the artifact it needs.
     """
     if keep < 0:
-        raise MgrError("--keep must be 0 or more")
+        raise BadInput(f"keep must be 0 or more, not {keep}")
     store = Store.of(home)
     rep = GcReport(dry_run, keep)
     doomed: list[Path] = []
@@ -325,9 +325,10 @@ def collect_garbage(
             f = inv.bad[0]
             more = f" (and {len(inv.bad) - 1} more)" if len(inv.bad) > 1 else ""
             what = f"version {f.label}" if f.kind == "version" else f"backbone {f.label}"
-            raise MgrError(
+            raise Corrupt(
                 f"refusing to collect garbage: the catalog row of {what} is bad{more}: "
-                f"{f.bad}; nothing was deleted (see 'mgr verify')"
+                f"{f.bad}; nothing was deleted",
+                hint="see 'mgr verify'",
             )
         # The wrong catalog (an empty URL, another database) owns none of these files: its gc
         # would take the whole home for leftovers. A dry run says so and lists what would go.

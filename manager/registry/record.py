@@ -21,7 +21,7 @@ from manager.catalog.aliases import PROMOTION_REFUSED, PromotionDecision
 from manager.catalog.models import AdapterVersion, Task
 from manager.delta.delta import Delta
 from manager.delta.structure import format_structure
-from manager.errors import MgrError
+from manager.errors import Conflict, MgrError
 from manager.store.fs import Store
 
 
@@ -84,9 +84,9 @@ def record_version(
             number = versions.next_version_number(s, task)
             path = store.artifact(task_name, number)
             if path.exists() or path.is_symlink():
-                raise MgrError(
-                    f"{path} exists but is not in the catalog; move it away (or run 'mgr gc') "
-                    "and train again"
+                raise Conflict(
+                    f"{path} exists but is not in the catalog; move it away and train again",
+                    hint="'mgr gc' removes such leftovers",
                 )
             written = store.replace(written, path)
             version = versions.add_version(

@@ -14,15 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 
 from manager.catalog import Catalog, tasks
 from manager.catalog.models import VERSION_READY
-from manager.errors import MgrError
-from manager.serve import oip, v1
+from manager.errors import BadInput, Busy, MgrError, NotFound
+from manager.serve import errors, oip, v1
 from manager.serve.accesslog import AccessLog, AccessLogMiddleware
 from manager.serve.auth import AuthMiddleware
 from manager.serve.engine import Engine
@@ -31,7 +29,6 @@ from manager.serve.metrics import Metrics
 from manager.serve.resolver import Resolver, resolve
 from manager.serve.scheduler import Scheduler
 from manager.serve.state import ServeConfig, ServeState
-from manager.serve.v1 import error
 
 __all__ = ["ServeConfig", "create_app", "resolve", "serve"]
 
@@ -64,19 +61,7 @@ def create_app(state: ServeState, on_start: Callable[[], bool] | None = None) ->
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.mgr = state
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(400, f"bad request: {exc.errors()[:1]}")
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        return error(500, f"internal error: {type(exc).__name__}: {exc}")
-
+    errors.install(app)  # each kind of error its status, in one place
     app.include_router(v1.router)
     app.include_router(oip.router)
     if docs:
@@ -105,7 +90,7 @@ def _local_docs(app: FastAPI) -> None:
 
 
 def check_catalog(catalog: Catalog, pins: tuple[str, ...]) -> tuple[int, int]:
-    """(tasks, servable tasks); MgrError for a pinned task the catalog does not know."""
+    """(tasks, servable tasks); NotFound for a pinned task the catalog does not know."""
     with catalog.session(write=False) as s:
         rows = tasks.list_tasks(s)
         names = {t.name for t in rows}
@@ -118,42 +103,38 @@ def check_catalog(catalog: Catalog, pins: tuple[str, ...]) -> tuple[int, int]:
         )
     unknown = [p for p in pins if p not in names]
     if unknown:
-        raise MgrError(
-            f"cannot pin unknown task(s) {', '.join(map(repr, unknown))}: see 'mgr task list'"
+        raise NotFound(
+            f"cannot pin unknown task(s) {', '.join(map(repr, unknown))}",
+            hint="see 'mgr task list'",
         )
     return len(rows), servable
 
 
-def serve(home: Any, catalog: Catalog, config: ServeConfig, log: Callable[[str], None]) -> None:
-    """Check, bind, answer probes at once, load the model in the background, serve until a
-    signal, drain, and return (see ``lifecycle``)."""
+def check_exposure(config: ServeConfig) -> None:
+    """BadInput for a non-loopback address without an API key, unless allowed."""
+    if config.host not in LOOPBACK and not config.api_keys and not config.allow_unauthenticated:
+        raise BadInput(
+            f"refusing to listen on {config.host} without an API key",
+            hint="pass --api-key-file or set MGR_API_KEY (or --allow-unauthenticated to serve "
+            "anyone who can reach it)",
+        )
+
+
+def bind(config: ServeConfig) -> Any:
+    """The listening socket, bound before the slow start so that a taken port fails at once."""
     import socket
 
-    import uvicorn
-
-    from manager.device import resolve_device
-    from manager.serve.lifecycle import DrainingServer, make_starter, watch_startup
-    from manager.store.fs import Store
-
-    started = time.perf_counter()
-    if config.host not in LOOPBACK and not config.api_keys and not config.allow_unauthenticated:
-        raise MgrError(
-            f"refusing to listen on {config.host} without an API key: pass --api-key-file or "
-            "set MGR_API_KEY (or --allow-unauthenticated to serve anyone who can reach it)"
-        )
-    n_tasks, servable = check_catalog(catalog, config.pins)
-    catalog_s = time.perf_counter() - started
-    stream = None
-    if config.access_log is not None:
-        stream = Store.of(home).open_user_log(config.access_log, "the access log")
-    try:  # bound before the slow start, so a taken port fails at once
-        sock = socket.create_server((config.host, config.port), reuse_port=False)
+    try:
+        return socket.create_server((config.host, config.port), reuse_port=False)
     except OSError as exc:
-        raise MgrError(
-            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
-        ) from None
-    # Printed once nothing can be refused any more: a refusal stays one line.
-    log(f"catalog: {n_tasks} task(s), {servable} servable ({catalog_s:.2f} s)")
+        raise Busy(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+
+
+def build_state(home: Any, catalog: Catalog, config: ServeConfig, access: AccessLog) -> ServeState:
+    """The server's parts over ``catalog``, nothing loaded yet (the model loads in the
+    background once the port answers)."""
+    from manager.device import resolve_device
+
     if config.threads:
         import torch
 
@@ -180,16 +161,36 @@ def serve(home: Any, catalog: Catalog, config: ServeConfig, log: Callable[[str],
         threads=config.threads,
         metrics=metrics,
     )
-    workers = config.decode_workers or min(8, os.cpu_count() or 1)
-    state = ServeState(
+    return ServeState(
         config=config,
         engine=engine,
         scheduler=scheduler,
         resolver=Resolver(catalog, count=metrics.add),
-        decoder=Decoder(workers),
+        decoder=Decoder(config.decode_workers or min(8, os.cpu_count() or 1)),
         metrics=metrics,
-        access=AccessLog(stream, config.log_level),
+        access=access,
     )
+
+
+def serve(home: Any, catalog: Catalog, config: ServeConfig, log: Callable[[str], None]) -> None:
+    """Check, bind, answer probes at once, load the model in the background, serve until a
+    signal, drain, and return (see ``lifecycle``)."""
+    import uvicorn
+
+    from manager.serve.lifecycle import DrainingServer, make_starter, watch_startup
+    from manager.store.fs import Store
+
+    started = time.perf_counter()
+    check_exposure(config)
+    n_tasks, servable = check_catalog(catalog, config.pins)
+    catalog_s = time.perf_counter() - started
+    stream = None
+    if config.access_log is not None:
+        stream = Store.of(home).open_user_log(config.access_log, "the access log")
+    sock = bind(config)
+    # Printed once nothing can be refused any more: a refusal stays one line.
+    log(f"catalog: {n_tasks} task(s), {servable} servable ({catalog_s:.2f} s)")
+    state = build_state(home, catalog, config, AccessLog(stream, config.log_level))
     app = create_app(state, on_start=make_starter(state, log, started))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -1,6 +1,7 @@
 """The model side of the server: backbones, resident deltas, merged and mixed-task batches.
 
-Each backbone the served tasks are bound to gets its own `ResidentSwitcher`, loaded on first use;
+Each backbone the served tasks are bound to gets its own `Switcher` with a `ResidentCache`, loaded
+on first use;
 ``max_memory`` bounds what they hold together (W0, its serving copy, resident deltas): the least
 recently used backbone without a pinned task is evicted to make room, and a backbone that cannot
 fit is a 503. Only the scheduler's worker thread calls an `Engine` (torch state is never shared
@@ -28,86 +29,55 @@ from manager.catalog import Catalog, tasks
 from manager.catalog.models import VERSION_READY
 from manager.catalog.refs import VersionRef
 from manager.delta.delta import ConsolidatorLayer, Delta
-from manager.errors import MgrError
+from manager.errors import Busy, Conflict, MgrError, NotFound
 from manager.home import Home
 from manager.serve.costs import CostModel, fit_line
+from manager.serve.errors import fresh
 from manager.serve.metrics import Metrics
-from manager.switch.switcher import Switcher
-
-Key = tuple[int, str]  # (version id, content hash): one artifact's bytes
+from manager.switch.switcher import DeltaCache, Key, Switcher, key_of
 
 
-def key_of(ref: VersionRef) -> Key:
-    return (ref.id, ref.content_hash)
+class ResidentCache(DeltaCache):
+    """The server's cache policy: deltas stay resident in an LRU of ``resident`` tasks; pinned
+    tasks' deltas are never evicted (a pinned task keeps its newest loaded version). Counts hits
+    and misses."""
 
-
-class ResidentSwitcher(Switcher):
-    """A `Switcher` whose deltas stay resident in an LRU of ``resident`` tasks; pinned tasks'
-    deltas are never evicted. Counts cache hits and misses."""
-
-    def __init__(
-        self,
-        home: Home,
-        catalog: Catalog,
-        *,
-        device: str,
-        precision: str | None,
-        resident: int,
-        pins: Sequence[str],
-        metrics: Metrics,
-    ):
-        # The parent's own bound is lifted: eviction happens here, pin-aware.
-        super().__init__(home, catalog, device=device, precision=precision, cache_size=1 << 30)
+    def __init__(self, resident: int, pins: Sequence[str], metrics: Metrics):
+        super().__init__(size=resident)
         self.resident = resident
         self.pins = set(pins)
         self.metrics = metrics
-        self.tasks_of: dict[Key, str] = {}
         self.misses = 0  # artifacts read: the bytes held change only then
 
-    def _load(self, ref: VersionRef):
-        key = key_of(ref)
-        hit = key in self._cache
-        entry = super()._load(ref)
-        self.metrics.add("cache_hits" if hit else "cache_misses")
-        self.misses += not hit
-        self.tasks_of[key] = ref.task
-        if ref.task in self.pins:  # a pinned task keeps its newest loaded version only
-            for old in [k for k, t in self.tasks_of.items() if t == ref.task and k != key]:
-                self._evict(old)
-        unpinned = [k for k in self._cache if self.tasks_of.get(k) not in self.pins]
-        for old in unpinned[: max(0, len(unpinned) - self.resident)]:  # LRU first
-            self._evict(old)
+    def get(self, ref: VersionRef):  # type: ignore[no-untyped-def]
+        entry = super().get(ref)
+        self.metrics.add("cache_hits" if entry is not None else "cache_misses")
+        self.misses += entry is None
         return entry
 
-    def _evict(self, key: Key) -> None:
-        self._cache.pop(key, None)
-        self.tasks_of.pop(key, None)
+    def trim(self, loaded: VersionRef) -> None:
+        key = key_of(loaded)
+        if loaded.task in self.pins:  # a pinned task keeps its newest loaded version only
+            for old in [k for k, t in self.tasks_of.items() if t == loaded.task and k != key]:
+                self.pop(old)
+        unpinned = [k for k in self.entries if self.tasks_of.get(k) not in self.pins]
+        for old in unpinned[: max(0, len(unpinned) - self.resident)]:  # LRU first
+            self.pop(old)
 
-    def load_delta(self, ref: VersionRef) -> tuple[Delta, bool]:
-        """The version's whole delta (checked, resident) and whether a mixed batch can serve it."""
-        entry = self._load(ref)
-        delta = Delta(entry.body.layers, {**entry.body.whole, **entry.head}, entry.body.meta)
-        return delta, self._mixable(delta)
 
-    def _mixable(self, delta: Delta) -> bool:
-        # MultiTaskModel adds Consolidator layers, target biases, LayerNorm affines and the head;
-        # a delta writing anything else (dense or LoRA layers, other tensors) is served merged.
-        if not all(isinstance(lay, ConsolidatorLayer) for lay in delta.layers.values()):
-            return False
-        assert self.model is not None
-        head = head_name(self.model)
-        allowed = {f"{n}.bias" for n, _ in target_modules(self.model)} | set(
-            norm_params(self.model)
-        )
-        allowed |= {f"{head}.weight", f"{head}.bias"}
-        return set(delta.whole) <= allowed and f"{head}.weight" in delta.whole
+def can_mix(sw: Switcher, delta: Delta) -> bool:
+    """Whether a mixed batch can serve ``delta`` on ``sw``'s backbone.
 
-    def load_backbone(self, backbone_id: int) -> None:
-        """Load the backbone (W0 on the device) before any delta."""
-        self._ensure_backbone(backbone_id)
-
-    def resident_tasks(self) -> set[str]:
-        return set(self.tasks_of.values())
+    MultiTaskModel adds Consolidator layers, target biases, LayerNorm affines and the head; a
+    delta writing anything else (dense or LoRA layers, other tensors) is served merged.
+    """
+    if not all(isinstance(lay, ConsolidatorLayer) for lay in delta.layers.values()):
+        return False
+    assert sw.model is not None
+    head = head_name(sw.model)
+    allowed = {f"{n}.bias" for n, _ in target_modules(sw.model)} | set(norm_params(sw.model))
+    allowed |= {f"{head}.weight", f"{head}.bias"}
+    return set(delta.whole) <= allowed and f"{head}.weight" in delta.whole
 
 
 @dataclass
@@ -138,15 +108,13 @@ class Engine:
         self.home = home
         self.catalog = catalog
         self.metrics = metrics or Metrics()
-        self._switcher_args = dict(
-            device=device, precision=precision, resident=resident, pins=pins, metrics=self.metrics
-        )
+        self.device_name, self.precision, self.resident = device, precision, resident
         self.pins = set(pins)
         self.max_memory = max_memory
-        self.switchers: OrderedDict[int, ResidentSwitcher] = OrderedDict()  # by backbone id, LRU
-        self.broken: dict[int, str] = {}  # backbones that failed to load, and why
+        self.switchers: OrderedDict[int, Switcher] = OrderedDict()  # by backbone id, LRU
+        self.broken: dict[int, MgrError] = {}  # backbones that failed to load, and why
         self._transforms: dict[int, Callable] = {}
-        self._empty = ResidentSwitcher(home, catalog, **self._switcher_args)  # type: ignore[arg-type]
+        self._empty = self._switcher()
         self.max_batch = max_batch
         self.costs: CostModel | None = None
         self._mixed: MultiTaskModel | None = None
@@ -154,8 +122,21 @@ class Engine:
         self._mixed_backbone: int | None = None
         self._w0_memo: dict[int, dict[int, nn.Parameter]] = {}
 
+    def _switcher(self) -> Switcher:
+        """A switcher over one backbone, its deltas resident as the server's policy says."""
+        cache = ResidentCache(self.resident, tuple(self.pins), self.metrics)
+        return Switcher(
+            self.home, self.catalog, device=self.device_name, precision=self.precision, cache=cache
+        )
+
+    @staticmethod
+    def cache(sw: Switcher) -> ResidentCache:
+        """``sw``'s resident-delta cache (every switcher here has one)."""
+        assert isinstance(sw.cache, ResidentCache)
+        return sw.cache
+
     @property
-    def sw(self) -> ResidentSwitcher:
+    def sw(self) -> Switcher:
         """The most recently used backbone's switcher (an empty one before any)."""
         return next(reversed(self.switchers.values()), self._empty)
 
@@ -173,26 +154,26 @@ class Engine:
 
     # -- backbones and memory ----------------------------------------------------------------
 
-    def use(self, backbone_id: int | None) -> ResidentSwitcher:
+    def use(self, backbone_id: int | None) -> Switcher:
         """The switcher of ``backbone_id``, loaded (evicting others within ``max_memory``) and
-        made the most recent; MgrError "cannot fit ..." when it cannot be held."""
+        made the most recent; Busy "cannot fit ..." when it cannot be held now."""
         if backbone_id is None:
-            raise MgrError("the version is not bound to a backbone")
+            raise Conflict("the version is not bound to a backbone")
         sw = self.switchers.get(backbone_id)
         if sw is not None:
             self.switchers.move_to_end(backbone_id)
             return sw
         if backbone_id in self.broken:
-            raise MgrError(self.broken[backbone_id])
+            raise fresh(self.broken[backbone_id])
         need = self._estimate(backbone_id)
         self._make_room(need, backbone_id)
-        sw = ResidentSwitcher(self.home, self.catalog, **self._switcher_args)  # type: ignore[arg-type]
+        sw = self._switcher()
         try:
             sw.load_backbone(backbone_id)
         except MgrError as exc:
             sw.close()
-            if "cannot fit" not in str(exc):
-                self.broken[backbone_id] = str(exc)
+            if not isinstance(exc, Busy):  # no room now may be room later; a bad file stays bad
+                self.broken[backbone_id] = exc
             raise
         self.switchers[backbone_id] = sw
         self._transforms[backbone_id] = sw.transform()
@@ -228,7 +209,7 @@ class Engine:
             return total
 
         n = nbytes(sw.base.values()) + nbytes(sw.model.parameters()) + nbytes(sw.model.buffers())
-        for entry in sw._cache.values():
+        for entry in sw.cache.entries.values():
             n += nbytes(t for lay in entry.body.layers.values() for t in lay.tensors().values())
             n += nbytes(entry.body.whole.values()) + nbytes(entry.head.values())
         if self._mixed is not None and self._mixed_backbone == backbone_id:
@@ -242,7 +223,7 @@ class Engine:
         for b in list(self.switchers):  # least recently used first
             if sum(held.values()) + need <= self.max_memory:
                 return
-            if b == keep or self.switchers[b].resident_tasks() & self.pins:
+            if b == keep or self.switchers[b].cache.tasks() & self.pins:
                 continue
             self.evict(b)
             held.pop(b)
@@ -255,10 +236,11 @@ class Engine:
             if keep in self.switchers and need == 0:  # loaded, alone it does not fit: undo
                 self.evict(keep)
             mb = 2**20
-            raise MgrError(
-                f"cannot fit backbone {self._spec(keep)} in --max-memory "
+            raise Busy(
+                f"cannot fit backbone {self._spec(keep)} in the memory bound of "
                 f"{self.max_memory / mb:.1f} MB: "
-                f"{total / mb:.1f} MB needed with what pinned tasks hold; retry later or raise it"
+                f"{total / mb:.1f} MB needed with what pinned tasks hold; retry later",
+                hint="or raise --max-memory",
             )
 
     def _spec(self, backbone_id: int) -> str:
@@ -275,9 +257,9 @@ class Engine:
         if self._mixed_backbone == backbone_id:
             self._mixed, self._mixed_keys, self._mixed_backbone = None, [], None
         live = key_of(sw.current) if sw.current is not None else None
-        for key in list(sw._cache):
-            if key != live and sw.tasks_of.get(key) not in self.pins:
-                sw._evict(key)
+        for key in sw.cache:
+            if key != live and sw.cache.tasks_of.get(key) not in self.pins:
+                sw.cache.pop(key)
 
     def evict(self, backbone_id: int) -> None:
         """Unload a backbone, its deltas and its mixed-task model."""
@@ -290,7 +272,7 @@ class Engine:
         sw.close()
         sw.model = None
         sw.base = {}
-        sw._cache.clear()
+        sw.cache.clear()
         self.metrics.add("backbone_evictions")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -322,7 +304,7 @@ class Engine:
         with self.catalog.session(write=False) as s:
             row = s.get(Backbone, backbone_id)
             if row is None:
-                raise MgrError(f"backbone {backbone_id} is not in the catalog")
+                raise NotFound(f"backbone {backbone_id} is not in the catalog")
             spec = row.spec
         with torch.device("meta"):  # shapes and configs only: no weights read or allocated
             model = build_backbone(spec, "random", num_classes=0)
@@ -374,7 +356,7 @@ class Engine:
             try:
                 sw = self.use(ref.backbone_id)
                 sw.switch(ref.task, ref.number)
-                mixable = (sw.load_delta(ref)[1] and ref.backbone_id == first) or mixable
+                mixable = (can_mix(sw, sw.delta(ref)) and ref.backbone_id == first) or mixable
                 refs.append(ref)
             except MgrError as exc:
                 warn(f"{ref.label}: {exc}")
@@ -411,7 +393,7 @@ class Engine:
                 elif t.backbone_id is None:
                     out[t.name] = "not bound to a backbone"
                 elif t.backbone_id in self.broken:
-                    out[t.name] = self.broken[t.backbone_id]
+                    out[t.name] = str(self.broken[t.backbone_id])
                 elif s.get(Backbone, t.backbone_id) is None:
                     out[t.name] = "its backbone is not in the catalog"
                 else:
@@ -463,13 +445,13 @@ class Engine:
         x1, xn = torch.randn(1, *size), torch.randn(n_big, *size)
         t1, tn = timed(lambda: sw.logits(x1)), timed(lambda: sw.logits(xn))
         costs = CostModel(switch, *fit_line(1, t1, n_big, tn))
-        mixable = [r for r in refs if sw.load_delta(r)[1]]
-        if mixable:
+        mixed = [r for r in refs if can_mix(sw, sw.delta(r))]
+        if mixed:
             t0 = time.perf_counter()
-            self._build_mixed(mixable)
+            self._build_mixed(mixed)
             costs.build = time.perf_counter() - t0
             ids1 = torch.zeros(1, dtype=torch.long)
-            idsn = torch.arange(n_big) % len(mixable)
+            idsn = torch.arange(n_big) % len(mixed)
             m1 = timed(lambda: self._mixed_forward(x1, ids1))
             mn = timed(lambda: self._mixed_forward(xn, idsn))
             costs.mixed_fixed, costs.mixed_per_image = fit_line(1, m1, n_big, mn)
@@ -491,12 +473,12 @@ class Engine:
         switched = False
         sw = self.use(ref.backbone_id)
         if sw.current != ref:
-            misses = sw.misses
+            misses = self.cache(sw).misses
             switched = sw.switch(ref.task, ref.number)
             if sw.current != ref:  # the catalog moved between the request and now
-                raise MgrError(f"{ref.label} is no longer servable; retry")
+                raise Busy(f"{ref.label} is no longer servable; retry")
             self.metrics.add("switches", int(switched))
-            if sw.misses != misses:  # a delta was read: it may have tipped the budget
+            if self.cache(sw).misses != misses:  # a delta was read: it may have tipped the budget
                 self._make_room(0, ref.backbone_id)
                 self.update_memory()
         chunks = [
@@ -507,7 +489,8 @@ class Engine:
 
     def mixable(self, ref: VersionRef) -> bool:
         """Whether ``ref`` can join a mixed batch (loads and checks its delta: MgrError if bad)."""
-        return self.use(ref.backbone_id).load_delta(ref)[1]
+        sw = self.use(ref.backbone_id)
+        return can_mix(sw, sw.delta(ref))
 
     def mixed_needs_build(self, refs: Sequence[VersionRef]) -> bool:
         return (
@@ -552,14 +535,14 @@ class Engine:
         sw = self.use(refs[0].backbone_id)
         assert sw.model is not None
         keys = [key_of(r) for r in refs]
-        deltas = [sw.load_delta(r)[0] for r in refs]
-        room = max(0, sw.resident - len(keys))
+        deltas = [sw.delta(r) for r in refs]
+        room = max(0, self.resident - len(keys))
         if self._mixed_backbone != refs[0].backbone_id:
             self._mixed_keys = []  # another backbone's set: nothing of it carries over
         for k in reversed(self._mixed_keys):  # the old set's most recent first
             if room == 0:
                 break
-            entry = sw._cache.get(k)
+            entry = sw.cache.peek(k)
             if k in keys or entry is None:
                 continue
             keys.append(k)
@@ -575,7 +558,7 @@ class Engine:
         self.metrics.add("mixed_builds")
         self.update_memory()
 
-    def _w0_model(self, sw: ResidentSwitcher) -> nn.Module:
+    def _w0_model(self, sw: Switcher) -> nn.Module:
         """A fresh module tree sharing W0's tensors (no copy in the serving precision)."""
         assert sw.model is not None and sw.backbone is not None
         memo = self._w0_memo.get(sw.backbone.id)

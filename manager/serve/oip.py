@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from typing import Any
 
 import numpy as np
@@ -30,8 +29,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from manager.serve import inputs
-from manager.serve.scheduler import ServeError
-from manager.serve.v1 import error, guarded, not_ready, resolve, run_model, state_of
+from manager.serve.errors import ServeError
+from manager.serve.v1 import Call, CallDep, error, not_ready, resolve, run_model, state_of
 
 router = APIRouter(prefix="/v2")
 
@@ -70,10 +69,7 @@ def _target(task: str, version: str | None) -> str:
 
 async def _metadata(request: Request, task: str, version: str | None) -> Response:
     state = state_of(request)
-    try:
-        ref, names = await resolve(state, _target(task, version))
-    except ServeError as exc:
-        return error(exc.status, exc.message)
+    ref, names = await resolve(state, _target(task, version))  # refusals: serve.errors
     transform = await state.decoder.run(state.engine.transform_for, ref.backbone_id)
     size = list(transform(inputs_blank()).shape)
     return JSONResponse(
@@ -116,10 +112,7 @@ async def _ready(request: Request, task: str, version: str | None) -> Response:
     why = not_ready(state)
     if why is not None:
         return error(503, why)
-    try:
-        await resolve(state, _target(task, version))
-    except ServeError as exc:
-        return error(exc.status, exc.message)
+    await resolve(state, _target(task, version))  # refusals: serve.errors
     return Response(status_code=200)
 
 
@@ -134,13 +127,13 @@ async def version_ready(request: Request, task: str, version: str) -> Response:
 
 
 @router.post("/models/{task}/infer", summary="Classify (Open Inference Protocol)")
-async def model_infer(request: Request, task: str) -> Response:
-    return await _infer(request, task, None)
+async def model_infer(call: CallDep, task: str) -> Response:
+    return await call.answer(lambda c: _infer(c, task, None))
 
 
 @router.post("/models/{task}/versions/{version}/infer", summary="Classify with a version")
-async def version_infer(request: Request, task: str, version: str) -> Response:
-    return await _infer(request, task, version)
+async def version_infer(call: CallDep, task: str, version: str) -> Response:
+    return await call.answer(lambda c: _infer(c, task, version))
 
 
 # -- infer ------------------------------------------------------------------------------------
@@ -288,80 +281,71 @@ def _top_k(doc: dict[str, Any]) -> tuple[int, dict[str, bool], list[str]]:
     return k, binary, names
 
 
-async def _infer(request: Request, task: str, version: str | None) -> Response:
-    state = state_of(request)
-    t0 = time.perf_counter()
-    log = request.scope.setdefault("mgr.log", {})
+async def _infer(call: Call, task: str, version: str | None) -> Response:
+    state, cfg = call.state, call.state.config
+    doc, binary = _split_body(call.body, call.request.headers.get(HEADER_LENGTH))
+    call.body = b""
+    dtype, payload, n = parse_infer(doc, binary, cfg.max_images)
+    k, want_binary, names = _top_k(doc)
 
-    async def work() -> Response:
-        cfg = state.config
-        body = await inputs.read_body(
-            request.stream(), request.headers.get("content-length"), cfg.max_body_bytes
-        )
-        doc, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
-        dtype, payload, n = parse_infer(doc, binary, cfg.max_images)
-        k, want_binary, names = _top_k(doc)
+    async def make(transform: Any) -> Any:
+        if dtype == "BYTES":
+            return await inputs.to_tensor_parallel(
+                state.decoder, payload, transform, cfg.max_pixels, cfg.max_request_pixels
+            )
+        return await state.decoder.run(make_array, transform)
 
-        async def make(transform: Any) -> Any:
-            if dtype == "BYTES":
-                return await inputs.to_tensor_parallel(
-                    state.decoder, payload, transform, cfg.max_pixels, cfg.max_request_pixels
-                )
-            return await state.decoder.run(make_array, transform)
+    def make_array(transform: Any) -> Any:
+        import torch
 
-        def make_array(transform: Any) -> Any:
-            import torch
+        if dtype == "UINT8":
+            return inputs.arrays_to_tensor(
+                payload, transform, cfg.max_pixels, cfg.max_request_pixels
+            )
+        want = tuple(transform(inputs_blank()).shape)
+        if tuple(payload.shape[1:]) != want:
+            raise ServeError(400, f"FP32 input: shape {list(payload.shape)}, the model "
+                             f"takes [n, {', '.join(map(str, want))}]")  # fmt: skip
+        return torch.from_numpy(np.array(payload, dtype=np.float32))
 
-            if dtype == "UINT8":
-                return inputs.arrays_to_tensor(
-                    payload, transform, cfg.max_pixels, cfg.max_request_pixels
-                )
-            want = tuple(transform(inputs_blank()).shape)
-            if tuple(payload.shape[1:]) != want:
-                raise ServeError(400, f"FP32 input: shape {list(payload.shape)}, the model "
-                                 f"takes [n, {', '.join(map(str, want))}]")  # fmt: skip
-            return torch.from_numpy(np.array(payload, dtype=np.float32))
-
-        result, _ = await run_model(state, _target(task, version), n, make, log)
-        probs = result.probs.float().numpy()
-        kk = min(k, probs.shape[1])
-        top = np.argsort(-probs, axis=1, kind="stable")[:, :kk]
-        classes = [[result.class_names[i] for i in row] for row in top]
-        outputs, chunks = [], []
-        for name in names:
-            if name == "probabilities":
-                spec: dict[str, Any] = {
-                    "name": name,
-                    "datatype": "FP32",
-                    "shape": list(probs.shape),
-                }
-                raw = probs.astype("<f4").tobytes()
-                data: Any = probs.reshape(-1).tolist()
-            else:
-                spec = {"name": name, "datatype": "BYTES", "shape": [len(classes), kk]}
-                flat = [c for row in classes for c in row]
-                raw = b"".join(struct.pack("<I", len(b)) + b for b in (c.encode() for c in flat))
-                data = flat
-            if want_binary[name]:
-                spec["parameters"] = {"binary_data_size": len(raw)}
-                chunks.append(raw)
-            else:
-                spec["data"] = data
-            outputs.append(spec)
-        answer = {
-            "model_name": result.ref.task,
-            "model_version": str(result.ref.number),
-            "outputs": outputs,
-        }
-        if isinstance(doc.get("id"), str):
-            answer["id"] = doc["id"][:200]
-        head = json.dumps(answer, separators=(",", ":")).encode()
-        if not chunks:
-            return Response(head, media_type="application/json")
-        return Response(
-            head + b"".join(chunks),
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(len(head))},
-        )
-
-    return await guarded(state, t0, work)
+    result, _ = await run_model(state, _target(task, version), n, make, call.log)
+    probs = result.probs.float().numpy()
+    kk = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :kk]
+    classes = [[result.class_names[i] for i in row] for row in top]
+    outputs, chunks = [], []
+    for name in names:
+        if name == "probabilities":
+            spec: dict[str, Any] = {
+                "name": name,
+                "datatype": "FP32",
+                "shape": list(probs.shape),
+            }
+            raw = probs.astype("<f4").tobytes()
+            data: Any = probs.reshape(-1).tolist()
+        else:
+            spec = {"name": name, "datatype": "BYTES", "shape": [len(classes), kk]}
+            flat = [c for row in classes for c in row]
+            raw = b"".join(struct.pack("<I", len(b)) + b for b in (c.encode() for c in flat))
+            data = flat
+        if want_binary[name]:
+            spec["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            spec["data"] = data
+        outputs.append(spec)
+    answer = {
+        "model_name": result.ref.task,
+        "model_version": str(result.ref.number),
+        "outputs": outputs,
+    }
+    if isinstance(doc.get("id"), str):
+        answer["id"] = doc["id"][:200]
+    head = json.dumps(answer, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(head, media_type="application/json")
+    return Response(
+        head + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )

@@ -18,59 +18,45 @@ import threading
 import urllib.parse
 from collections.abc import Callable
 
-from manager.catalog import Catalog, tasks
+from manager.catalog import Catalog
 from manager.catalog.db import sqlite_file
 from manager.catalog.deployment import host_deployments
-from manager.catalog.lineage import version_classes
-from manager.catalog.models import VERSION_READY
-from manager.catalog.refs import VersionRef, select_version
-from manager.errors import MgrError
-from manager.names import parse_version_selector
-from manager.serve.scheduler import ServeError
+from manager.catalog.lineage import classes_of
+from manager.catalog.refs import VersionRef, resolve_version
+from manager.errors import BadInput, MgrError
+from manager.names import Selector, parse_version_selector
+from manager.serve.errors import fresh, status_of
 
 Resolved = tuple[VersionRef, list[str]]
 
 
 def resolve(catalog: Catalog, target: str | None) -> Resolved:
-    """The version a request names (None: the home's live task), checked servable.
+    """The version a request names (None: the home's live task), checked servable, and its
+    class names: one read transaction.
 
-    One read transaction; ServeError (4xx) when it names nothing servable.
+    The checks are the catalog's own (`resolve_version`, as ``mgr switch`` and ``mgr predict``
+    use): a bad name is BadInput, a task or version not there NotFound, one not ready or not
+    bound Conflict; the server's handlers turn each kind into its status (``serve.errors``).
     """
     with catalog.session(write=False) as s:
+        name: str
+        selector: Selector
         if target is None:  # the one task live in this home (one per backbone: must be one)
             live = [d.version for d in host_deployments(s, catalog.home.host) if d.version]
-            if not live:
-                raise ServeError(400, "no task given and none is live: pass a task")
-            if len(live) > 1:
+            if len(live) != 1:
                 names = ", ".join(sorted(f"{v.task.name}@{v.number}" for v in live))
-                raise ServeError(
-                    400, f"no task given and {len(live)} are live ({names}): pass a task"
-                )
-            v = live[0]
-            task = v.task
+                many = f"{len(live)} are live ({names})" if live else "none is live"
+                raise BadInput(f"no task given and {many}: pass a task")
+            name, selector = live[0].task.name, live[0].number
         else:
-            try:
-                name, selector = parse_version_selector(target)
-            except MgrError as exc:
-                raise ServeError(400, str(exc)) from None
-            task = tasks.find_task(s, name)
-            if task is None:
-                raise ServeError(404, f"unknown task {name!r}")
-            if selector is None and task.active_version is None:
-                raise ServeError(404, f"task {name!r} has no active version")
-            try:  # a number, or an alias ("pets@champion", "pets@candidate")
-                v = select_version(s, task, selector)
-            except MgrError as exc:
-                raise ServeError(404, str(exc)) from None
-        if v.status != VERSION_READY:
-            raise ServeError(409, f"version {v.number} of {task.name!r} is {v.status}")
-        if task.backbone_id is None:
-            raise ServeError(409, f"task {task.name!r} is not bound to a backbone")
-        return VersionRef.of(v), version_classes(v)  # its own set: labels may have grown
+            name, selector = parse_version_selector(target)
+        ref = resolve_version(s, name, selector)
+        return ref, classes_of(s, ref.id)  # its own set: labels may have grown
 
 
 class Resolver:
-    """`resolve` with answers (and 4xx refusals) cached until the catalog changes."""
+    """`resolve` with answers (and refusals that are the request's fault, 4xx) cached until the
+    catalog changes."""
 
     MAX_ENTRIES = 4096  # distinct names asked for; past it the view starts again
 
@@ -78,7 +64,7 @@ class Resolver:
         self.catalog = catalog
         self.count = count
         self._lock = threading.Lock()
-        self._cache: dict[str | None, Resolved | ServeError] = {}
+        self._cache: dict[str | None, Resolved | MgrError] = {}
         self._version: int | None = None
         self._conn: sqlite3.Connection | None = None
         path = sqlite_file(str(catalog.engine.url))
@@ -106,7 +92,7 @@ class Resolver:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def __call__(self, target: str | None) -> Resolved:
-        """The version ``target`` names now; ServeError as `resolve`."""
+        """The version ``target`` names now; MgrError as `resolve`."""
         if self._conn is None:
             self.count("resolver_refreshes")
             return resolve(self.catalog, target)
@@ -128,8 +114,8 @@ class Resolver:
             self.count("resolver_refreshes")
             try:
                 hit = resolve(self.catalog, target)
-            except ServeError as exc:
-                if exc.status >= 500:
+            except MgrError as exc:
+                if status_of(exc) >= 500:  # the server's trouble (a damaged catalog): not kept
                     raise
                 hit = exc
             with self._lock:
@@ -137,8 +123,8 @@ class Resolver:
                     self._cache[target] = hit
         else:
             self.count("resolver_hits")
-        if isinstance(hit, ServeError):
-            raise ServeError(hit.status, hit.message)
+        if isinstance(hit, MgrError):
+            raise fresh(hit)
         return hit
 
     def close(self) -> None:

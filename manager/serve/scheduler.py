@@ -22,33 +22,17 @@ from torch import Tensor
 from manager.catalog.refs import VersionRef
 from manager.errors import MgrError
 from manager.serve.engine import Engine, Key, key_of
+from manager.serve.errors import ServeError
 from manager.serve.metrics import Metrics
+from manager.serve.state import SCHEDULES
 
-SCHEDULES = ("auto", "switch", "mixed")
-
-
-class ServeError(Exception):
-    """A request that cannot be answered: an HTTP status and a one-line reason."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+__all__ = ["SCHEDULES", "Job", "Result", "Scheduler", "ServeError"]
 
 
 def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
     )
-
-
-def status_of(exc: MgrError) -> int:
-    """The HTTP status of an engine error: a task gone since its request is 404, no room under
-    --max-memory 503, else 500."""
-    text = str(exc)
-    if text.startswith("cannot fit"):  # --max-memory: the server's capacity, not a fault
-        return 503
-    return 404 if text.startswith(("unknown task", "no version")) else 500
 
 
 @dataclass
@@ -239,7 +223,7 @@ class Scheduler:
             try:
                 xs[key] = torch.cat([self.engine.images(j.images) for j in members])
             except MgrError as exc:
-                self._fail(groups.pop(key), ServeError(status_of(exc), str(exc)))
+                self._fail(groups.pop(key), ServeError.of(exc))
         if len(groups) > 1 and self.schedule != "switch" and self._mixed(groups, xs, start):
             return
         self._switching(groups, xs, start)
@@ -253,7 +237,7 @@ class Scheduler:
             try:
                 ok = engine.mixable(members[0].ref)
             except MgrError as exc:  # a bad artifact fails its own requests only
-                self._fail(groups.pop(key), ServeError(status_of(exc), str(exc)))
+                self._fail(groups.pop(key), ServeError.of(exc))
                 continue
             if not ok:
                 return False
@@ -315,7 +299,7 @@ class Scheduler:
             try:
                 out, switched = self.engine.run_merged(members[0].ref, xs[key])
             except MgrError as exc:
-                self._fail(members, ServeError(status_of(exc), str(exc)))
+                self._fail(members, ServeError.of(exc))
                 continue
             self.metrics.batch("merged", len(xs[key]))
             self._answer(

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from manager.serve.scheduler import Scheduler
 
 
+SCHEDULES = ("auto", "switch", "mixed")  # the scheduler's choices (``serve.scheduler``)
+
+
 @dataclass
 class ServeConfig:
     """What ``mgr serve`` was asked for (the limits apply per request)."""

@@ -14,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from manager.catalog import tasks
 from manager.catalog.refs import VersionRef
 from manager.errors import MgrError
 from manager.serve import inputs
+from manager.serve.errors import ServeError, error, status_of
 from manager.serve.metrics import CONTENT_TYPE
-from manager.serve.scheduler import Job, Result, ServeError
+from manager.serve.scheduler import Job, Result
 from manager.serve.state import ServeState
 
 router = APIRouter()
@@ -34,9 +36,39 @@ def state_of(request: Request) -> ServeState:
     return request.app.state.mgr
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    line = " ".join(str(message).split())  # one line, whatever the cause printed
-    return JSONResponse({"error": line}, status_code=status, headers=headers)
+@dataclass
+class Call:
+    """One prediction request, whichever protocol: what every prediction route starts with."""
+
+    request: Request
+    state: ServeState
+    t0: float  # arrival, for the answer's timings and the latency metric
+    log: dict[str, Any]  # fields the access log line adds (task, images, queue_ms...)
+    body: bytes = field(default=b"", repr=False)
+
+    async def answer(self, work: Callable[[Call], Awaitable[Response]]) -> Response:
+        """Read the body (bounded by ``max_body_bytes``) and run ``work``, in flight and
+        counted; every refusal is one line with its kind's status (`guarded`)."""
+
+        async def run() -> Response:
+            self.body = await inputs.read_body(
+                self.request.stream(),
+                self.request.headers.get("content-length"),
+                self.state.config.max_body_bytes,
+            )
+            return await work(self)
+
+        return await guarded(self.state, self.t0, run)
+
+
+async def call_of(request: Request) -> Call:
+    """The FastAPI dependency of the prediction routes (``/v1/predict``, ``/v2/.../infer``)."""
+    return Call(
+        request, state_of(request), time.perf_counter(), request.scope.setdefault("mgr.log", {})
+    )
+
+
+CallDep = Annotated[Call, Depends(call_of)]
 
 
 def not_ready(state: ServeState) -> str | None:
@@ -113,19 +145,21 @@ async def submit(state: ServeState, ref: VersionRef, names: list[str], images: A
 
 
 async def guarded(state: ServeState, t0: float, work: Callable[[], Any]) -> Response:
-    """Run a prediction handler: every failure one line with its status; counted, in flight."""
+    """Run a prediction handler: every failure one line with its status; counted, in flight.
+
+    Library errors and ServeErrors go on to the app's handlers (``serve.errors``), which answer
+    with the status counted here; anything else is answered here, never re-raised (a traceback
+    in the server's log is for bugs in the server, not for a request that ran out of memory).
+    """
     status = 200
     state.enter()
     try:
         response = await work()
         status = response.status_code
         return response
-    except ServeError as exc:
-        status = exc.status
-        return error(exc.status, exc.message)
-    except MgrError as exc:  # the catalog (busy, damaged): the server's side
-        status = 503
-        return error(503, str(exc))
+    except (ServeError, MgrError) as exc:
+        status = status_of(exc)
+        raise
     except Exception as exc:
         status = 503 if inputs.out_of_memory(exc) else 500
         return error(status, f"internal error: {type(exc).__name__}: {exc}")
@@ -181,58 +215,52 @@ PREDICT_DOC = {
 
 
 @router.post("/v1/predict", openapi_extra=PREDICT_DOC, summary="Classify images with a task")
-async def predict(request: Request) -> Response:
-    state = state_of(request)
-    t0 = time.perf_counter()
-    log = request.scope.setdefault("mgr.log", {})
+async def predict(call: CallDep) -> Response:
+    return await call.answer(_predict)
 
-    async def work() -> Response:
-        cfg = state.config
-        body = await inputs.read_body(
-            request.stream(), request.headers.get("content-length"), cfg.max_body_bytes
-        )
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            parsed = await inputs.parse_multipart(request.headers, body, cfg.max_images)
-        elif ctype in ("application/json", ""):
-            parsed = inputs.parse_json(body)
-        else:
-            raise ServeError(415, f"unsupported content type {ctype!r}: send JSON or multipart")
-        del body
-        result, decode_s = await run_model(
-            state,
-            parsed.target,
-            len(parsed.images),
-            lambda transform: inputs.to_tensor_parallel(
-                state.decoder, parsed.images, transform, cfg.max_pixels, cfg.max_request_pixels
+
+async def _predict(call: Call) -> Response:
+    state, cfg, headers = call.state, call.state.config, call.request.headers
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        parsed = await inputs.parse_multipart(headers, call.body, cfg.max_images)
+    elif ctype in ("application/json", ""):
+        parsed = inputs.parse_json(call.body)
+    else:
+        raise ServeError(415, f"unsupported content type {ctype!r}: send JSON or multipart")
+    call.body = b""  # the decoded images are what is kept from here on
+    result, decode_s = await run_model(
+        state,
+        parsed.target,
+        len(parsed.images),
+        lambda transform: inputs.to_tensor_parallel(
+            state.decoder, parsed.images, transform, cfg.max_pixels, cfg.max_request_pixels
+        ),
+        call.log,
+    )
+    ref = result.ref
+    return JSONResponse(
+        {
+            "task": ref.task,
+            "version": ref.number,
+            "answered": ref.label,
+            "predictions": prediction_json(
+                [name for name, _ in parsed.images], result, parsed.top_k
             ),
-            log,
-        )
-        ref = result.ref
-        return JSONResponse(
-            {
-                "task": ref.task,
-                "version": ref.number,
-                "answered": ref.label,
-                "predictions": prediction_json(
-                    [name for name, _ in parsed.images], result, parsed.top_k
-                ),
-                "timings": {
-                    "total_ms": round((time.perf_counter() - t0) * 1e3, 3),
-                    "decode_ms": round(decode_s * 1e3, 3),
-                    "queue_ms": round(result.queue_s * 1e3, 3),
-                    "model_ms": round(result.model_s * 1e3, 3),
-                },
-                "batch": {
-                    "mode": result.mode,
-                    "images": result.batch_images,
-                    "tasks": result.batch_tasks,
-                    "switched": result.switched,
-                },
-            }
-        )
-
-    return await guarded(state, t0, work)
+            "timings": {
+                "total_ms": round((time.perf_counter() - call.t0) * 1e3, 3),
+                "decode_ms": round(decode_s * 1e3, 3),
+                "queue_ms": round(result.queue_s * 1e3, 3),
+                "model_ms": round(result.model_s * 1e3, 3),
+            },
+            "batch": {
+                "mode": result.mode,
+                "images": result.batch_images,
+                "tasks": result.batch_tasks,
+                "switched": result.switched,
+            },
+        }
+    )
 
 
 @router.get("/v1/tasks", summary="Tasks: active version, backbone, loaded, servable and why not")
@@ -256,7 +284,7 @@ def list_tasks(request: Request) -> JSONResponse:
                     "loaded": t.backbone_id in loaded,
                     "servable": why.get(t.name) is None,
                     "why_not": why.get(t.name),
-                    "resident": sw is not None and t.name in sw.resident_tasks(),
+                    "resident": sw is not None and t.name in sw.cache.tasks(),
                     "pinned": t.name in engine.pins,
                     "live": sw is not None and sw.current is not None and sw.current.task == t.name,
                 }
@@ -273,7 +301,7 @@ def healthz(request: Request) -> JSONResponse:
             "backbone": engine.label(b),
             "bytes": engine.resident_bytes(b),
             "live": sw.current.label if sw.current else None,
-            "resident": sorted(sw.resident_tasks()),
+            "resident": sorted(sw.cache.tasks()),
         }
         for b, sw in list(engine.switchers.items())
     ]

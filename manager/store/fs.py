@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from manager.errors import MgrError
+from manager.errors import BadInput, Conflict, MgrError
 from manager.home import Home
 
 ARTIFACT_ROOT_ENV = "MGR_ARTIFACT_ROOT"
@@ -520,12 +520,13 @@ class Store:
             raise MgrError(f"bad export file name {bad[0]!r}")
         dest = self.user_path(out_dir, "the export")
         if dest.exists() and not dest.is_dir():
-            raise MgrError(f"--out {out_dir} is a file, not a folder")
+            raise BadInput(f"the export folder {out_dir} is a file, not a folder")
         if dest.is_dir():
             if any(dest.iterdir()) and not force:
-                raise MgrError(
-                    f"--out {out_dir} is not empty; choose a new folder, or pass --force to "
-                    f"replace {', '.join(sorted(files))} there (nothing else is touched)"
+                raise Conflict(
+                    f"the export folder {out_dir} is not empty; choose a new folder",
+                    hint=f"or pass --force to replace {', '.join(sorted(files))} there (nothing "
+                    "else is touched)",
                 )
             try:
                 for name, data in files.items():

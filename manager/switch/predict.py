@@ -21,7 +21,7 @@ from manager.catalog.deployment import find_deployment, host_deployments
 from manager.catalog.lineage import version_classes
 from manager.catalog.refs import VersionRef
 from manager.device import resolve_precision
-from manager.errors import MgrError
+from manager.errors import Conflict, Corrupt, MgrError
 from manager.home import Home
 from manager.store.fs import Store
 from manager.switch.live import live_head, live_problem, live_weights
@@ -38,6 +38,9 @@ class LiveModel:
     transform: Callable[[Image.Image], torch.Tensor]
 
 
+NONE_LIVE_HINT = "'mgr switch TASK' or pass --task"
+
+
 def live_rows(catalog: Catalog) -> list[tuple[int, VersionRef]]:
     """``(backbone id, version)`` of every backbone of this host with a task live."""
     with catalog.session(write=False) as s:
@@ -52,12 +55,13 @@ def the_live_version(catalog: Catalog) -> tuple[int, VersionRef]:
     """The one task live in this home, or one line saying why there is not exactly one."""
     rows = live_rows(catalog)
     if not rows:
-        raise MgrError("no task is live: 'mgr switch TASK' or pass --task")
+        raise Conflict("no task is live: switch to one, or name a task", hint=NONE_LIVE_HINT)
     if len(rows) > 1:
         names = ", ".join(v.label for _, v in rows)
-        raise MgrError(
-            f"{len(rows)} tasks are live on {len(rows)} backbones ({names}): pass --task to say "
-            "which one answers"
+        raise Conflict(
+            f"{len(rows)} tasks are live on {len(rows)} backbones ({names}): name the one that "
+            "answers",
+            hint="pass --task",
         )
     return rows[0]
 
@@ -89,7 +93,9 @@ def load_live_model(
         with catalog.session(write=False) as s:
             dep = find_deployment(s, home.host, backbone_id)
             if dep is None or dep.version is None:
-                raise MgrError("no task is live: 'mgr switch TASK' or pass --task")
+                raise Conflict(
+                    "no task is live: switch to one, or name a task", hint=NONE_LIVE_HINT
+                )
             if version_id is not None and dep.version_id != version_id:
                 raise MgrError(
                     f"{dep.version.task.name}@{dep.version.number} became live meanwhile, not "
@@ -103,7 +109,10 @@ def load_live_model(
         # Cheap (stats and headers): a live file changed since its switch is never served.
         problem = live_problem(store, base, version_id, digest)
         if problem is not None:
-            raise MgrError(f"{problem}; run 'mgr switch --repair' to rebuild the live files")
+            raise Corrupt(
+                f"{problem}; rebuild the live files (repair_live)",
+                hint="run 'mgr switch --repair' to rebuild them",
+            )
         weights, head_path = live_weights(store, digest), live_head(store, digest)
         head = load_file(str(head_path))
         model = build_backbone(spec, weights, num_classes=len(class_names))

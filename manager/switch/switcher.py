@@ -31,7 +31,7 @@ from manager.catalog.refs import BackboneRef, VersionRef, resolve_version
 from manager.delta.delta import Delta
 from manager.delta.fused import FlatWeights, PlanCache, SwitchPlan, fused_switch
 from manager.device import resolve_device, resolve_precision
-from manager.errors import MgrError
+from manager.errors import Conflict, MgrError, NotFound
 from manager.home import Home
 from manager.store.fs import Store
 from manager.switch.artifacts import load_verified, split_head
@@ -46,6 +46,78 @@ class _Entry:
     def __init__(self, body: Delta, head: dict[str, Tensor], plan: SwitchPlan):
         self.body, self.head, self.plan = body, head, plan
 
+    @property
+    def delta(self) -> Delta:
+        """The version's whole delta (backbone part and head) again."""
+        return Delta(self.body.layers, {**self.body.whole, **self.head}, self.body.meta)
+
+
+Key = tuple[int, str]  # (version id, content hash): one artifact's bytes
+
+
+def key_of(ref: VersionRef) -> Key:
+    return (ref.id, ref.content_hash)
+
+
+class DeltaCache:
+    """The cache policy of a `Switcher`: which loaded deltas stay in memory.
+
+    Entries are kept least recently used first; after each load `trim` drops what the policy
+    does not keep. This one keeps the ``size`` most recent; a server passes its own policy (pinned
+    tasks, counters: ``serve.engine.ResidentCache``) instead of subclassing the switcher.
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self.entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self.tasks_of: dict[Key, str] = {}  # which task each entry belongs to
+
+    def get(self, ref: VersionRef) -> _Entry | None:
+        """The entry of ``ref`` if held, made the most recent."""
+        key = key_of(ref)
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.entries.move_to_end(key)
+        return entry
+
+    def peek(self, key: Key) -> _Entry | None:
+        """The entry of ``key`` if held, its recency unchanged."""
+        return self.entries.get(key)
+
+    def put(self, ref: VersionRef, entry: _Entry) -> None:
+        """Keep ``entry`` as the most recent, then `trim`."""
+        key = key_of(ref)
+        self.entries[key] = entry
+        self.entries.move_to_end(key)
+        self.tasks_of[key] = ref.task
+        self.trim(ref)
+
+    def trim(self, loaded: VersionRef) -> None:
+        """Drop what the policy does not keep after ``loaded`` was loaded (LRU first)."""
+        while len(self.entries) > self.size:
+            self.pop(next(iter(self.entries)))
+
+    def pop(self, key: Key) -> None:
+        self.entries.pop(key, None)
+        self.tasks_of.pop(key, None)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.tasks_of.clear()
+
+    def tasks(self) -> set[str]:
+        """The tasks with a delta held."""
+        return set(self.tasks_of.values())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def __iter__(self):  # keys, least recently used first
+        return iter(list(self.entries))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
 
 class Switcher:
     """A live model in memory: ``switch(task, version)`` then ``predict(images)``."""
@@ -59,7 +131,10 @@ class Switcher:
         precision: str | None = None,
         compile: bool = False,
         cache_size: int = 8,
+        cache: DeltaCache | None = None,
     ):
+        """``cache``: which loaded deltas stay in memory (default: the ``cache_size`` most
+        recently used, `DeltaCache`)."""
         self.home = home if isinstance(home, Home) else Home.resolve(home)
         self.store = Store.of(self.home)
         self._own_catalog = catalog is None
@@ -75,11 +150,15 @@ class Switcher:
         self.flat: FlatWeights | None = None
         self._plans: PlanCache | None = None
         self._live: _Entry | None = None  # what the buffer holds besides W0
-        self._cache: OrderedDict[tuple[int, str], _Entry] = OrderedDict()
-        self._cache_size = cache_size
+        self.cache = cache if cache is not None else DeltaCache(cache_size)
         self._features: Callable[[Tensor], Tensor] | None = None
 
     # -- loading ---------------------------------------------------------------------------
+
+    def load_backbone(self, backbone_id: int) -> None:
+        """Load the backbone (W0 on the device) before any delta; MgrError if this switcher
+        holds another one."""
+        self._ensure_backbone(backbone_id)
 
     def _ensure_backbone(self, backbone_id: int) -> None:
         if self.backbone is not None:
@@ -95,7 +174,7 @@ class Switcher:
         with self.catalog.session(write=False) as s:
             row = s.get(Backbone, backbone_id)
             if row is None:
-                raise MgrError(f"backbone {backbone_id} is not in the catalog")
+                raise NotFound(f"backbone {backbone_id} is not in the catalog")
             ref = BackboneRef.of(row)
             model = load_backbone(self.home, row, num_classes=0)
         model = model.eval().to(self.device)
@@ -108,10 +187,9 @@ class Switcher:
         self.model, self.backbone = model, ref
 
     def _load(self, ref: VersionRef) -> _Entry:
-        key = (ref.id, ref.content_hash)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        hit = self.cache.get(ref)
+        if hit is not None:
+            return hit
         assert self.backbone is not None and self._plans is not None
         shapes = {n: t.shape for n, t in self.base.items()}
         delta = load_verified(
@@ -119,10 +197,13 @@ class Switcher:
         )
         body, head = split_head(delta, self.base)
         entry = _Entry(body, head, self._plans.plan(body))
-        self._cache[key] = entry
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self.cache.put(ref, entry)
         return entry
+
+    def delta(self, ref: VersionRef) -> Delta:
+        """The version's whole delta, checked and held by the cache (the backbone loaded)."""
+        self._ensure_backbone(ref.backbone_id)  # type: ignore[arg-type]
+        return self._load(ref).delta
 
     # -- switching -------------------------------------------------------------------------
 
@@ -186,7 +267,7 @@ class Switcher:
         from manager.datasets.transforms import data_config, eval_transform
 
         if self.model is None:
-            raise MgrError("no backbone loaded yet: switch to a task first")
+            raise Conflict("no backbone loaded yet: switch to a task first")
         dc = data_config(self.model)
         return eval_transform(dc["img_size"], dc["mean"], dc["std"])
 
@@ -197,7 +278,7 @@ class Switcher:
         ``images``: a normalised batch ``(B, 3, H, W)``, or PIL images (transformed here).
         """
         if self.current is None or self.model is None:
-            raise MgrError("no task is live: switch to one first")
+            raise Conflict("no task is live: switch to one first")
         if not isinstance(images, Tensor):
             tf = self.transform()
             images = torch.stack([tf(im) for im in images])
@@ -206,7 +287,7 @@ class Switcher:
     def logits(self, images: Tensor) -> Tensor:
         """Logits of the live task for a normalised batch (the compiled path when asked)."""
         if self.current is None or self.model is None:
-            raise MgrError("no task is live: switch to one first")
+            raise Conflict("no task is live: switch to one first")
         x = images.to(self.device, self.dtype)
         with torch.inference_mode():
             if not self.compile:
