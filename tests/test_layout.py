@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("manager.delta",),
     ("manager.store",),  # the filesystem's one owner, under everything that writes
     ("manager.home", "manager.units", "manager.names", "manager.specs", "manager.device",
-     "manager.digest"),
+     "manager.digest", "manager.progress"),
     ("manager.errors", "manager"),
 ]  # fmt: skip
 

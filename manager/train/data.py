@@ -8,6 +8,7 @@ gathered and normalised there: no float images cross from the host per step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
+from manager import progress
 from manager.datasets.transforms import to_rgb
 
 IGNORE = -100  # label of a padding row (F.cross_entropy's default ignore_index)
@@ -73,13 +75,28 @@ class ImageTensors:
         return ImageTensors(self.images.to(device), self.labels.to(device))
 
     @classmethod
-    def decode(cls, dataset: Dataset, *, workers: int = 0) -> ImageTensors:
-        """Decode ``dataset`` (whose transform yields uint8 CHW tensors) once."""
+    def decode(cls, dataset: Dataset, *, workers: int = 0, name: str = "") -> ImageTensors:
+        """Decode ``dataset`` (whose transform yields uint8 CHW tensors) once.
+
+        Minutes on a real set: the current ``manager.progress`` display shows a bar (images,
+        images/s, ETA) and leaves one line with the count and the time; ``name`` (a split's,
+        say) labels both.
+        """
         loader = DataLoader(dataset, batch_size=64, shuffle=False, num_workers=workers)
+        display = progress.current()
         images, labels = [], []
-        for x, y in loader:
-            images.append(x)
-            labels.append(torch.as_tensor(y))
+        t0 = time.perf_counter()
+        label = f"decoding {name}".strip()
+        with display.count(label, total=len(dataset)) as bar:  # type: ignore[arg-type]
+            for x, y in loader:
+                images.append(x)
+                labels.append(torch.as_tensor(y))
+                bar.advance(len(x))
+        seconds = time.perf_counter() - t0
+        n = sum(len(x) for x in images)
+        what = f"{name}: {n}" if name else str(n)
+        rate = n / max(seconds, 1e-9)
+        display.say(f"decoded {what} images in {seconds:.1f} s ({rate:.0f} images/s)")
         return cls(torch.cat(images), torch.cat(labels).long())
 
     def batches(
