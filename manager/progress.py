@@ -6,9 +6,9 @@ work reports to ``current()`` where it happens (each epoch in ``train.loop``, a 
 the layers. Nothing is configured by default: a library caller gets no output it did not ask for.
 
 - ``bars`` (stderr is a terminal): a transient rich bar per epoch (steps, img/s, ETA), per decoded
-  split (images, images/s, ETA) and over the server's start-up phases; each epoch and each
-  decode leaves its one summary line.
-- ``lines`` (stderr is not a terminal: CI, logs): those summary lines only, nothing per step.
+  split (images, images/s, ETA) and over the server's start-up phases; each epoch leaves its one
+  summary line.
+- ``lines`` (stderr is not a terminal: CI, logs): the epoch lines only, nothing per step.
 - ``off``: nothing (``--quiet``, ``--json``, library use, torchrun ranks other than 0).
 
 rich is imported only when a bar is drawn, so commands that show none do not pay for it. The

@@ -8,7 +8,6 @@ gathered and normalised there: no float images cross from the host per step.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -79,24 +78,17 @@ class ImageTensors:
         """Decode ``dataset`` (whose transform yields uint8 CHW tensors) once.
 
         Minutes on a real set: the current ``manager.progress`` display shows a bar (images,
-        images/s, ETA) and leaves one line with the count and the time; ``name`` (a split's,
-        say) labels both.
+        images/s, ETA) while it runs, labelled with ``name`` (a split's, say); it leaves no line,
+        so a command that then fails still prints its one error line alone.
         """
         loader = DataLoader(dataset, batch_size=64, shuffle=False, num_workers=workers)
-        display = progress.current()
         images, labels = [], []
-        t0 = time.perf_counter()
         label = f"decoding {name}".strip()
-        with display.count(label, total=len(dataset)) as bar:  # type: ignore[arg-type]
+        with progress.current().count(label, total=len(dataset)) as bar:  # type: ignore[arg-type]
             for x, y in loader:
                 images.append(x)
                 labels.append(torch.as_tensor(y))
                 bar.advance(len(x))
-        seconds = time.perf_counter() - t0
-        n = sum(len(x) for x in images)
-        what = f"{name}: {n}" if name else str(n)
-        rate = n / max(seconds, 1e-9)
-        display.say(f"decoded {what} images in {seconds:.1f} s ({rate:.0f} images/s)")
         return cls(torch.cat(images), torch.cat(labels).long())
 
     def batches(

@@ -13,7 +13,12 @@ error before a checkpoint is written.
 
 Throughput (``EpochEvent.images_per_s``, ``FitResult.images_per_s``) is the steady state's: a step
 whose batch shape is new (the run's first, where kernels are chosen and ``--compile`` compiles,
-and a smaller last batch) is timed apart, between device synchronisations, and left out.
+and a smaller last batch) is timed apart, between device synchronisations, and left out
+(``Throughput``).
+
+``fit`` is ``build_optimizer``, ``restore_checkpoint`` when resuming, then per epoch
+``train_one_epoch`` and a checkpoint. Progress goes to ``manager.progress.current()`` (a bar per
+epoch, a line after it; nothing unless the CLI chose a display) and to the ``progress`` callback.
 """
 
 from __future__ import annotations
