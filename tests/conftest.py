@@ -44,27 +44,42 @@ def home(tmp_path: Path) -> Path:
     return h
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``mgr``: no stray ``MGR_*`` variables, and this checkout's
+    ``manager`` first on the path, whatever the child's working folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
 class CLI:
-    """Runs the real `mgr` in a subprocess against one home."""
+    """Runs the real `mgr` in a subprocess against one home.
+
+    The child works in the folder that holds the home (a test's tmp_path), never in the
+    checkout: a relative output path a test passes lands in its own temporary folder.
+    """
 
     def __init__(self, home: Path, **env: str):
         self.home = home
+        self.cwd = home.parent
         self.extra = env  # e.g. MGR_DB_URL: set for every command
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
-        env.update({"MGR_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}, **self.extra)
+        env = child_env(MGR_HOME=str(self.home), PYTHONUNBUFFERED="1", **self.extra)
         env.update(extra)
         return env
 
-    def __call__(self, *args: str, ok: bool = True, timeout: float = 600, **env: str):
+    def __call__(
+        self, *args: str, ok: bool = True, timeout: float = 600, cwd: Path | None = None, **env: str
+    ):
         proc = subprocess.run(
             [sys.executable, "-m", "manager", *args],
             capture_output=True,
             text=True,
             env=self.env(**env),
             timeout=timeout,
-            cwd=ROOT,
+            cwd=cwd or self.cwd,
         )
         if ok and proc.returncode != 0:
             raise AssertionError(
@@ -78,7 +93,7 @@ class CLI:
         return subprocess.Popen(
             [sys.executable, "-m", "manager", *args],
             env=self.env(),
-            cwd=ROOT,
+            cwd=self.cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

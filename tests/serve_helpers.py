@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import signal
 import socket
@@ -17,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import child_env
 
 
 def free_port() -> int:
@@ -40,14 +39,14 @@ class Server:
         self.home, self.args, self.key = home, args, key
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
-        full.update(MGR_HOME=str(home), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
+        full = child_env(MGR_HOME=str(home), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        full.update(env or {})
         self.log = home.parent / f"serve-{self.port}.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "manager", "serve", "--port", str(self.port),
                  "--threads", "1", *args],
-                cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT,
+                cwd=home.parent, env=full, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         if wait:
             self.wait_ready()
@@ -58,7 +57,9 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"mgr serve exited {self.proc.returncode}: {self.output()}")
             try:
-                if self.get("/readyz")[0] == 200:
+                # The server says "ready: ..." just after /readyz turns 200: wait for both, so
+                # a test that reads the line right after start-up does not race it.
+                if self.get("/readyz")[0] == 200 and "\nready: " in "\n" + self.output():
                     return
             except OSError:
                 pass
@@ -151,3 +152,33 @@ def metric(server: Server, name: str) -> float:
             if sample.name == want_name and sample.labels == want:
                 return float(sample.value)
     return 0.0
+
+
+# -- the server's answers against `mgr predict`'s ------------------------------------------------
+
+# Ask both sides for every class (no task here has more): comparing two top-5 lists would make
+# the test depend on which of two near-equal classes ranks fifth, i.e. on rounding.
+ALL_CLASSES = 1000
+
+# The server and `mgr predict` run the same float32 model by different routes (a merged model at
+# another batch size, or W0 x + delta x in a mixed batch): only the order of float32 sums differs.
+# Two orders of a K-term sum differ by at most about K * u times the sum of |terms| (u = 2^-24);
+# through the ~10 matmuls of these 2-block models, K <= 768 (patch embedding, fc2), with
+# LayerNorm keeping activations of unit scale, the logits move by at most 10 * 768 * u ~ 4.6e-4
+# times their size, and these random or briefly trained heads give |logit| < 4. A softmax moves
+# each probability by at most half the largest logit change: under 0.5 * 4 * 4.6e-4 ~ 9.2e-4.
+# (Measured differences are ~1e-7: the bound is loose, and independent of batch composition.)
+PROB_TOL = 1e-3
+
+
+def assert_same_answer(got: list[dict], want: list[dict]) -> None:
+    """Two answers for one image, each listing every class: the same classes, each probability
+    within PROB_TOL, and the same top-1 unless the top two are tied within it."""
+    mine = {t["index"]: t["probability"] for t in got}
+    theirs = {t["index"]: t["probability"] for t in want}
+    assert mine.keys() == theirs.keys(), (got, want)
+    assert abs(sum(theirs.values()) - 1) <= PROB_TOL, want  # every class is there
+    for i, p in theirs.items():
+        assert abs(mine[i] - p) <= PROB_TOL, (i, mine[i], p)
+    top_mine, top_theirs = got[0]["index"], want[0]["index"]
+    assert top_mine == top_theirs or abs(theirs[top_mine] - theirs[top_theirs]) <= 2 * PROB_TOL

@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import copy
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_SPEC
+from conftest import TINY_SPEC, child_env
 
 SERVER = r"""
 import json, os, sys, traceback
@@ -80,17 +79,16 @@ class ForkServer:
     """Runs ``mgr ARGS`` in forked children of one warm interpreter (see the module docstring)."""
 
     def __init__(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        env = child_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        self.tmp = Path(tempfile.mkdtemp(prefix="mgr-forkserver-"))
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            cwd=ROOT,
+            cwd=self.tmp,  # a relative output path lands here, never in the checkout
             env=env,
         )
-        self.tmp = Path(tempfile.mkdtemp(prefix="mgr-forkserver-"))
         self.n = 0
 
     def _ask(self, **cmd) -> dict:
@@ -126,7 +124,11 @@ class ForkServer:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.stdin.close()
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a loaded machine: its own child, stopped here
+                self.proc.kill()
+                self.proc.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -9,7 +9,9 @@ exit code 0, 1 or 2 and never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -149,7 +151,7 @@ def runner_home():
         yield home
 
 
-def _run(home: Path, args: list[str], **env: str) -> None:
+def _run(home: Path, args: list[str], **env: str):
     from click.testing import CliRunner
 
     from manager.cli import main
@@ -162,6 +164,7 @@ def _run(home: Path, args: list[str], **env: str) -> None:
     )
     assert result.exit_code in (0, 1, 2), (args, result.output)
     assert "Traceback" not in result.output, result.output
+    return result
 
 
 @CLI_RUNS
@@ -261,11 +264,26 @@ names = st.one_of(
 )
 
 
+def confined(base: Path, text: str) -> Path:
+    """``base / text`` made unable to leave ``base``: the root and ``..`` parts dropped.
+
+    ``Path("/tmp/x") / "/etc"`` is ``/etc``, and ``..`` climbs out; both once wrote fuzzed files
+    at the file system's root. What is left keeps the hard part: folders, long and odd names.
+    """
+    parts = [p for p in Path(text).parts if p != ".." and not p.startswith("/")]  # "/", "//"
+    target = base.joinpath(*parts) if parts else base / "empty"
+    assert target == base or base in target.parents, (text, target)
+    return target
+
+
 @FAST
 @given(names)
 @example("a" * 300)
 @example("x/" + "a" * 300)
 @example("afile/sub")
+@example("/" + "a" * 3)
+@example("//")
+@example("../../escaped")
 def test_user_file_names(tmp_path_factory, text: str) -> None:
     from manager.home import Home
     from manager.store.fs import Store
@@ -276,7 +294,8 @@ def test_user_file_names(tmp_path_factory, text: str) -> None:
     store = Store(Home(base / "home"))
     if "\x00" in text:
         return  # no OS path holds a NUL; click refuses it before
-    outcome(lambda t: store.write_user_file(base / t, b"png"), text)
+    ok, real = outcome(lambda t: store.write_user_file(confined(base, t), b"png"), text)
+    assert not ok or base in real.parents, real
     assert (base / "afile").read_text() == "keep"
 
 
@@ -302,5 +321,14 @@ def test_cli_catalog_url(runner_home: Path, text: str) -> None:
 @CLI_RUNS
 @given(names.filter(lambda t: "\x00" not in t))
 @example("a" * 300 + ".png")
+@example("/" + "a" * 3 + ".png")
+@example("../../escaped.png")
 def test_cli_plot_file_names(runner_home: Path, text: str) -> None:
-    _run(runner_home, ["storage", "--plot", str(runner_home.parent / "plots" / text)])
+    plots = runner_home.parent / "plots"
+    plots.mkdir(exist_ok=True)
+    target = confined(plots, text)
+    with contextlib.chdir(plots):  # a relative name, had one slipped through, stays in here
+        result = _run(runner_home, ["storage", "--plot", str(target)])
+    if result.exit_code == 0:  # written exactly where asked, and said so
+        assert f"storage plot: {os.path.realpath(target)}\n" in result.output
+        assert target.is_file()

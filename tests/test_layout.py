@@ -17,8 +17,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "manager"
 FS_OWNER = "manager/store/fs.py"
 
 # The layers, top to bottom. A module may import modules of its own entry (``manager.catalog.x``
-# may import ``manager.catalog.y``) and of lower layers only: two entries of one layer never know
-# each other (``switch`` and ``train``, ``catalog`` and ``datasets``), so no exception list is needed.
+# may import ``manager.catalog.y``) and of lower layers only: two entries of one layer never
+# know each other (``switch`` and ``train``, ``catalog`` and ``datasets``), so no exception list
+# is needed.
 LAYERS: list[tuple[str, ...]] = [
     ("manager.__main__",),
     ("manager.cli", "manager.api"),  # api: the Python API, over every layer below
@@ -30,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("manager.delta",),
     ("manager.store",),  # the filesystem's one owner, under everything that writes
     ("manager.home", "manager.units", "manager.names", "manager.specs", "manager.device",
-     "manager.digest"),
+     "manager.digest", "manager.progress"),
     ("manager.errors", "manager"),
 ]  # fmt: skip
 

@@ -2,9 +2,10 @@
 trained tasks (``shapes``: the CLI's trainer; ``pets3``: Consolidator; ``digits``: LoRA, which only
 a merged switch can serve).
 
-Every answer is compared with ``mgr predict``'s for the same image and version (top-1 equal,
-probabilities within 1e-4), under concurrent requests for several tasks, with batches made by
-switching and by the mixed-task model. The tests of one server run in file order: they share it
+Every answer is compared with ``mgr predict``'s for the same image and version (every class's
+probability within serve_helpers.PROB_TOL, derived there; top-1 equal unless tied), under
+concurrent requests for several tasks, with batches made by switching and by the mixed-task
+model. The tests of one server run in file order: they share it
 and the home it serves.
 """
 
@@ -21,7 +22,16 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_clean_error
-from serve_helpers import Server, b64, free_port, metric, one_line_error, png
+from serve_helpers import (
+    ALL_CLASSES,
+    Server,
+    assert_same_answer,
+    b64,
+    free_port,
+    metric,
+    one_line_error,
+    png,
+)
 from switch_helpers import copy_home, fork_server, template_home
 
 from manager.serve.client import multipart
@@ -63,7 +73,10 @@ def expected(home: Path, label: str, paths: list[Path]) -> dict[str, list[dict]]
     """``{image path: top list}`` from ``mgr predict --task LABEL --json`` (cached per label)."""
     missing = [p for p in paths if (label, str(p)) not in _EXPECTED]
     if missing:
-        res = fork_server().run(home, "predict", "--task", label, "--json", *map(str, missing))
+        res = fork_server().run(
+            home, "predict", "--task", label, "--json", "--top-k", str(ALL_CLASSES),
+            *map(str, missing),
+        )  # fmt: skip
         out = res.json()
         assert f"{out['task']}@{out['version']}" == label
         for pred in out["predictions"]:
@@ -71,25 +84,18 @@ def expected(home: Path, label: str, paths: list[Path]) -> dict[str, list[dict]]
     return {str(p): _EXPECTED[(label, str(p))] for p in paths}
 
 
-def assert_same(got: list[dict], want: list[dict]) -> None:
-    """Top-1 equal; every class both list within 1e-4."""
-    assert got[0]["index"] == want[0]["index"], (got, want)
-    mine = {t["index"]: t["probability"] for t in got}
-    theirs = {t["index"]: t["probability"] for t in want}
-    assert mine.keys() == theirs.keys()
-    for i, p in theirs.items():
-        assert abs(mine[i] - p) <= 1e-4, (i, mine[i], p)
-
-
 def send(server: Server, task: str, paths: list[Path], as_json: bool) -> dict:
     if as_json:
         doc = {
             "task": task,
             "images": [{"name": str(p), "data": b64(p.read_bytes())} for p in paths],
+            "top_k": ALL_CLASSES,
         }
         status, out = server.post_json(doc)
     else:
-        body, ctype = multipart({"task": task}, [(str(p), p.read_bytes()) for p in paths])
+        body, ctype = multipart(
+            {"task": task, "top_k": str(ALL_CLASSES)}, [(str(p), p.read_bytes()) for p in paths]
+        )
         status, out = server.post(body, ctype)
     assert status == 200, out
     return out
@@ -101,7 +107,7 @@ def check_answers(home: Path, answers: list[tuple[list[Path], dict]]) -> None:
         want = expected(home, label, paths)
         assert [p["image"] for p in out["predictions"]] == [str(p) for p in paths]
         for pred in out["predictions"]:
-            assert_same(pred["top"], want[pred["image"]])
+            assert_same_answer(pred["top"], want[pred["image"]])
 
 
 # -- the shared server ------------------------------------------------------------------------

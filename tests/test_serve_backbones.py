@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from serve_helpers import Server, b64, metric, one_line_error, png
+from serve_helpers import ALL_CLASSES, Server, assert_same_answer, b64, metric, one_line_error, png
 from switch_helpers import copy_home, fork_server, template_home, with_second_backbone
 
 SPEC1 = "deit_tiny_patch16_224:img_size=32,depth=1"
@@ -42,15 +42,16 @@ def expected(home: Path, label: str) -> dict[str, list[dict]]:
     """``{image name: top list}`` from ``mgr predict --task LABEL --json``."""
     if label not in _EXPECTED:
         paths = sorted(str(p) for p in (home.parent / "images").iterdir())
-        out = fork_server().run(home, "predict", "--task", label, "--json", *paths).json()
+        args = ("predict", "--task", label, "--json", "--top-k", str(ALL_CLASSES), *paths)
+        out = fork_server().run(home, *args).json()
         assert f"{out['task']}@{out['version']}" == label
         _EXPECTED[label] = {Path(p["image"]).name: p["top"] for p in out["predictions"]}
     return _EXPECTED[label]
 
 
 def ask(srv: Server, task: str) -> dict:
-    doc = {"task": task, "images": [{"name": f"im{i}.png", "data": b64(d)}
-                                    for i, d in enumerate(IMAGES)]}  # fmt: skip
+    images = [{"name": f"im{i}.png", "data": b64(d)} for i, d in enumerate(IMAGES)]
+    doc = {"task": task, "images": images, "top_k": ALL_CLASSES}
     status, out = srv.post(json.dumps(doc).encode())
     assert status == 200, out
     return out
@@ -59,11 +60,7 @@ def ask(srv: Server, task: str) -> dict:
 def assert_equal(home: Path, out: dict) -> None:
     want = expected(home, out["answered"])
     for pred in out["predictions"]:
-        theirs = {t["index"]: t["probability"] for t in want[pred["image"]]}
-        mine = {t["index"]: t["probability"] for t in pred["top"]}
-        assert pred["top"][0]["index"] == want[pred["image"]][0]["index"]
-        assert mine.keys() == theirs.keys()
-        assert all(abs(mine[i] - p) <= 1e-4 for i, p in theirs.items()), (mine, theirs)
+        assert_same_answer(pred["top"], want[pred["image"]])
 
 
 def test_every_task_on_either_backbone_answers_as_mgr_predict(home: Path) -> None:

@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import TINY_SPEC, assert_clean_error
+from conftest import CLI, TINY_SPEC, assert_clean_error
 from switch_helpers import fork_server, one_thread  # noqa: F401
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -132,3 +132,21 @@ def test_a_plot_never_lands_inside_the_home_or_over_a_folder(home, tmp_path):
     folder.mkdir()
     assert_clean_error(mgr(home, "storage", "--plot", str(folder), ok=False))
     assert folder.is_dir()
+
+
+def test_a_plot_path_resolves_exactly_as_given(home, tmp_path):
+    """A relative --plot is taken from the working folder, an absolute one as is; the
+    path printed is the file written, and nothing else appears beside it."""
+    cli = CLI(home)
+    assert cli.cwd == tmp_path  # the real CLI in a subprocess, working in this test's folder
+    work = tmp_path / "work"
+    work.mkdir()
+    before = set(tmp_path.iterdir())
+    proc = cli("storage", "--plot", "rel/x.png", cwd=work)
+    assert proc.stdout.splitlines()[0] == f"storage plot: {work / 'rel' / 'x.png'}"
+    assert png_size((work / "rel" / "x.png").read_bytes()) == (1200, 800)
+    absolute = tmp_path / "abs" / "y.png"
+    proc = cli("storage", "--plot", str(absolute), cwd=work)
+    assert proc.stdout.splitlines()[0] == f"storage plot: {absolute}"
+    assert set(tmp_path.iterdir()) == before | {tmp_path / "abs"}
+    assert sorted(p.name for p in work.rglob("*")) == ["rel", "x.png"]

@@ -14,6 +14,7 @@ from manager import __version__
 from manager.cli.app import App
 from manager.cli.group import MgrGroup
 from manager.home import DEFAULT_HOME, Home
+from manager.progress import Display, showing
 
 
 @click.group(cls=MgrGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +30,9 @@ def main(ctx: click.Context, home: Path | None) -> None:
     """mgr: one frozen ViT backbone, many tasks, mergeable Consolidator adapters."""
     ctx.obj = App(Home.resolve(home))
     ctx.call_on_close(ctx.obj.close)
+    # Long work shows progress on stderr: bars on a terminal, plain lines in logs (commands with
+    # --quiet or --json choose again).
+    ctx.with_resource(showing(Display.for_stderr()))
 
 
 def _register() -> None:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from manager.catalog import tasks as task_ops
-from manager.cli.app import App, console, echo_json, json_option, pass_app
+from manager.cli.app import App, echo_json, json_option, pass_app
 from manager.cli.types import MAX_EPOCHS, SEED, FiniteFloat, Groups, Int64, Size, device_option
 from manager.errors import MgrError
+from manager.progress import Display, showing
 from manager.store.fs import Store
 from manager.train.config import TrainConfig
 from manager.units import format_size, parse_size
-
-if TYPE_CHECKING:
-    from manager.train.loop import EpochEvent, StepEvent
 
 METHOD_CHOICES = ("consolidator", "linear", "bitfit", "bitfit_ln", "lora", "full")
 
@@ -236,6 +234,13 @@ class LearningRate(FiniteFloat):
     help="The gate refuses a version that loses more than this many points of top-1 on any "
     "class the champion knew (classes with 10+ evaluation images), even if its top-1 rises.",
 )
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Print the result and errors only: no progress bars, epoch lines or notes "
+    "(--json implies it).",
+)
 @json_option
 @pass_app
 def command(
@@ -275,6 +280,7 @@ def command(
     if_changed: bool,
     hash_data: bool,
     max_class_drop: float,
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """Train TASK's adapter, consolidate it and record a new adapter version.
@@ -334,9 +340,9 @@ def command(
         precision=precision,
         compile=compile_,
     )
-    err = console(stderr=True)
-    progress = _progress(err, epochs) if err.is_terminal else _epoch_lines
-    log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    # Bars on a terminal, a line per epoch in logs, nothing with --quiet/--json (manager.progress).
+    click.get_current_context().with_resource(showing(Display.for_stderr(quiet or as_json)))
+    log = (lambda msg: None) if as_json or quiet else (lambda msg: click.echo(msg, err=True))
     if knobs is not None:
         from manager.train import distributed
         from manager.train.tune import tune_task
@@ -372,7 +378,6 @@ def command(
             gate_split=gate_split,
             train_split=train_split,
             eval_split=eval_split,
-            progress=progress,
             log=log,
             init=init,
             if_changed=if_changed,
@@ -464,56 +469,3 @@ def _tune_knobs(
     if not knobs:
         raise MgrError(f"{flag}: nothing to tune; rates, weight decay and DropPath are all given")
     return knobs
-
-
-def _epoch_lines(event: StepEvent | EpochEvent) -> None:
-    from manager.train.loop import EpochEvent
-
-    if isinstance(event, EpochEvent):
-        click.echo(
-            f"epoch {event.epoch}/{event.epochs}  loss {event.loss:.4f}  "
-            f"lr {event.lr:.2e}  {event.images_per_s:.0f} img/s",
-            err=True,
-        )
-        sys.stderr.flush()
-
-
-def _progress(err, epochs: int):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from manager.train.loop import StepEvent
-
-    bar = Progress(
-        TextColumn("epoch {task.fields[epoch]}/" + str(epochs)),
-        BarColumn(),
-        TextColumn(
-            "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.0f} img/s"
-        ),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
-    state = {"id": None}
-
-    def update(event: StepEvent | EpochEvent) -> None:
-        if state["id"] is None:
-            bar.start()
-            state["id"] = bar.add_task(
-                "train", total=None, epoch=1, loss=float("nan"), lr=0.0, ips=0.0
-            )
-        tid = state["id"]
-        if isinstance(event, StepEvent):
-            bar.update(
-                tid,
-                total=event.steps,
-                completed=event.step,
-                epoch=event.epoch,
-                loss=event.loss,
-                lr=event.lr,
-            )
-        else:
-            bar.update(tid, ips=event.images_per_s)
-            if event.epoch == event.epochs:
-                bar.stop()
-
-    return update

@@ -20,7 +20,10 @@ from types import FrameType
 
 import uvicorn
 
+from manager import progress
 from manager.serve.state import ServeState
+
+STARTUP_PHASES = 3  # the lines engine.start reports: backbone, deltas, calibration
 
 
 def make_starter(
@@ -31,7 +34,15 @@ def make_starter(
     def start() -> bool:
         engine = state.engine
         try:
-            engine.start(warn=lambda m: log(f"note: {m}"), progress=log)
+            # A bar over the phases (backbone, deltas, calibration) on a terminal; each phase
+            # still prints its line.
+            with progress.current().phases("starting", STARTUP_PHASES) as bar:
+
+                def phase(message: str) -> None:
+                    log(message)
+                    bar.advance()
+
+                engine.start(warn=lambda m: log(f"note: {m}"), progress=phase)
         except Exception as exc:  # one line, and the server stops: nothing to serve with
             state.failed = f"start-up failed: {' '.join(str(exc).split()) or type(exc).__name__}"
             return False

@@ -20,6 +20,10 @@ Crash protocol (all steps idempotent, so finishing a crashed switch = running (b
         big file's size and mtime
     (d) one transaction: version_id=new, task_id, pending=NULL, state='idle', a `switched` event
 
+What (b)-(d) write is decided first, with no write, by `manager.switch.plan.plan` from what the
+folder holds (`LiveState`: the file's header, the head file's version, the old artifact's fate);
+`_complete` then carries the plan out in this order.
+
 `recover_locked` runs at the start of every `mgr` command that opens the catalog (see
 ``manager.switch.recovery``): a pending artifact that verifies rolls the switch forward, one that
 does not rolls it back (W0 copied into every tensor, then the old version applied). Whenever the
@@ -45,7 +49,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -73,10 +77,10 @@ from manager.registry.backbones import checked_backbone_file
 from manager.store.fs import Store, pid_alive, temp_owner
 from manager.switch.artifacts import load_verified, pieces, split_head, touched_values
 from manager.switch.livefile import LiveFile, layout, read_metadata
+from manager.switch.plan import UNKNOWN, LivePlan, LiveState, plan
 
 SLOWDOWN_ENV = "MGR_SWITCH_TEST_SLOWDOWN"
 HEAD_FORMAT = "mgr-live-head"
-UNKNOWN = "?"  # `applied_version_id` of a missing or foreign head file
 
 
 @dataclass
@@ -359,67 +363,114 @@ def _complete(
     force_full: bool = False,
     rebuild: bool = False,
 ) -> None:
-    """Steps (b)-(d) on ``backbone``'s live folder: write the live files, then record the switch
-    as done.
+    """Steps (b)-(d) on ``backbone``'s live folder: `plan` what the files must become, write
+    them, then record the switch as done.
 
     ``force_full`` resets every tensor from W0 in place; ``rebuild`` replaces the whole file by
     a fresh copy of W0 (header and all) before the new delta is applied.
     """
-    digest = backbone.content_hash
-    slow = float(os.environ.get(SLOWDOWN_ENV) or 0)
     base = LiveFile(base_path, readonly=True)
     try:
         dtype = next(iter(base.tensors.values())).dtype if base.tensors else torch.float32
-        fresh = _ensure_live_file(store, base, digest, force=rebuild)
-        if fresh:  # say so in the head file, so a crash from here on is not an unknown state
-            _write_head(store, backbone, None, {}, dtype)
-            report.loaded = not rebuild
-        live = LiveFile(live_weights(store, digest), store=store)
-        try:
-            # (b) restore the old supports, or all of W0 when what the file holds is unknown.
-            old_body = None
-            full = force_full and not fresh
-            if not fresh and not full:
-                allowed = {old.id if old else None, target.id if target else None}
-                if applied_version_id(read_head_meta(store, digest)) not in allowed:
-                    full = True
-                    report.notes.append(
-                        "head file missing or naming another version: reset from W0"
-                    )
-                elif old is not None:
-                    try:
-                        body = split_head(_verified(store, old, backbone, base_path), base.tensors)
-                        old_body = body[0]
-                    except MgrError as exc:
-                        full = True
-                        report.notes.append(f"old artifact unusable ({exc}): reset from W0")
-            body, head = split_head(new, base.tensors) if new is not None else (None, {})
-            with torch.no_grad():
-                if full:
-                    for n, t in live.tensors.items():
-                        t.copy_(base.tensors[n])
-                for piece in pieces(old_body) if old_body is not None else []:
-                    restore_delta(live.tensors, base.tensors, piece)
-                    _pace(slow)
-                for piece in pieces(body) if body is not None else []:
-                    apply_delta(live.tensors, base.tensors, piece)
-                    _pace(slow)
-            live.flush()
-            total = sum(t.numel() for t in base.tensors.values())
-        finally:
-            live.close()
+        body, head = split_head(new, base.tensors) if new is not None else (None, {})
+        state = _read_state(store, backbone, base, old, target, body, force_full, rebuild)
+        todo, old_body = _plan_with_old(store, backbone, base, old, state)
+        _write_live(store, backbone, base, todo, old_body, body, dtype)  # (b)
     finally:
         base.close()
     # (c) the head, atomically; its metadata says which version the big file now holds.
     _write_head(store, backbone, target, head, dtype)
-    # (d) done.
-    report.full_restore = full or rebuild or fresh
-    report.values_total = total
-    report.values_written = (
-        total
-        if full or fresh
-        else sum(touched_values(d) for d in (old_body, body) if d is not None)
+    report.notes.extend(todo.notes)
+    report.loaded = todo.loaded
+    report.full_restore = todo.full_restore
+    report.values_total = state.total
+    report.values_written = todo.values_written
+    _record_switch(catalog, backbone, old, target, report)  # (d)
+
+
+def _read_state(
+    store: Store,
+    backbone: BackboneRef,
+    base: LiveFile,
+    old: VersionRef | None,
+    target: VersionRef | None,
+    body: Delta | None,
+    force_full: bool,
+    rebuild: bool,
+) -> LiveState:
+    """What the live folder holds now (headers and stats, no tensor read): `plan`'s input."""
+    digest = backbone.content_hash
+    return LiveState(
+        old_id=old.id if old is not None else None,
+        target_id=target.id if target is not None else None,
+        file_matches=live_matches(live_weights(store, digest), base.path),
+        applied=applied_version_id(read_head_meta(store, digest)),
+        rebuild=rebuild,
+        force_full=force_full,
+        new_values=touched_values(body) if body is not None else 0,
+        total=sum(t.numel() for t in base.tensors.values()),
     )
+
+
+def _plan_with_old(
+    store: Store, backbone: BackboneRef, base: LiveFile, old: VersionRef | None, state: LiveState
+) -> tuple[LivePlan, Delta | None]:
+    """`plan` for ``state``, and the old version's body when the plan restores its supports
+    (read only then; an artifact that does not verify makes the plan a reset from W0)."""
+    todo = plan(state)
+    if not todo.restore_old or old is None:
+        return todo, None
+    try:
+        old_body = split_head(_verified(store, old, backbone, base.path), base.tensors)[0]
+    except MgrError as exc:
+        return plan(replace(state, old_error=str(exc))), None
+    return plan(replace(state, old_values=touched_values(old_body))), old_body
+
+
+def _write_live(
+    store: Store,
+    backbone: BackboneRef,
+    base: LiveFile,
+    todo: LivePlan,
+    old_body: Delta | None,
+    body: Delta | None,
+    dtype: torch.dtype,
+) -> None:
+    """Step (b) as planned: the big file's values, then msync + fsync."""
+    digest = backbone.content_hash
+    if todo.copy_w0:
+        # Until the copy is in place the file is what it was (maybe damaged outside any support):
+        # with no head file, a crash from here makes recovery reset every tensor.
+        store.unlink(live_head(store, digest))
+        store.copy(base.path, live_weights(store, digest), what="the live weights")
+        # Say so in the head file, so a crash from here on is not an unknown state.
+        _write_head(store, backbone, None, {}, dtype)
+    slow = float(os.environ.get(SLOWDOWN_ENV) or 0)
+    live = LiveFile(live_weights(store, digest), store=store)
+    try:
+        with torch.no_grad():
+            if todo.reset_all:
+                for n, t in live.tensors.items():
+                    t.copy_(base.tensors[n])
+            for piece in pieces(old_body) if todo.restore_old and old_body is not None else []:
+                restore_delta(live.tensors, base.tensors, piece)
+                _pace(slow)
+            for piece in pieces(body) if todo.apply_new and body is not None else []:
+                apply_delta(live.tensors, base.tensors, piece)
+                _pace(slow)
+        live.flush()
+    finally:
+        live.close()
+
+
+def _record_switch(
+    catalog: Catalog,
+    backbone: BackboneRef,
+    old: VersionRef | None,
+    target: VersionRef | None,
+    report: SwitchReport,
+) -> None:
+    """Step (d): the deployment row names the target and is idle again; a `switched` event."""
     with catalog.session() as s:
         if target is not None and s.get(AdapterVersion, target.id) is None:
             # Its task was removed (--force) meanwhile; the row stays 'switching' with pending
@@ -440,9 +491,9 @@ def _complete(
             to=target.label if target is not None else None,
             previous=old.label if old is not None else None,
             backbone=backbone.spec,
-            backbone_hash=digest[:16],
+            backbone_hash=backbone.content_hash[:16],
             values_written=report.values_written,
-            values_total=total,
+            values_total=report.values_total,
             recovered=report.recovered,
             rolled_back=report.rolled_back,
             full_restore=report.full_restore,
@@ -452,18 +503,6 @@ def _complete(
 def _pace(seconds: float) -> None:
     if seconds > 0:
         time.sleep(seconds)
-
-
-def _ensure_live_file(store: Store, base: LiveFile, digest: str, force: bool = False) -> bool:
-    """Create (or replace a wrong) live file by copying W0; True if it is fresh W0 now."""
-    weights = live_weights(store, digest)
-    if not force and live_matches(weights, base.path):
-        return False
-    # Until the copy is in place the file is what it was (maybe damaged outside any support):
-    # with no head file, a crash from here makes recovery reset every tensor.
-    store.unlink(live_head(store, digest))
-    store.copy(base.path, weights, what="the live weights")
-    return True
 
 
 def _write_head(

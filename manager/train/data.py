@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
+from manager import progress
 from manager.datasets.transforms import to_rgb
 
 IGNORE = -100  # label of a padding row (F.cross_entropy's default ignore_index)
@@ -73,13 +74,21 @@ class ImageTensors:
         return ImageTensors(self.images.to(device), self.labels.to(device))
 
     @classmethod
-    def decode(cls, dataset: Dataset, *, workers: int = 0) -> ImageTensors:
-        """Decode ``dataset`` (whose transform yields uint8 CHW tensors) once."""
+    def decode(cls, dataset: Dataset, *, workers: int = 0, name: str = "") -> ImageTensors:
+        """Decode ``dataset`` (whose transform yields uint8 CHW tensors) once.
+
+        Minutes on a real set: the current ``manager.progress`` display shows a bar (images,
+        images/s, ETA) while it runs, labelled with ``name`` (a split's, say); it leaves no line,
+        so a command that then fails still prints its one error line alone.
+        """
         loader = DataLoader(dataset, batch_size=64, shuffle=False, num_workers=workers)
         images, labels = [], []
-        for x, y in loader:
-            images.append(x)
-            labels.append(torch.as_tensor(y))
+        label = f"decoding {name}".strip()
+        with progress.current().count(label, total=len(dataset)) as bar:  # type: ignore[arg-type]
+            for x, y in loader:
+                images.append(x)
+                labels.append(torch.as_tensor(y))
+                bar.advance(len(x))
         return cls(torch.cat(images), torch.cat(labels).long())
 
     def batches(

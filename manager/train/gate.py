@@ -186,7 +186,7 @@ def score_by_class(
             dc = data_config(model)
             mean, std = torch.tensor(dc["mean"]), torch.tensor(dc["std"])
             ds = create_dataset(dataset, root, split, decode_transform(dc["img_size"]))
-            data = ImageTensors.decode(ds)
+            data = ImageTensors.decode(ds, name=split)
             data.labels = label_lut(ds.classes, label_set, "this")[data.labels]
         for name, t in live.items():  # back to W0 (and the fresh head) before each delta
             t.copy_(w0[name])

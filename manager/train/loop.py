@@ -13,7 +13,12 @@ error before a checkpoint is written.
 
 Throughput (``EpochEvent.images_per_s``, ``FitResult.images_per_s``) is the steady state's: a step
 whose batch shape is new (the run's first, where kernels are chosen and ``--compile`` compiles,
-and a smaller last batch) is timed apart, between device synchronisations, and left out.
+and a smaller last batch) is timed apart, between device synchronisations, and left out
+(``Throughput``).
+
+``fit`` is ``build_optimizer``, ``restore_checkpoint`` when resuming, then per epoch
+``train_one_epoch`` and a checkpoint. Progress goes to ``manager.progress.current()`` (a bar per
+epoch, a line after it; nothing unless the CLI chose a display) and to the ``progress`` callback.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from torch import nn
 
 from manager.device import resolve_precision
 from manager.errors import Diverged, MgrError
+from manager.progress import Display, current
 from manager.train.config import TrainConfig
-from manager.train.data import ImageTensors, Normalise
+from manager.train.data import Batch, ImageTensors, Normalise
 from manager.train.distributed import Dist
 from manager.train.groups import group_lrs, param_groups
 from manager.train.step import TrainStep, make_optimizer, synchronize
@@ -123,6 +129,183 @@ def _diverged(what: str, epoch: int, step: int, lr: float) -> MgrError:
     )
 
 
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, lr: float, steps: int
+) -> tuple[torch.optim.AdamW, CosineLRScheduler]:
+    """AdamW over the model's role groups, and the cosine schedule (per step, linear warm-up
+    from ``lr * 1e-3``; ``warmup_epochs`` defaults to a tenth of the epochs)."""
+    opt = make_optimizer(param_groups(model, cfg.weight_decay, group_lrs(cfg, lr)), lr)
+    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else cfg.epochs // 10
+    with _quiet("timm.scheduler.cosine_lr"):  # a one-step run has nothing to anneal: no warning
+        sched = CosineLRScheduler(
+            opt,
+            t_initial=max(1, cfg.epochs * steps),
+            lr_min=lr * 1e-3,
+            warmup_t=warmup * steps,
+            warmup_lr_init=lr * 1e-3,
+            t_in_epochs=False,
+        )
+    return opt, sched
+
+
+@dataclass
+class Restored:
+    """Where a resumed run picks up: the epochs done, their history, the step's own state."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    step: dict[str, Any] = field(default_factory=dict)
+
+
+def restore_checkpoint(
+    checkpoint: CheckpointIO | None,
+    cfg: TrainConfig,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: CosineLRScheduler,
+) -> Restored:
+    """Load an interrupted run's trainable weights, optimizer and schedule into place; refused
+    when the checkpoint was made with other settings (its fingerprint differs)."""
+    if checkpoint is None:
+        raise MgrError("nothing to resume: no checkpoint of an interrupted run of this task")
+    ck = checkpoint.load()
+    if ck.get("fingerprint") != cfg.fingerprint():
+        raise MgrError(
+            "the checkpoint was made with other settings; "
+            "rerun with the same options, or without --resume"
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in ck["trainable"].items():
+            params[name].copy_(value)
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    return Restored(int(ck["epoch"]), list(ck["history"]), ck.get("step", {}))
+
+
+class Throughput:
+    """Steady-state images per second of training steps, per epoch and over the run.
+
+    A step whose batch shape is new (the run's first, where kernels are chosen and ``--compile``
+    compiles, and a smaller last batch) pays one-time set-up: it is timed apart, between device
+    synchronisations, and left out. Other steps are not synchronised (the epoch's end is).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.shapes: set[tuple[int, ...]] = set()
+        self.images, self.seconds = 0, 0.0  # steady, over the epochs finished
+        self._n, self._s, self._t0, self._mark = 0, 0.0, 0.0, 0.0
+
+    def start_epoch(self) -> None:
+        self._n, self._s = 0, 0.0
+        self._t0 = self._mark = time.perf_counter()
+
+    @contextlib.contextmanager
+    def step(self, batch: Batch) -> Iterator[None]:
+        """Time the block (one training step on ``batch``)."""
+        shape = tuple(batch.x.shape)
+        if shape in self.shapes:
+            yield
+            self._n += batch.n
+            return
+        synchronize(self.device)
+        self._s += time.perf_counter() - self._mark
+        yield
+        synchronize(self.device)
+        self._mark = time.perf_counter()
+        self.shapes.add(shape)
+
+    def end_epoch(self, count: int) -> float:
+        """The epoch's rate (after its last read-back); an epoch of set-up steps only (e.g. one
+        step) reports its plain rate, ``count`` images over its whole time."""
+        t_end = time.perf_counter()
+        self._s += t_end - self._mark
+        self.images, self.seconds = self.images + self._n, self.seconds + self._s
+        return self._n / self._s if self._n and self._s > 0 else count / (t_end - self._t0)
+
+    def overall(self, epochs: list[dict]) -> float:
+        """The run's steady rate; without steady steps, the mean of ``epochs``' own rates."""
+        if self.images and self.seconds > 0:
+            return self.images / self.seconds
+        return statistics.fmean(h["images_per_s"] for h in epochs) if epochs else 0.0
+
+
+@dataclass
+class Loop:
+    """What every epoch of one ``fit`` shares."""
+
+    train: ImageTensors  # on the device, uint8
+    cfg: TrainConfig
+    norm: Normalise
+    opt: torch.optim.Optimizer
+    sched: CosineLRScheduler
+    train_step: TrainStep
+    steps: int  # per epoch
+    lr: float  # the peak rate, named when training diverges
+    meter: Throughput
+    ctx: Dist | None = None
+    progress: ProgressFn | None = None  # rank 0's only
+    display: Display = field(default_factory=Display)  # rank 0's only
+
+    @property
+    def rank(self) -> int:
+        return self.ctx.rank if self.ctx is not None else 0
+
+    @property
+    def world(self) -> int:
+        return self.ctx.world if self.ctx is not None else 1
+
+    def diverged(self, what: str, epoch: int, step: int) -> MgrError:
+        err = _diverged(what, epoch, step, self.lr)
+        return self.ctx.mirror(err) if self.ctx is not None else err
+
+
+def train_one_epoch(loop: Loop, epoch: int) -> dict[str, float]:
+    """Epoch ``epoch`` (0-based), seeded from ``(seed, epoch)``; its history entry. Stops with
+    ``Diverged`` on a non-finite loss (read every ``CHECK_EVERY`` steps and at the end) or
+    non-finite trainable weights at the end."""
+    cfg, rank, world, meter = loop.cfg, loop.rank, loop.world, loop.meter
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 7_919 * rank)
+    gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+    total = torch.zeros((), dtype=torch.float64, device=loop.train.device)
+    count, running, step = 0, float("nan"), 0
+    meter.start_epoch()
+    batches = loop.train.epoch(cfg.batch_size, loop.norm, generator=gen, rank=rank, world=world)
+    with loop.display.epoch(epoch + 1, cfg.epochs, loop.steps, len(loop.train)) as bar:
+        for step, batch in enumerate(batches):
+            with meter.step(batch):
+                loss = loop.train_step(batch, world)
+            loop.sched.step_update(epoch * loop.steps + step + 1)
+            total += loss.to(torch.float64)
+            count += batch.n
+            if step % CHECK_EVERY == 0:
+                running = _read(total, loop.ctx) / count
+                if not math.isfinite(running):
+                    raise loop.diverged(f"the loss is {running}", epoch, step)
+            lr = loop.opt.param_groups[0]["lr"]
+            bar.advance(batch.n, step=step + 1, loss=running)
+            if loop.progress:
+                loop.progress(StepEvent(epoch + 1, cfg.epochs, step + 1, loop.steps, running, lr))
+        loss_value = _read(total, loop.ctx) / count
+        images_per_s = meter.end_epoch(count)
+    if not math.isfinite(loss_value):
+        raise loop.diverged(f"the epoch's loss is {loss_value}", epoch, step)
+    trainable = [p for p in loop.train_step.model.parameters() if p.requires_grad]
+    if not bool(torch.stack([torch.isfinite(p).all() for p in trainable]).all()):
+        raise loop.diverged("the weights hold NaN or infinite values", epoch, step)
+    lr = loop.opt.param_groups[0]["lr"]
+    return {"epoch": epoch + 1, "loss": loss_value, "lr": lr, "images_per_s": images_per_s}
+
+
+def epoch_line(entry: dict[str, float], epochs: int) -> str:
+    """The one line an epoch leaves (``mgr train`` on stderr): loss, lr, img/s."""
+    return (
+        f"epoch {entry['epoch']}/{epochs}  loss {entry['loss']:.4f}  "
+        f"lr {entry['lr']:.2e}  {entry['images_per_s']:.0f} img/s"
+    )
+
+
 def fit(
     model: nn.Module,
     train: ImageTensors,
@@ -140,110 +323,32 @@ def fit(
     """Train ``model``'s trainable parameters on ``train``; checkpoint after every epoch.
 
     ``ctx``: this process's rank in a torchrun run (None: one process). Every rank calls ``fit``
-    alike; only rank 0 writes checkpoints and reports progress.
+    alike; only rank 0 writes checkpoints and reports progress (``progress`` events, and the
+    current ``manager.progress`` display: a bar per epoch, a line after each).
     """
     check_settings(cfg, lr)
     if len(train) == 0:
         raise MgrError("the training split is empty")
     device = torch.device(device)
     dtype = resolve_precision(cfg.precision, device)
-    rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
-    main = rank == 0
+    main = ctx is None or ctx.rank == 0
     model.to(device).train()
     train = train.to(device)  # once, as uint8
-    norm = Normalise(mean, std, device)
-    opt = make_optimizer(param_groups(model, cfg.weight_decay, group_lrs(cfg, lr)), lr)
     steps = math.ceil(len(train) / cfg.batch_size)
-    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else cfg.epochs // 10
-    with _quiet("timm.scheduler.cosine_lr"):  # a one-step run has nothing to anneal: no warning
-        sched = CosineLRScheduler(
-            opt,
-            t_initial=max(1, cfg.epochs * steps),
-            lr_min=lr * 1e-3,
-            warmup_t=warmup * steps,
-            warmup_lr_init=lr * 1e-3,
-            t_in_epochs=False,
-        )
-    start, history, step_state = 0, [], {}
-    if resume:
-        if checkpoint is None:
-            raise MgrError("nothing to resume: no checkpoint of an interrupted run of this task")
-        ck = checkpoint.load()
-        if ck.get("fingerprint") != cfg.fingerprint():
-            raise MgrError(
-                "the checkpoint was made with other settings; "
-                "rerun with the same options, or without --resume"
-            )
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in ck["trainable"].items():
-                params[name].copy_(value)
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start, history = int(ck["epoch"]), list(ck["history"])
-        step_state = ck.get("step", {})
+    opt, sched = build_optimizer(model, cfg, lr, steps)
+    done = restore_checkpoint(checkpoint, cfg, model, opt, sched) if resume else Restored()
     train_step = TrainStep(model, opt, dtype=dtype, device=device, compile=cfg.compile, ctx=ctx)
-    train_step.load_state_dict(step_state)
-    progress = progress if main else None
-
-    def diverged(what: str, epoch: int, step: int) -> MgrError:
-        err = _diverged(what, epoch, step, lr)
-        return ctx.mirror(err) if ctx is not None else err
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    shapes: set[tuple[int, ...]] = set()
-    steady_n, steady_s = 0, 0.0
+    train_step.load_state_dict(done.step)
+    loop = Loop(
+        train, cfg, Normalise(mean, std, device), opt, sched, train_step, steps, lr,
+        Throughput(device), ctx,
+        progress=progress if main else None,
+        display=current() if main else Display("off"),
+    )  # fmt: skip
+    history = done.history
     t_start = time.perf_counter()
-    loss_value = history[-1]["loss"] if history else float("nan")
-    for epoch in range(start, cfg.epochs):
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 7_919 * rank)
-        gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        count, running, step = 0, float("nan"), 0
-        ep_n, ep_s = 0, 0.0
-        t0 = t_mark = time.perf_counter()
-        batches = train.epoch(cfg.batch_size, norm, generator=gen, rank=rank, world=world)
-        for step, batch in enumerate(batches):
-            if tuple(batch.x.shape) in shapes:
-                loss = train_step(batch, world)
-                ep_n += batch.n
-            else:  # a new shape pays one-time set-up: time it apart, leave it out
-                synchronize(device)
-                ep_s += time.perf_counter() - t_mark
-                loss = train_step(batch, world)
-                synchronize(device)
-                t_mark = time.perf_counter()
-                shapes.add(tuple(batch.x.shape))
-            sched.step_update(epoch * steps + step + 1)
-            total += loss.to(torch.float64)
-            count += batch.n
-            if step % CHECK_EVERY == 0:
-                running = _read(total, ctx) / count
-                if not math.isfinite(running):
-                    raise diverged(f"the loss is {running}", epoch, step)
-            if progress:
-                progress(
-                    StepEvent(
-                        epoch + 1, cfg.epochs, step + 1, steps, running, opt.param_groups[0]["lr"]
-                    )
-                )
-        loss_value = _read(total, ctx) / count
-        t_end = time.perf_counter()
-        ep_s += t_end - t_mark
-        if not math.isfinite(loss_value):
-            raise diverged(f"the epoch's loss is {loss_value}", epoch, step)
-        if not bool(torch.stack([torch.isfinite(p).all() for p in trainable]).all()):
-            raise diverged("the weights hold NaN or infinite values", epoch, step)
-        steady_n, steady_s = steady_n + ep_n, steady_s + ep_s
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": loss_value,
-                "lr": opt.param_groups[0]["lr"],
-                # An epoch of set-up steps only (e.g. one step) reports its plain rate.
-                "images_per_s": ep_n / ep_s if ep_n and ep_s > 0 else count / (t_end - t0),
-            }
-        )
+    for epoch in range(done.epoch, cfg.epochs):
+        history.append(train_one_epoch(loop, epoch))
         if checkpoint is not None and main:
             checkpoint.save(
                 {
@@ -256,20 +361,15 @@ def fit(
                     "history": history,
                 }
             )
-        if progress:
-            h = history[-1]
-            progress(EpochEvent(epoch + 1, cfg.epochs, h["loss"], h["lr"], h["images_per_s"]))
+        h = history[-1]
+        loop.display.say(epoch_line(h, cfg.epochs))
+        if loop.progress:
+            loop.progress(EpochEvent(epoch + 1, cfg.epochs, h["loss"], h["lr"], h["images_per_s"]))
     model.eval()
-    seconds = time.perf_counter() - t_start
-    if steady_n and steady_s > 0:
-        images_per_s = steady_n / steady_s
-    else:
-        done = history[start:]
-        images_per_s = statistics.fmean(h["images_per_s"] for h in done) if done else 0.0
     return FitResult(
         epochs=cfg.epochs,
-        final_loss=loss_value,
-        images_per_s=images_per_s,
-        seconds=seconds,
+        final_loss=history[-1]["loss"] if history else float("nan"),
+        images_per_s=loop.meter.overall(history[done.epoch :]),
+        seconds=time.perf_counter() - t_start,
         history=history,
     )

@@ -214,7 +214,7 @@ def load_data(
 
     def decode(name: str) -> ImageTensors:
         ds = create_dataset(info.dataset, info.data_root, name, tf)
-        out = ImageTensors.decode(ds)
+        out = ImageTensors.decode(ds, name=name)
         if info.class_names and len(out):  # the data's labels, read as the task's (by name)
             out.labels = label_lut(ds.classes, info.class_names, info.name)[out.labels]
         return out

@@ -248,7 +248,7 @@ def _decode(info: Any, model: nn.Module, split: str) -> ImageTensors:
     from manager.train.data import decode_transform
 
     tf = decode_transform(data_config(model)["img_size"])
-    return ImageTensors.decode(create_dataset(info.dataset, info.data_root, split, tf))
+    return ImageTensors.decode(create_dataset(info.dataset, info.data_root, split, tf), name=split)
 
 
 def tuning_data(
