@@ -43,9 +43,16 @@ COMMANDS = [
     ["rollback", "pets"],
     ["history"],
     ["history", "--task", "pets", "--json"],
+    ["status"],  # nothing live here; tests/test_status_fast.py checks a home with live files
+    ["status", "--json"],
     ["db", "current"],
     ["db", "upgrade"],
     ["task", "remove", "cats", "--yes"],
+    # task add reads class names from the data set's definition or folders, without torch; the
+    # backbone's parameters were counted (and cached) by _fill, as a first task add does.
+    ["task", "add", "shapes", "--dataset", "synthetic:num_classes=3", "--backbone", TINY_SPEC],
+    ["task", "add", "flowers", "--dataset", "flowers102", "--json"],
+    ["task", "add", "folder", "--dataset", "imagefolder", "--root", "{folder}"],
 ]
 
 PROBE = """
@@ -97,12 +104,15 @@ def _fill(home: Path) -> None:
         cat.close()
 
 
-def test_catalog_commands_import_neither_torch_nor_timm(home: Path) -> None:
+def test_catalog_commands_import_neither_torch_nor_timm(home: Path, tmp_path: Path) -> None:
     _fill(home)
+    for c in ("cat", "dog"):
+        (tmp_path / "images" / c).mkdir(parents=True)
+    commands = [[a.format(folder=tmp_path / "images") for a in args] for args in COMMANDS]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
     env["MGR_HOME"] = str(home)
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps(COMMANDS)],
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps(commands)],
         capture_output=True,
         text=True,
         env=env,
@@ -123,6 +133,9 @@ def test_catalog_commands_import_neither_torch_nor_timm(home: Path) -> None:
             pets = tasks.get_task(s, "pets")
             assert budgets.get_budget(s, pets) == 10**9
             assert pets.active_version.number == 1  # promoted to 2, rolled back
+            assert tasks.get_task(s, "shapes").num_classes == 3
+            assert tasks.get_task(s, "flowers").num_classes == 102
+            assert tasks.get_task(s, "folder").class_names == ["cat", "dog"]
     finally:
         cat.close()
 
@@ -132,7 +145,7 @@ def test_the_probe_sees_a_heavy_import(home: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
     env["MGR_HOME"] = str(home)
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps([["status", "--json"]])],
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps([["switch", "--none"]])],
         capture_output=True,
         text=True,
         env=env,
@@ -141,7 +154,7 @@ def test_the_probe_sees_a_heavy_import(home: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     (args, _code, mods), *_ = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "torch" in mods, (args, mods)  # mgr status checks the live files with torch
+    assert "torch" in mods, (args, mods)  # mgr switch loads the live-file code, torch's
 
 
 def test_the_built_in_parameter_counts_are_timms() -> None:

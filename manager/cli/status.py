@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from manager.cli.app import App, echo_json, json_option, pass_app
+from manager.errors import MgrError
 
 if TYPE_CHECKING:
     from manager.switch.status import HomeStatus, StatusReport
@@ -14,22 +15,36 @@ if TYPE_CHECKING:
 
 @click.command("status")
 @click.option(
-    "--no-verify", is_flag=True, help="Skip the bit-for-bit check of the live files (O(backbone))."
+    "--verify-bits",
+    is_flag=True,
+    help="Compare every live tensor with a fresh merge of W0 and the live delta, and hash the "
+    "backbone and artifact files (O(backbone): seconds). Without it, only when the cheap "
+    "check fails.",
+)
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Only the cheap check, even where it fails (never the bit-for-bit comparison).",
 )
 @json_option
 @pass_app
-def command(app: App, no_verify: bool, as_json: bool) -> None:
-    """Show every live backbone, the task and version live on it, and verify each one's live
-    files against the catalog.
+def command(app: App, verify_bits: bool, no_verify: bool, as_json: bool) -> None:
+    """Show every live backbone, the task and version live on it, and check its live files.
 
-    Verified means: the live weights equal a fresh merge of W0 and the live version's delta bit
-    for bit (every tensor compared), the head file holds the delta's head, and the backbone and
-    artifact files hash to what the catalog recorded. A live version that is not its task's
-    champion (e.g. after 'mgr rollback') is noted. Exits 1 if a check fails.
+    By default the check is cheap (headers, sizes and times; no tensor is read): the live file
+    has the backbone file's layout and has not been modified since the last switch, and the
+    head file names the live version. Where that fails, the full check runs: the live weights
+    must equal a fresh merge of W0 and the live version's delta bit for bit (every tensor
+    compared), the head file hold the delta's head, and the backbone and artifact files hash to
+    what the catalog recorded; --verify-bits runs it always. A live version that is not its
+    task's champion (e.g. after 'mgr rollback') is noted. Exits 1 if a check fails.
     """
-    from manager.switch.status import live_status
+    from manager.switch.status import AUTO, BITS, QUICK, live_status
 
-    st = live_status(app.home, app.catalog, verify=not no_verify)
+    if verify_bits and no_verify:
+        raise MgrError("--verify-bits and --no-verify contradict each other; give one")
+    mode = BITS if verify_bits else QUICK if no_verify else AUTO
+    st = live_status(app.home, app.catalog, verify=mode)
     if as_json:
         echo_json(st.to_dict())
     else:

@@ -43,7 +43,7 @@ def _weights(value: str | None) -> str | None:
 
 
 def _describe(dataset: str, root: Path | None) -> tuple[list[str], str | None]:
-    from manager.datasets import describe  # imports torch: only when a task is added
+    from manager.datasets.registry import describe  # light: definitions and folders, no torch
 
     class_names, found = describe(dataset, root)
     where = found if found is not None else root

@@ -2,34 +2,38 @@
 
 ``create_dataset(name, root, split, transform)`` opens one split; ``describe(name, root)`` gives
 class names without loading images. Every data set has ``.classes`` and ``.targets``.
+
+Names are loaded on first use (PEP 562): ``describe`` and the registry are light, while
+``create_dataset`` and the transforms import torch and torchvision, seconds that ``mgr task
+add`` does not pay (issue 20).
 """
 
-from manager.datasets import flowers, folder, pets, synthetic, vtab  # noqa: F401  (register)
-from manager.datasets.registry import (
-    DATA_DIR,
-    DatasetKind,
-    create_dataset,
-    default_root,
-    describe,
-    known_definition,
-    list_datasets,
-    register_dataset,
-)
-from manager.datasets.synthetic import SyntheticShapes
-from manager.datasets.transforms import data_config, eval_transform, train_transform, transform_for
+from __future__ import annotations
 
-__all__ = [
-    "DATA_DIR",
-    "DatasetKind",
-    "SyntheticShapes",
-    "create_dataset",
-    "data_config",
-    "default_root",
-    "describe",
-    "eval_transform",
-    "known_definition",
-    "list_datasets",
-    "register_dataset",
-    "train_transform",
-    "transform_for",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "DATA_DIR": "manager.datasets.registry",
+    "DatasetKind": "manager.datasets.registry",
+    "create_dataset": "manager.datasets.registry",
+    "default_root": "manager.datasets.registry",
+    "describe": "manager.datasets.registry",
+    "known_definition": "manager.datasets.registry",
+    "list_datasets": "manager.datasets.registry",
+    "register_dataset": "manager.datasets.registry",
+    "SyntheticShapes": "manager.datasets.synthetic",
+    "data_config": "manager.datasets.transforms",
+    "eval_transform": "manager.datasets.transforms",
+    "train_transform": "manager.datasets.transforms",
+    "transform_for": "manager.datasets.transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -1,4 +1,11 @@
-"""Data-set registry: name -> kind, like timm's `create_model`, plus roots and known definitions."""
+"""Data-set registry: name -> kind, like timm's `create_model`, plus roots and known definitions.
+
+Light: neither torch nor torchvision is imported here, so `describe` and `validate_dataset_spec`
+(``mgr task add``) answer in milliseconds from the light kinds of `manager.datasets.classes`
+(the class names and options of the built-in kinds, read from ``data/*.json`` and the folders).
+The built-in kinds that open images (`manager.datasets.flowers` and the others, torch's) are
+imported by `create_dataset` on first use.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,6 @@ from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
-
-from torch.utils.data import ConcatDataset, Dataset, Subset
 
 import manager
 from manager.errors import MgrError
@@ -55,7 +60,7 @@ class DatasetKind:
         transform: Callable | None,
         download: bool,
         **options: Any,
-    ) -> Dataset:
+    ) -> Any:
         """One split; ``root`` None means `default_root`. Missing data raises `MgrError`."""
         raise NotImplementedError
 
@@ -76,17 +81,34 @@ def register_dataset(name: str) -> Callable[[K], K]:
     return wrap
 
 
+def _light() -> Mapping[str, type[DatasetKind]]:
+    from manager.datasets.classes import LIGHT  # registers nothing: its own table
+
+    return LIGHT
+
+
+def _load_kinds() -> None:
+    """Register the built-in kinds that open images (imports torch and torchvision)."""
+    from manager.datasets import flowers, folder, pets, synthetic, vtab  # noqa: F401
+
+
 def list_datasets() -> list[str]:
     """Registered data-set names, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_light()))
 
 
-def _kind(spec: str, **overrides: Any) -> tuple[DatasetKind, dict[str, Any]]:
+def _kind(spec: str, heavy: bool = True, **overrides: Any) -> tuple[DatasetKind, dict[str, Any]]:
+    """The kind of `spec` and its checked options. ``heavy``: one that can `build` (loads the
+    built-in kinds); else a registered kind if there is one, the light twin of a built-in
+    kind otherwise (locate, classes and options only)."""
     name, options = split_spec(spec)
-    if name not in _REGISTRY:
+    if heavy:
+        _load_kinds()
+    cls = _REGISTRY.get(name) or _light().get(name)
+    if cls is None:
         shown = name if len(name) <= 40 else name[:36] + "..."
         raise MgrError(f"unknown data set {shown!r}; known: {', '.join(list_datasets())}")
-    kind = _REGISTRY[name]()
+    kind = cls()
     return kind, check_options(name, {**options, **overrides}, kind.options)
 
 
@@ -97,7 +119,7 @@ def validate_dataset_spec(spec: str) -> tuple[str, dict[str, Any]]:
     Cheap (nothing is read from disk), so ``mgr task add`` refuses a bad spec before it records
     anything that would only fail later in ``mgr train``.
     """
-    kind, options = _kind(spec)
+    kind, options = _kind(spec, heavy=False)
     return kind.name, options
 
 
@@ -140,7 +162,7 @@ def create_dataset(
     *,
     download: bool = False,
     **options: Any,
-) -> Dataset:
+) -> Any:
     """Open one split of a data set; the result has ``.classes`` and ``.targets``.
 
     ``name`` may carry options, ``"synthetic:num_classes=4"``; keyword ``options`` override them.
@@ -157,9 +179,10 @@ def describe(
 ) -> tuple[list[str], Path | None]:
     """Class names and where the data set was found (None: not on disk, known names used).
 
-    ``root`` None looks in `default_root`. Reads no images, so it is cheap and works offline.
+    ``root`` None looks in `default_root`. Reads no images and imports no torch, so it is cheap
+    and works offline.
     """
-    kind, options = _kind(name, **options)
+    kind, options = _kind(name, heavy=False, **options)
     found = kind.locate(resolve_root(root), **options)
     classes = kind.classes(found, **options)
     if len(classes) < 2:  # a classifier of one class cannot be trained (nor measured)
@@ -169,29 +192,6 @@ def describe(
             "(for an image folder: one sub-folder per class)"
         )
     return classes, found
-
-
-class Labeled(Dataset):
-    """A subset or concatenation of data sets that keeps ``.classes`` and ``.targets``."""
-
-    def __init__(self, base: Dataset, classes: Sequence[str], targets: Sequence[int]):
-        self.base, self.classes, self.targets = base, list(classes), list(targets)
-
-    @classmethod
-    def subset(cls, ds: Dataset, indices: Sequence[int]) -> Labeled:
-        targets = ds.targets  # type: ignore[attr-defined]
-        return cls(Subset(ds, list(indices)), ds.classes, [targets[i] for i in indices])  # type: ignore[attr-defined]
-
-    @classmethod
-    def concat(cls, parts: Sequence[Dataset]) -> Labeled:
-        targets = [t for p in parts for t in p.targets]  # type: ignore[attr-defined]
-        return cls(ConcatDataset(parts), parts[0].classes, targets)  # type: ignore[attr-defined]
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int):
-        return self.base[index]
 
 
 def every_kth(targets: Sequence[int], k: int, picks: Sequence[int]) -> list[int]:
@@ -218,3 +218,12 @@ def dataset_folder(root: Path, folder: str) -> Path:
 def first_missing(base: Path, required: Sequence[str]) -> Path | None:
     """The first of ``required`` (paths under ``base``) that does not exist, or None."""
     return next((base / f for f in required if not (base / f).exists()), None)
+
+
+def __getattr__(name: str) -> Any:
+    # `Labeled` (a torch Dataset) lives in manager.datasets.labeled; still importable from here.
+    if name == "Labeled":
+        from manager.datasets.labeled import Labeled
+
+        return Labeled
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,11 +24,20 @@ from manager.catalog.views import iso
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
+from manager.switch.livecheck import legacy_live_present, live_problem
 
 VERIFICATION = (
     "live weights == W0 + the live version's delta, bit for bit (every tensor, torch.equal); "
     "head file == the delta's head; backbone and artifact hashes == the catalog's"
 )
+QUICK_VERIFICATION = (
+    "headers, sizes and times only: the live file is a copy of the backbone file's layout, "
+    "unmodified since the last switch, and the head file names the live version "
+    "(--verify-bits compares every tensor)"
+)
+# `live_status`'s modes: the full comparison; the cheap check only; the cheap check, and the
+# full comparison of the backbones where it fails (what `mgr status` does by default).
+BITS, QUICK, AUTO = "bits", "quick", "auto"
 
 
 @dataclass
@@ -111,17 +120,24 @@ class HomeStatus:
         }
 
 
-def live_status(home: Home, catalog: Catalog, verify: bool = True) -> HomeStatus:
+def live_status(home: Home, catalog: Catalog, verify: bool | str = True) -> HomeStatus:
     """Every live backbone of the home: its live task and version, state, and live-file check.
 
-    ``verify``: the full check (O(backbone) each); else only the cheap one (size and mtime of
-    the live file against the head file's record), which sets ``verified`` only when it fails.
+    ``verify``: True or `BITS`, the full check (O(backbone) each, imports torch); False or
+    `QUICK`, only the cheap one (headers, size and mtime of the live file against the head
+    file's record), which sets ``verified`` only when it fails; `AUTO`, the cheap one, and the
+    full one for each backbone whose cheap check fails (``verified`` True when all pass).
+    Neither of the cheap modes imports torch where every cheap check passes.
     """
-    from manager.switch.live import live_problem, migrate_single_live
-
+    mode = {True: BITS, False: QUICK}.get(verify, verify)  # type: ignore[call-overload]
+    if mode not in (BITS, QUICK, AUTO):
+        raise ValueError(f"verify={verify!r}")
     store = Store.of(home)
-    with contextlib.suppress(MgrError):  # a bad live/ is reported below, per backbone
-        migrate_single_live(home, catalog)
+    if legacy_live_present(store):  # a home from before 0005: moved first (imports torch)
+        from manager.switch.live import migrate_single_live
+
+        with contextlib.suppress(MgrError):  # a bad live/ is reported below, per backbone
+            migrate_single_live(home, catalog)
     try:
         lock = store.lock(store.live_lock_file, shared=True)
     except MgrError:  # live/ leads outside the home: reported below as the live files' problem
@@ -129,52 +145,63 @@ def live_status(home: Home, catalog: Catalog, verify: bool = True) -> HomeStatus
     out = []
     with lock:
         with catalog.session(write=False) as s:
-            rows = []
-            for dep in host_deployments(s, home.host):
-                ref = VersionRef.of(dep.version) if dep.version is not None else None
-                bb = dep.backbone
-                champion = dep.version.task.active_version if dep.version is not None else None
-                folder = store.live / bb.content_hash[:16]
-                rep = StatusReport(
-                    state=dep.state,
-                    task=ref.task if ref else None,
-                    version=ref.number if ref else None,
-                    version_id=ref.id if ref else None,
-                    method=ref.method if ref else None,
-                    pending=VersionRef.of(dep.pending_version).label
-                    if dep.pending_version is not None
-                    else None,
-                    backbone={"spec": bb.spec, "content_hash": bb.content_hash, "path": bb.path},
-                    updated_at=iso(dep.updated_at),
-                    live_file=str(folder / "backbone.safetensors"),
-                    head_file=str(folder / "head.safetensors"),
-                    champion=champion.number if champion is not None else None,
-                )
-                if ref is not None and rep.champion != ref.number:
-                    rep.notes.append(
-                        f"{ref.label} is live, but {ref.task}'s champion is "
-                        + (f"v{rep.champion}" if rep.champion is not None else "unset")
-                        + f" ('mgr switch {ref.task}' makes it live)"
-                    )
-                rows.append((rep, (bb.spec, bb.content_hash, bb.path), ref))
+            rows = [_report(store, dep) for dep in host_deployments(s, home.host)]
         for rep, backbone, ref in rows:
-            if verify:
+            problem = None if mode == BITS else _quick_problem(store, backbone, ref)
+            if mode == BITS or (mode == AUTO and problem is not None):
                 rep.problems = _check_live(store, backbone, ref)
                 rep.verified = not rep.problems
-            else:
-                try:
-                    problem = live_problem(
-                        store, store.resolve(backbone[2]), ref.id if ref else None, backbone[1]
-                    )
-                except MgrError as exc:
-                    problem = str(exc)
-                if problem is not None:
-                    rep.problems, rep.verified = [problem], False
+            elif problem is not None:
+                rep.problems, rep.verified = [problem], False
+            elif mode == AUTO:
+                rep.verified, rep.verification = True, QUICK_VERIFICATION
             out.append(rep)
     home_status = HomeStatus(out)
     if not out:
         home_status.verification = "nothing has been switched yet: there is no live file"
+    elif all(b.verification == QUICK_VERIFICATION for b in out):
+        home_status.verification = QUICK_VERIFICATION
     return home_status
+
+
+def _report(store: Store, dep: Any) -> tuple[StatusReport, tuple[str, str, str], VersionRef | None]:
+    """One deployment row as a report (not checked yet), its backbone and live version."""
+    ref = VersionRef.of(dep.version) if dep.version is not None else None
+    bb = dep.backbone
+    champion = dep.version.task.active_version if dep.version is not None else None
+    folder = store.live / bb.content_hash[:16]
+    rep = StatusReport(
+        state=dep.state,
+        task=ref.task if ref else None,
+        version=ref.number if ref else None,
+        version_id=ref.id if ref else None,
+        method=ref.method if ref else None,
+        pending=VersionRef.of(dep.pending_version).label
+        if dep.pending_version is not None
+        else None,
+        backbone={"spec": bb.spec, "content_hash": bb.content_hash, "path": bb.path},
+        updated_at=iso(dep.updated_at),
+        live_file=str(folder / "backbone.safetensors"),
+        head_file=str(folder / "head.safetensors"),
+        champion=champion.number if champion is not None else None,
+    )
+    if ref is not None and rep.champion != ref.number:
+        rep.notes.append(
+            f"{ref.label} is live, but {ref.task}'s champion is "
+            + (f"v{rep.champion}" if rep.champion is not None else "unset")
+            + f" ('mgr switch {ref.task}' makes it live)"
+        )
+    return rep, (bb.spec, bb.content_hash, bb.path), ref
+
+
+def _quick_problem(
+    store: Store, backbone: tuple[str, str, str], ref: VersionRef | None
+) -> str | None:
+    """The cheap check (no torch): why the live files cannot be trusted, or None."""
+    try:
+        return live_problem(store, store.resolve(backbone[2]), ref.id if ref else None, backbone[1])
+    except MgrError as exc:
+        return str(exc)
 
 
 def _check_live(store: Store, backbone: tuple[str, str, str], ref: VersionRef | None) -> list[str]:
