@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
-from manager.adapters.config import METHODS, ConsolidatorConfig, LoraConfig
+from manager.adapters.config import METHODS
 from manager.cli.app import App, console, echo_json, json_option, pass_app
 from manager.cli.types import DEVICE, SEED, FiniteFloat, Groups, Int64, Size
 from manager.errors import MgrError
@@ -56,14 +56,8 @@ RUN_OPTIONS = {
 def option_defaults() -> dict[str, Any]:
     """Each option's default, by click parameter name, read from the config dataclasses."""
     cfg, opts = TrainConfig(), RunOptions()
-    method = {
-        "method": cfg.method,
-        "groups": "" if cfg.adapter.branches is None else cfg.adapter.groups,  # type: ignore[union-attr]
-        "shuffle": ConsolidatorConfig.shuffle,
-        "drop_path": ConsolidatorConfig.drop_path,
-        "lora_rank": LoraConfig.rank,
-        "lora_alpha": LoraConfig.alpha,
-    }
+    flat = cfg.to_json()  # the method's options as the catalog records them (method_config's)
+    method = {k: flat.get(f) for k, f in ADAPTER_OPTIONS.items()}  # lora_alpha: None, the rank
     return {
         **method,
         **{k: getattr(cfg, f) for k, f in CONFIG_OPTIONS.items()},
