@@ -116,16 +116,18 @@ def run_one(
     meta = DeltaMeta(
         method_name, spec, content_hash(backbone_state(model)), torch.float32, num_classes
     )
-    cfg = TrainConfig(
-        method=method_name,
-        epochs=epochs,
-        seed=seed,
-        batch_size=batch_size,
-        weight_decay=1e-4,
-        lr=lr,
-        precision=precision,
-        compile=compile,
-        **overrides,
+    cfg = TrainConfig.from_json(
+        dict(
+            method=method_name,
+            epochs=epochs,
+            seed=seed,
+            batch_size=batch_size,
+            weight_decay=1e-4,
+            lr=lr,
+            precision=precision,
+            compile=compile,
+            **overrides,
+        )
     )
     method = get_method(method_name)
     prepare_model(model, method, cfg)

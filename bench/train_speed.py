@@ -108,12 +108,14 @@ def prepare(
     net = build_backbone(spec, "random", num_classes=100)
     g = net.embed_dim // 2  # two input channels per group, as the paper's release
     structure = ((g * 2, False), (g, True)) if over.get("groups") == "*2" else ((g, False),)
-    cfg = TrainConfig(
-        method=name,
-        **{**over, "groups": format_structure(structure)},
-        batch_size=batch,
-        precision=precision,
-        compile=compile,
+    cfg = TrainConfig.from_json(
+        dict(
+            method=name,
+            **{**over, "groups": format_structure(structure)},
+            batch_size=batch,
+            precision=precision,
+            compile=compile,
+        )
     )
     prepare_model(net, get_method(name), cfg)  # the trainer's own checks and surgery
     net.to(dev).train()

@@ -46,7 +46,7 @@ def run(
     torch.manual_seed(seed)
     model = build_backbone(spec, ASSETS / "deit_tiny_patch16_224.safetensors", num_classes)
     meta = DeltaMeta(method, spec, content_hash(backbone_state(model)), torch.float32, num_classes)
-    cfg = TrainConfig(method=method, seed=seed, **overrides)
+    cfg = TrainConfig.from_json(dict(method=method, seed=seed, **overrides))
     m = get_method(method)
     prepare_model(model, m, cfg)
     _, metrics = train_adapter(model, m, cfg, data, meta=meta)

@@ -30,17 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manager.adapters.config import AdapterConfig, BitFitConfig, ConsolidatorConfig, LoraConfig
-from manager.adapters.inject import (
-    METHOD_GROUPS,
-    consolidator_layers,
-    inject_consolidator,
-    inject_lora,
-    mark_lora,
-    mark_trainable,
+from manager.adapters.config import (
+    CONFIG_TYPES,
+    AdapterConfig,
+    BitFitConfig,
+    ConsolidatorConfig,
+    FullConfig,
+    LinearProbeConfig,
+    LoraConfig,
 )
+from manager.adapters.inject import consolidator_layers, inject
 from manager.adapters.lora import LoRALinear
-from manager.adapters.validate import check_lora_rank, check_structure
+from manager.adapters.validate import check_config
 from manager.delta.delta import Delta, DeltaMeta, dtype_name
 from manager.errors import BadInput, Diverged
 from manager.home import Home
@@ -83,27 +84,15 @@ def adapt(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """
     if model in _ADAPTED or consolidator_layers(model):
         raise BadInput("the model is already adapted; adapt a fresh (plain) timm model")
-    if isinstance(config, ConsolidatorConfig):
-        check_structure(model, config.branches)
-        identity = _backbone_identity(model)
-        inject_consolidator(model, config)
-        mark_trainable(model, METHOD_GROUPS["consolidator"])
-        method = "consolidator"
-    elif isinstance(config, LoraConfig):
-        check_lora_rank(model, config.rank)
-        identity = _backbone_identity(model)
-        inject_lora(model, config.rank, float(config.alpha or config.rank), config.target_modules)
-        mark_lora(model)
-        method = "lora"
-    elif isinstance(config, BitFitConfig):
-        identity = _backbone_identity(model)
-        mark_trainable(model, METHOD_GROUPS[config.method])
-        method = config.method
-    else:
+    if not isinstance(config, CONFIG_TYPES):
         raise BadInput(
-            f"adapt() takes a ConsolidatorConfig, LoraConfig or BitFitConfig, "
-            f"got {type(config).__name__}"
+            "adapt() takes a ConsolidatorConfig, LoraConfig, BitFitConfig, LinearProbeConfig or "
+            f"FullConfig, got {type(config).__name__}"
         )
+    check_config(model, config)
+    identity = _backbone_identity(model)
+    inject(model, config)
+    method = config.method
     _ADAPTED[model] = _Adapted(method, *identity)
     return model
 
@@ -185,11 +174,7 @@ def train_adapter(
     _check_positive("epochs", epochs, integer=True)
     rate = get_method(info.method).default_lr if lr is None else lr
     _check_positive("lr", rate)
-    if not (isinstance(weight_decay, int | float) and math.isfinite(weight_decay)) or (
-        weight_decay < 0
-    ):
-        raise BadInput(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    cfg = TrainConfig(method=info.method, lr=rate, weight_decay=float(weight_decay))
+    cfg = TrainConfig.from_json({"method": info.method, "lr": rate, "weight_decay": weight_decay})
     groups = param_groups(model, cfg.weight_decay, group_lrs(cfg, rate))
     if not groups:
         raise BadInput("the model has nothing to train: call adapt(model, config) first")
@@ -292,7 +277,9 @@ __all__ = [
     "BitFitConfig",
     "ConsolidatorConfig",
     "Delta",
+    "FullConfig",
     "HomeHandle",
+    "LinearProbeConfig",
     "LoraConfig",
     "Switcher",
     "TrainResult",

@@ -183,7 +183,7 @@ def _perturbed_delta(base_model, method: str, structure, dtype, seed: int, backb
     model = copy.deepcopy(base_model)
     groups = format_structure(structure) if structure else ""
     m = get_method(method)
-    prepare_model(model, m, TrainConfig(method=method, groups=groups, lora_rank=4))
+    prepare_model(model, m, TrainConfig.from_json(dict(method=method, groups=groups, lora_rank=4)))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

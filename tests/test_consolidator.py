@@ -62,9 +62,13 @@ def test_structure_is_checked_against_the_model_widths():
 
     before = {n: type(m) for n, m in model.named_modules()}
     with pytest.raises(MgrError, match="g=7"):
-        prepare_model(model, get_method("consolidator"), TrainConfig(groups="96,7s"))
+        prepare_model(
+            model, get_method("consolidator"), TrainConfig.from_json(dict(groups="96,7s"))
+        )
     assert {n: type(m) for n, m in model.named_modules()} == before
-    assert prepare_model(model, get_method("consolidator"), TrainConfig(groups="96,48s")) == (
+    assert prepare_model(
+        model, get_method("consolidator"), TrainConfig.from_json(dict(groups="96,48s"))
+    ) == (
         (96, False),
         (48, True),
     )

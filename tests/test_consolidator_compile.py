@@ -16,7 +16,7 @@ from manager.train.train_adapter import prepare_model
 def test_compiled_training_step_has_no_graph_breaks_and_matches_eager(drop_path):
     model = tiny_vit(num_classes=4)
     # Both training forms (merged weight; masked branches), reordered and strided branches alike.
-    cfg = TrainConfig(groups="8,4s,3s", drop_path=drop_path)
+    cfg = TrainConfig.from_json(dict(groups="8,4s,3s", drop_path=drop_path))
     prepare_model(model, get_method("consolidator"), cfg)
     assert any(isinstance(m, ConsolidatorLinear) for m in model.modules())
     model.train()

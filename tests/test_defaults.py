@@ -27,10 +27,10 @@ def test_per_role_rates_of_mgr_train_with_no_flags():
     assert cfg.lr == pytest.approx(LR, rel=1e-12)
     assert cfg.lr_norm == pytest.approx(LR_NORM, rel=1e-12)
     assert cfg.lr_branch == pytest.approx(LR_BRANCH, rel=1e-12)
-    assert cfg.drop_path == 0.0 and cfg.groups == "" and not cfg.shuffle
+    assert cfg.drop_path == 0.0 and cfg.adapter.branches is None and not cfg.adapter.shuffle
     # Never slower than BitFit on what BitFit trains, and BitFit+LN's norms at the same rate.
     assert cfg.lr == get_method("bitfit").default_lr
-    assert cfg.lr_norm == resolve_lrs(TrainConfig(method="bitfit_ln")).lr_norm
+    assert cfg.lr_norm == resolve_lrs(TrainConfig.from_json(dict(method="bitfit_ln"))).lr_norm
     # An explicit rate wins over the role's default; the others still follow their own.
     given = resolve_lrs(TrainConfig(lr=3e-3))
     assert (given.lr, given.lr_norm, given.lr_branch) == pytest.approx((3e-3, 1e-3, 3e-4))

@@ -72,5 +72,7 @@ def test_rank_is_checked_against_the_narrowest_layer():
             check_lora_rank(model, bad)
     # The trainer checks before it allocates anything.
     with pytest.raises(MgrError, match="LoRA rank 1000 "):
-        prepare_model(model, get_method("lora"), TrainConfig(method="lora", lora_rank=1000))
+        prepare_model(
+            model, get_method("lora"), TrainConfig.from_json(dict(method="lora", lora_rank=1000))
+        )
     assert not any(isinstance(m, LoRALinear) for m in model.modules())

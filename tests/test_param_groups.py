@@ -34,7 +34,9 @@ def _expected_role(name: str, p: torch.Tensor) -> str:
 
 def _prepared(method: str, **cfg_kwargs) -> tuple[torch.nn.Module, TrainConfig]:
     model = tiny_vit(num_classes=5)
-    cfg = TrainConfig(method=method, groups="96" if method == "consolidator" else "", **cfg_kwargs)
+    cfg = TrainConfig.from_json(
+        dict(method=method, groups="96" if method == "consolidator" else "", **cfg_kwargs)
+    )
     prepare_model(model, get_method(method), cfg)
     return model, cfg
 
@@ -72,13 +74,13 @@ def test_groups_hold_exactly_each_roles_parameters(method):
 def test_defaults_come_from_the_method_and_unused_roles_stay_unset():
     for method in ("consolidator", "lora", "bitfit", "full"):
         m = get_method(method)
-        r = resolve_lrs(TrainConfig(method=method))
+        r = resolve_lrs(TrainConfig.from_json(dict(method=method)))
         assert r.lr == m.default_lr
         assert r.lr_norm == (None if m.norm_scale is None else m.default_lr * m.norm_scale)
         assert r.lr_branch == (None if m.branch_scale is None else m.default_lr * m.branch_scale)
-    assert resolve_lrs(TrainConfig(method="bitfit")).lr_norm is None
+    assert resolve_lrs(TrainConfig.from_json(dict(method="bitfit"))).lr_norm is None
     # An explicit rate wins over the scale; the base rate moves the scaled ones.
-    r = resolve_lrs(TrainConfig(method="consolidator", lr=1e-2, lr_norm=1e-3))
+    r = resolve_lrs(TrainConfig.from_json(dict(method="consolidator", lr=1e-2, lr_norm=1e-3)))
     assert r.lr_norm == 1e-3 and r.lr_branch == 1e-2 * get_method("consolidator").branch_scale
 
 
@@ -137,7 +139,7 @@ def test_cli_records_every_groups_rate(mgr):
 
 
 def test_group_lrs_follow_the_base_rate_when_not_given():
-    cfg = dataclasses.replace(TrainConfig(method="consolidator"), lr=None)
+    cfg = dataclasses.replace(TrainConfig.from_json(dict(method="consolidator")), lr=None)
     m = get_method("consolidator")
     lrs = group_lrs(cfg, 1e-2)
     assert lrs.lr == 1e-2 and lrs.lr_norm == pytest.approx(1e-2 * m.norm_scale)

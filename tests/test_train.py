@@ -165,7 +165,7 @@ def test_real_flowers_subset_far_above_chance(assets):
 
     train, val = subset("train"), subset("val")
     assert len(train) == 100 and len(val) == 100
-    cfg = TrainConfig(epochs=5, batch_size=25, drop_path=0.2)
+    cfg = TrainConfig.from_json(dict(epochs=5, batch_size=25, drop_path=0.2))
     method = get_method("consolidator")
     method.prepare(model, cfg)
     fit(model, train, cfg, lr=2e-3, mean=mean, std=std)

@@ -38,7 +38,7 @@ def _train_in_process(**over):
     from manager.train.train_adapter import prepare_model, train_adapter
 
     model = tiny_vit(num_classes=3)
-    cfg = TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 1e-3, **over})
+    cfg = TrainConfig.from_json(dict(**{"epochs": 2, "batch_size": 8, "lr": 1e-3, **over}))
     method = get_method(cfg.method)
     prepare_model(model, method, cfg)
     meta = DeltaMeta(cfg.method, TINY_SPEC, "0" * 64, torch.float32, 3)
@@ -190,7 +190,9 @@ def test_checkpoints_carry_the_grad_scaler_and_resume(tmp_path: Path):
             model, method, cfg, _tiny_data(), "cpu", meta=meta, checkpoint=ck, resume=resume
         )
 
-    cfg = TrainConfig(method="bitfit", epochs=2, batch_size=8, lr=1e-3, precision="fp16")
+    cfg = TrainConfig.from_json(
+        dict(method="bitfit", epochs=2, batch_size=8, lr=1e-3, precision="fp16")
+    )
     straight = Memory()
     full, _ = run(cfg, straight)
     assert "scaler" in straight.states[0]["step"]

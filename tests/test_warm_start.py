@@ -30,7 +30,7 @@ def _trained(method: str, num_classes: int, seed: int, **cfg):
     """A prepared tiny model with random (non-initial) adapter values, and its delta."""
     model = tiny_vit(num_classes=num_classes, seed=seed)
     m = get_method(method)
-    prepare_model(model, m, TrainConfig(method=method, **cfg))
+    prepare_model(model, m, TrainConfig.from_json(dict(method=method, **cfg)))
     gen = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
         for p in model.parameters():
@@ -43,7 +43,7 @@ def _trained(method: str, num_classes: int, seed: int, **cfg):
 def _fresh(method: str, num_classes: int, **cfg):
     model = tiny_vit(num_classes=num_classes, seed=5)
     m = get_method(method)
-    prepare_model(model, m, TrainConfig(method=method, **cfg))
+    prepare_model(model, m, TrainConfig.from_json(dict(method=method, **cfg)))
     return model, m
 
 

@@ -20,83 +20,17 @@ call, no data-dependent shapes: torch.compile sees one graph):
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manager.delta.structure import (
-    check_divisible,
-    format_structure,
-    parse_structure,
-    scatter_branches,
-)
+from manager.adapters.config import Branch, ConsolidatorConfig
+from manager.delta.structure import check_divisible, scatter_branches
 from manager.errors import BadInput
 
-
-@dataclass(frozen=True)
-class Branch:
-    """One grouped connection: ``g`` groups, input channels reordered first when ``shuffle``."""
-
-    g: int
-    shuffle: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.g}{'s' if self.shuffle else ''}"
-
-
-@dataclass(frozen=True)
-class ConsolidatorConfig:
-    """The branches of every adapted layer and the DropPath rate applied to each branch's output.
-
-    ``branches`` takes any spelling of a structure (``"96,48s"``, ``[[96, False]]``, ``Branch``
-    objects) and keeps it as ``Branch`` objects. The default, g=384, is the paper's ViT-B setting
-    (two input channels per group); DeiT-tiny's layers take g=96.
-    """
-
-    branches: tuple[Branch, ...] = (Branch(384),)
-    drop_path: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.branches:
-            raise BadInput("a consolidator needs at least one branch")
-        if not all(isinstance(b, Branch) for b in self.branches) or isinstance(self.branches, str):
-            parsed = parse_structure(self.branches)
-            object.__setattr__(self, "branches", tuple(Branch(g, s) for g, s in parsed))
-        else:
-            object.__setattr__(self, "branches", tuple(self.branches))
-        for b in self.branches:
-            if b.g < 1:
-                raise BadInput(f"branch groups must be positive, got g={b.g}")
-        dp = self.drop_path
-        if isinstance(dp, bool) or not isinstance(dp, int | float) or not 0.0 <= dp < 1.0:
-            raise BadInput(f"drop_path must be in [0, 1), got {dp!r}")
-
-    @classmethod
-    def parse(
-        cls, spec: str | Iterable, *, shuffle: bool = False, drop_path: float = 0.0
-    ) -> ConsolidatorConfig:
-        """Any spelling of a structure (see ``parse_structure``): ``"384,192"`` (all reordered if
-        ``shuffle``), ``"96,96s"`` (``s``: reordered), ``[[96, False], [96, True]]``."""
-        branches = parse_structure(spec, shuffle=shuffle)
-        return cls(tuple(Branch(g, s) for g, s in branches), drop_path)
-
-    def __str__(self) -> str:
-        return format_structure(self.branches)
-
-    def to_json(self) -> str:
-        """A stable JSON form for the catalog."""
-        return json.dumps(
-            {"branches": format_structure(self.branches, "json"), "drop_path": self.drop_path}
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> ConsolidatorConfig:
-        d = json.loads(text)
-        return cls.parse(d["branches"], drop_path=float(d["drop_path"]))
+__all__ = ["Branch", "ConsolidatorConfig", "ConsolidatorLinear", "branch_forward"]
 
 
 def branch_forward(x: Tensor, w: Tensor, shuffle: bool) -> Tensor:
@@ -296,6 +230,8 @@ class ConsolidatorLinear(nn.Module):
     def __init__(self, base: nn.Linear, config: ConsolidatorConfig, name: str = "layer"):
         super().__init__()
         out, in_ = base.weight.shape
+        if config.branches is None:
+            raise BadInput("choose the branches (ConsolidatorConfig.for_model) before wrapping")
         for b in config.branches:
             check_divisible((out, in_), b.g, name)
         self.in_features, self.out_features = in_, out

@@ -14,10 +14,18 @@ from collections.abc import Callable, Iterable
 
 from torch import Tensor, nn
 
-from manager.adapters.consolidator import ConsolidatorConfig, ConsolidatorLinear
-from manager.errors import MgrError
-
-TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+from manager.adapters.config import (
+    TARGETS,
+    AdapterConfig,
+    BitFitConfig,
+    ConsolidatorConfig,
+    FullConfig,
+    LinearProbeConfig,
+    LoraConfig,
+)
+from manager.adapters.consolidator import ConsolidatorLinear
+from manager.adapters.lora import LoRALinear
+from manager.errors import BadInput, MgrError
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:
@@ -55,8 +63,17 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent), leaf, module)
 
 
+def default_groups(model: nn.Module) -> str:
+    """The paper's released ratio, two input channels per group: g=384 on ViT-B, 96 on DeiT-tiny
+    (what ``ConsolidatorConfig(branches=None)`` and ``mgr train`` without ``--groups`` use)."""
+    dims = {d for _, m in target_modules(model) for d in (m.in_features, m.out_features)}
+    return str(min(dims) // 2)
+
+
 def inject_consolidator(model: nn.Module, config: ConsolidatorConfig) -> nn.Module:
-    """Replace every target linear by a ``ConsolidatorLinear`` (in place); returns ``model``."""
+    """Replace every target linear by a ``ConsolidatorLinear`` (in place); returns ``model``.
+    Branches left None in ``config`` are the model's default (``default_groups``)."""
+    config = config.for_model(model)
     targets = target_modules(model)
     if any(type(m) is not nn.Linear for _, m in targets):
         raise MgrError("the model is already adapted: its target layers are not plain nn.Linear")
@@ -174,19 +191,15 @@ def delta_whole_params(model: nn.Module) -> dict[str, Tensor]:
     return {n: p.detach() for n, p in select_params(model, ("biases", "norms", "head")).items()}
 
 
-def inject_lora(
-    model: nn.Module, rank: int, alpha: float, targets: Iterable[str] = TARGETS
-) -> nn.Module:
-    """Wrap the chosen target linears of every block in ``LoRALinear`` (in place); returns
-    ``model``. ``targets``: a subset of ``TARGETS``. Freezing is the caller's (``mark_lora``)."""
-    from manager.adapters.lora import LoRALinear
-
-    chosen = tuple(targets)
+def inject_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
+    """Wrap ``config.target_modules`` of every block in ``LoRALinear`` of rank ``config.rank``
+    and scale ``alpha / rank`` (in place); returns ``model``. Freezing is ``mark_lora``'s."""
+    chosen = config.target_modules
     found = [(n, m) for n, m in target_modules(model) if n.split(".", 2)[2] in chosen]
     if any(type(m) is not nn.Linear for _, m in found):
         raise MgrError("the model is already adapted: its target layers are not plain nn.Linear")
     for name, module in found:
-        _set(model, name, LoRALinear(module, r=rank, alpha=alpha))
+        _set(model, name, LoRALinear(module, r=config.rank, alpha=float(config.alpha)))
     return model
 
 
@@ -198,3 +211,24 @@ def mark_lora(model: nn.Module) -> dict[str, nn.Parameter]:
     for p in model.parameters():
         p.requires_grad_(id(p) in ids)
     return chosen
+
+
+def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
+    """The method's surgery and freezing, in place: the method's layers injected (Consolidator,
+    LoRA), then every tensor frozen but those the method trains. Returns ``model``.
+
+    No check against the layer widths here (``manager.adapters.validate`` does that first)."""
+    if isinstance(config, ConsolidatorConfig):
+        inject_consolidator(model, config)
+        mark_trainable(model, METHOD_GROUPS["consolidator"])
+    elif isinstance(config, LoraConfig):
+        inject_lora(model, config)
+        mark_lora(model)
+    elif isinstance(config, BitFitConfig | LinearProbeConfig | FullConfig):
+        mark_trainable(model, METHOD_GROUPS[config.method])
+    else:
+        raise BadInput(
+            "an adapter config is a ConsolidatorConfig, LoraConfig, BitFitConfig, "
+            f"LinearProbeConfig or FullConfig, got {type(config).__name__}"
+        )
+    return model

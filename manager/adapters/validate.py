@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
@@ -49,3 +50,13 @@ def check_structure(model: nn.Module, structure: str | Iterable) -> None:
                 f"g={g} groups do not fit this backbone: g must divide every adapted layer width "
                 f"({', '.join(map(str, widths))}), i.e. divide {common} (e.g. {hint})"
             )
+
+
+def check_config(model: nn.Module, config: Any) -> None:
+    """Raise BadInput unless ``config`` (a method's config) fits ``model``'s layer widths."""
+    from manager.adapters.config import ConsolidatorConfig, LoraConfig
+
+    if isinstance(config, ConsolidatorConfig):
+        check_structure(model, config.for_model(model).branches)  # type: ignore[arg-type]
+    elif isinstance(config, LoraConfig):
+        check_lora_rank(model, config.rank)

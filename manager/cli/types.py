@@ -15,14 +15,14 @@ from typing import Any
 import click
 
 from manager.errors import MgrError
+from manager.train.config import MAX_EPOCHS as MAX_EPOCHS  # the typo guard TrainConfig applies
+from manager.train.config import MAX_SEED
 
 MIN_INT64, MAX_INT64 = -(2**63), 2**63 - 1
 _INT = re.compile(r"\s*([+-]?)([0-9]+)\s*", re.ASCII)
 _FLOAT = re.compile(r"\s*[+-]?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
-_GROUP = re.compile(r"([0-9]+)([sS]?)", re.ASCII)
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::([0-9]{1,3}))?", re.ASCII)
 MAX_DEVICE_INDEX = 127  # torch's device index is an int8
-MAX_EPOCHS = 1_000_000  # a typo guard: no schedule is meant to be longer
 
 
 def _show(value: Any, limit: int = 40) -> str:
@@ -179,24 +179,18 @@ class Groups(_Validated):
     """Consolidator branches: ``g`` per branch, comma separated, each with an optional ``s``
     ("96,96s"); empty means the default structure.
 
-    Only the form and ``g >= 1`` are checked here; whether ``g`` divides the model's widths is
-    known once the backbone is built, and the trainer checks it before training.
+    The form is ``manager.adapters.config.parse_groups``'s (what ``ConsolidatorConfig`` reads);
+    whether ``g`` divides the model's widths is known once the backbone is built, and the
+    trainer checks it before training.
     """
 
     name = "groups"
 
     def check(self, text: str) -> None:
-        spec = text.replace(" ", "")  # as parse_structure reads it
-        if not spec:
-            return
-        for item in spec.split(","):
-            m = _GROUP.fullmatch(item)
-            digits = m.group(1).lstrip("0") if m else ""
-            if not digits or len(digits) > 19 or int(digits) > MAX_INT64:
-                raise MgrError(
-                    f"bad branch {_show(item, 24)} in --groups: each branch is a positive whole "
-                    "number of groups with an optional 's', e.g. '384' or '96,96s'"
-                )
+        from manager.adapters.config import parse_groups
+
+        if text.replace(" ", ""):
+            parse_groups(text, where="--groups")
 
 
 class Device(click.ParamType):
@@ -242,7 +236,7 @@ class DatasetSpec(_Validated):
 
 
 INT64 = Int64()
-SEED = Int64(0, MAX_INT64)  # torch.manual_seed and numpy take 0..2**63-1
+SEED = Int64(0, MAX_SEED)  # torch.manual_seed and numpy take 0..2**63-1
 DEVICE = Device()
 
 device_option = click.option(

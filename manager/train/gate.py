@@ -15,23 +15,22 @@ from typing import Any
 
 import torch
 
-from manager.catalog import Catalog, tasks
 from manager.catalog.aliases import PromotionDecision
-from manager.catalog.lineage import version_classes
 from manager.catalog.models import Backbone
 from manager.catalog.refs import VersionRef
 from manager.delta.delta import Delta
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
+from manager.train.config import MAX_CLASS_DROP, PROMOTE_MODES
 from manager.train.lineage import class_drops
+from manager.train.task_info import TaskInfo
 
-MODES = ("gate", "always", "never")
+MODES = PROMOTE_MODES
 VAL_SPLIT = "val"
 # The forgetting gate compares classes with at least this many evaluation images.
 MIN_CLASS_IMAGES = 10
-# --max-class-drop's default, in points of one class's top-1 (see BENCHMARKS.md, "Continual").
-MAX_CLASS_DROP = 30.0
+__all__ = ["MAX_CLASS_DROP", "MODES", "decide", "gate_split", "load_champion", "score_by_class"]
 
 
 def gate_split(trained_on: str, eval_split: str, asked: str | None = None) -> tuple[str, str]:
@@ -48,8 +47,7 @@ def gate_split(trained_on: str, eval_split: str, asked: str | None = None) -> tu
 
 def decide(
     home: Home,
-    catalog: Catalog,
-    task_name: str,
+    info: TaskInfo,
     delta: Delta,
     mode: str,
     *,
@@ -63,25 +61,19 @@ def decide(
     classes: Sequence[str] | None = None,
     max_class_drop: float | None = None,
 ) -> PromotionDecision:
-    """Whether ``delta`` (a new version of ``task_name``) should become its champion.
+    """Whether ``delta`` (a new version of ``info``'s task) should become its champion.
 
     ``always`` and ``never`` evaluate nothing; ``gate`` scores the new delta and the champion's
-    (the first version of a task is always the champion). ``backbone``: the task's row.
-    ``classes``: the new version's class names (default: the task's); both versions are scored
-    per class by name, and with ``max_class_drop`` the new one is refused if it loses more than
-    that many points of top-1 on any class the champion knew (even if its top-1 rises).
+    (``info.champion``; the first version of a task is always the champion). ``backbone``: the
+    task's row. ``classes``: the new version's class names (default: the task's); both versions
+    are scored per class by name, and with ``max_class_drop`` the new one is refused if it loses
+    more than that many points of top-1 on any class the champion knew (even if its top-1 rises).
     """
     if mode not in MODES:
         raise MgrError(f"--promote must be one of {', '.join(MODES)}, not {mode!r}")
     if mode != "gate":
         return PromotionDecision(mode, mode == "always", f"--promote {mode}")
-    with catalog.session(write=False) as s:
-        task = tasks.get_task(s, task_name)
-        champion = VersionRef.of(task.active_version) if task.active_version else None
-        dataset, root = task.dataset, task.data_root
-        label_set = list(task.class_names)
-        old_classes = version_classes(task.active_version) if task.active_version else []
-    new_classes = list(classes) if classes is not None else label_set
+    champion = info.champion
     if champion is None:
         return PromotionDecision(mode, True, "first version")
     split_name, note = gate_split(trained_on, eval_split, split)
@@ -101,32 +93,51 @@ def decide(
         )  # fmt: skip
     log(f"gate: scoring the new version and champion v{champion.number} on {split_name}")
     new = Delta.from_bytes(delta.to_bytes())  # as it will be stored: the storage dtype's values
+    label_set, old_classes = list(info.class_names), list(info.champion_classes)
+    new_classes = list(classes) if classes is not None else label_set
     scored, counts = score_by_class(
-        home, backbone, [(new, new_classes), (old, old_classes)], dataset, root, split_name,
-        label_set, device,
+        home, backbone, [(new, new_classes), (old, old_classes)], info.dataset, info.data_root,
+        split_name, label_set, device,
     )  # fmt: skip
     (new_score, new_pc), (old_score, old_pc) = scored
     won = new_score >= old_score + margin
-    images = sum(counts.values())
-    details.update(score=round(new_score, 4), champion_score=round(old_score, 4), images=images)
+    details.update(
+        score=round(new_score, 4), champion_score=round(old_score, 4), images=sum(counts.values())
+    )
     reason = f"new {'>=' if won else '<'} champion + margin on {split_name}"
+    refused = _class_gate(details, new_pc, old_pc, old_classes, counts, max_class_drop)
+    if won and refused is not None:
+        won, reason = False, refused
+    return PromotionDecision(mode, won, reason, champion.id, details)
+
+
+def _class_gate(
+    details: dict[str, Any],
+    new_pc: dict[str, float],
+    old_pc: dict[str, float],
+    old_classes: Sequence[str],
+    counts: dict[str, int],
+    max_class_drop: float | None,
+) -> str | None:
+    """The forgetting gate: why the new version is refused for one class's drop, or None.
+    Fills ``details`` with the worst classes (and the limit, where one is set)."""
     # Classes with few images are listed but not gated: one image is worth 100 points there.
     gated = [c for c in old_classes if counts.get(c, 0) >= MIN_CLASS_IMAGES]
-    drops = class_drops(new_pc, old_pc, gated)
     details["worst_classes"] = [
         {"class": c, "champion": round(o, 2), "new": round(n, 2), "change": round(n - o, 2)}
         for c, o, n in class_drops(new_pc, old_pc, old_classes)[:5]
     ]
-    if max_class_drop is not None:
-        details.update(max_class_drop=max_class_drop, gated_classes=len(gated))
-        worst = drops[0] if drops else None
-        if won and worst is not None and worst[1] - worst[2] > max_class_drop:
-            won = False
-            reason = (
-                f"class {worst[0]!r} drops {worst[1] - worst[2]:.1f} points "
-                f"({worst[1]:.1f}% -> {worst[2]:.1f}%), over --max-class-drop {max_class_drop:g}"
-            )
-    return PromotionDecision(mode, won, reason, champion.id, details)
+    if max_class_drop is None:
+        return None
+    details.update(max_class_drop=max_class_drop, gated_classes=len(gated))
+    drops = class_drops(new_pc, old_pc, gated)
+    if not drops or drops[0][1] - drops[0][2] <= max_class_drop:
+        return None
+    name, old, new = drops[0]
+    return (
+        f"class {name!r} drops {old - new:.1f} points ({old:.1f}% -> {new:.1f}%), "
+        f"over --max-class-drop {max_class_drop:g}"
+    )
 
 
 def load_champion(store: Store, ref: VersionRef, backbone: Backbone) -> Delta:

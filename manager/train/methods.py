@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from manager.adapters import ConsolidatorConfig, inject_consolidator, mark_trainable
 from manager.adapters.fold import consolidate, num_classes_of
-from manager.adapters.inject import METHOD_GROUPS, select_params, target_modules
+from manager.adapters.inject import METHOD_GROUPS, default_groups, inject, select_params
 from manager.adapters.lora import LoRALinear
 from manager.delta.delta import DTYPES, Delta, DeltaMeta, LoRALayer
 from manager.errors import MgrError
@@ -45,21 +44,12 @@ class Method:
     branch_range: tuple[float, float] | None = None
 
 
-def default_structure(model: nn.Module) -> str:
-    """The paper's released ratio, two input channels per group: g=384 on ViT-B, 96 on DeiT-tiny."""
-    dims = {d for _, m in target_modules(model) for d in (m.in_features, m.out_features)}
-    return str(min(dims) // 2)
+default_structure = default_groups  # the name tests and benchmarks know
 
 
-def consolidator_config(model: nn.Module, cfg: TrainConfig) -> ConsolidatorConfig:
-    return ConsolidatorConfig.parse(
-        cfg.groups or default_structure(model), shuffle=cfg.shuffle, drop_path=cfg.drop_path
-    )
-
-
-def _prepare_consolidator(model: nn.Module, cfg: TrainConfig) -> None:
-    inject_consolidator(model, consolidator_config(model, cfg))
-    mark_trainable(model, METHOD_GROUPS["consolidator"])
+def _prepare(model: nn.Module, cfg: TrainConfig) -> None:
+    """Every method's surgery and freezing, from its config (``manager.adapters.inject``)."""
+    inject(model, cfg.adapter)
 
 
 def _export_consolidator(model: nn.Module, meta: DeltaMeta) -> Delta:
@@ -68,11 +58,8 @@ def _export_consolidator(model: nn.Module, meta: DeltaMeta) -> Delta:
     )
 
 
-def _groups_method(name: str) -> tuple[Callable, Callable]:
+def _groups_export(name: str) -> Callable[[nn.Module, DeltaMeta], Delta]:
     groups = METHOD_GROUPS[name]
-
-    def prepare(model: nn.Module, cfg: TrainConfig) -> None:
-        mark_trainable(model, groups)
 
     def export(model: nn.Module, meta: DeltaMeta) -> Delta:
         whole = {
@@ -85,24 +72,7 @@ def _groups_method(name: str) -> tuple[Callable, Callable]:
             DeltaMeta(name, meta.backbone, meta.backbone_hash, meta.dtype, num_classes_of(model)),
         )
 
-    return prepare, export
-
-
-def _prepare_lora(model: nn.Module, cfg: TrainConfig) -> None:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, module in target_modules(model):
-        parent, _, leaf = name.rpartition(".")
-        setattr(
-            model.get_submodule(parent),
-            leaf,
-            LoRALinear(module, r=cfg.lora_rank, alpha=cfg.lora_rank),
-        )
-    for n, p in model.named_parameters():
-        if "lora_" in n:
-            p.requires_grad_(True)
-    for p in select_params(model, ("head",)).values():
-        p.requires_grad_(True)
+    return export
 
 
 def _export_lora(model: nn.Module, meta: DeltaMeta) -> Delta:
@@ -124,8 +94,7 @@ def _export_lora(model: nn.Module, meta: DeltaMeta) -> Delta:
 
 
 def _method(name: str, summary: str, lr: float, **kwargs: object) -> Method:
-    prepare, export = _groups_method(name)
-    return Method(name, summary, lr, prepare, export, **kwargs)  # type: ignore[arg-type]
+    return Method(name, summary, lr, _prepare, _groups_export(name), **kwargs)  # type: ignore[arg-type]
 
 
 # Learning-rate defaults, from measurements (BENCHMARKS.md, "Learning rates per parameter group"
@@ -149,7 +118,7 @@ METHODS: dict[str, Method] = {
             "consolidator",
             "grouped-connection branches + biases + LayerNorms + head",
             CONSOLIDATOR_LR,
-            _prepare_consolidator,
+            _prepare,
             _export_consolidator,
             norm_scale=NORM_SCALE,
             branch_scale=BRANCH_SCALE,
@@ -169,7 +138,7 @@ METHODS: dict[str, Method] = {
             "lora",
             "LoRA rank r on qkv/proj/fc1/fc2 (mergeable) + head",
             1e-2,
-            _prepare_lora,
+            _prepare,
             _export_lora,
             branch_scale=1.0,
             lr_range=(1e-3, 2e-2),

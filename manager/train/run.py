@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from manager.catalog import Catalog, budgets, reservations, tasks
+from manager.adapters.config import ConsolidatorConfig
+from manager.catalog import Catalog, budgets, reservations
 from manager.catalog.models import Backbone, Task
 from manager.delta.delta import DeltaMeta
 from manager.delta.structure import Structure, format_structure
@@ -34,11 +35,12 @@ from manager.specs import format_spec, split_spec
 from manager.store.fs import Store
 from manager.train import distributed
 from manager.train.checkpoint import Checkpoint
-from manager.train.config import TrainConfig
+from manager.train.config import RunOptions, TrainConfig
 from manager.train.distributed import Dist
 from manager.train.groups import resolve_lrs
 from manager.train.loop import ProgressFn
 from manager.train.methods import Method, get_method, storage_dtype
+from manager.train.task_info import TaskInfo, load_task_info
 from manager.train.train_adapter import TrainData, export_adapter, fit_adapter, prepare_model
 
 # Default splits: train on the official training split, report on the official test split.
@@ -60,52 +62,16 @@ class TrainOutcome:
     promotion: dict[str, Any] | None = None  # the gate's decision (see manager.train.gate)
 
 
-@dataclass(frozen=True)
-class _TaskInfo:
-    """What a run needs of its task row, read once."""
-
-    id: int
-    name: str
-    dataset: str
-    data_root: str | None
-    num_classes: int
-    spec: str
-    weights: str | None
-    backbone_id: int | None
-    parent_id: int | None
-    class_names: tuple[str, ...] = ()  # the task's label set, in label order
-
-
-def _task_info(task: Task) -> _TaskInfo:
-    parent = task.active_version_id or (task.versions[-1].id if task.versions else None)
-    return _TaskInfo(
-        task.id,
-        task.name,
-        task.dataset,
-        task.data_root,
-        task.num_classes,
-        task.backbone_spec,
-        task.weights,
-        task.backbone_id,
-        parent,
-        tuple(task.class_names),
-    )
-
-
-def load_task_info(catalog: Catalog, task_name: str) -> _TaskInfo:
-    """What a run needs of task ``task_name``, read once (the tuner builds the same model)."""
-    with catalog.session(write=False) as s:
-        return _task_info(tasks.get_task(s, task_name))
-
-
 def build_model(
-    home: Home, catalog: Catalog, info: _TaskInfo, img_size: int | None
+    home: Home, catalog: Catalog, info: TaskInfo, img_size: int | None
 ) -> tuple[nn.Module, Backbone]:
     """The task's backbone with a fresh head, materialised and bound to the task on first use."""
     from manager.backbone import build_backbone, new_head
 
     with catalog.session(write=False) as s:
-        bound = s.get(Backbone, info.backbone_id) if info.backbone_id else None
+        # The row's binding now, not the snapshot's: the tuner may have bound it since.
+        backbone_id = _task_row(s, info).backbone_id
+        bound = s.get(Backbone, backbone_id) if backbone_id else None
         if bound is not None:
             s.expunge(bound)
     spec = bound.spec if bound is not None else info.spec
@@ -139,7 +105,7 @@ def build_model(
     return model, bound
 
 
-def _task_row(s: Any, info: _TaskInfo) -> Task:
+def _task_row(s: Any, info: TaskInfo) -> Task:
     task = s.get(Task, info.id)
     if task is None:
         raise MgrError(f"task {info.name!r} was removed while it was being trained")
@@ -148,7 +114,7 @@ def _task_row(s: Any, info: _TaskInfo) -> Task:
 
 def _fit_budget(
     catalog: Catalog,
-    info: _TaskInfo,
+    info: TaskInfo,
     model: nn.Module,
     cfg: TrainConfig,
     method: Method,
@@ -159,11 +125,12 @@ def _fit_budget(
     """``cfg`` with the finest one-branch structure that fits the budgets (a new config)."""
     from manager.adapters.sizing import finest_fitting, single_branch_candidates
 
-    if method.name != "consolidator":
+    adapter = cfg.adapter
+    if not isinstance(adapter, ConsolidatorConfig):
         raise MgrError(
             "--fit-budget picks a consolidator structure; it needs --method consolidator"
         )
-    if cfg.groups:
+    if adapter.branches is not None:
         return cfg
     with catalog.session(write=False) as s:
         room = budgets.headroom(s, _task_row(s, info))
@@ -172,19 +139,18 @@ def _fit_budget(
         return cfg
     chosen = finest_fitting(
         model,
-        single_branch_candidates(model, cfg.shuffle, cfg.drop_path),
+        single_branch_candidates(model, adapter.shuffle, adapter.drop_path),
         min(limits),
         meta.dtype,
         num_classes=info.num_classes,
         backbone_name=meta.backbone,
         backbone_hash=meta.backbone_hash,
     )
-    groups = format_structure(chosen.branches)
-    log(f"--fit-budget: structure g={groups} fits {min(limits)} bytes")
-    return dataclasses.replace(cfg, groups=groups)
+    log(f"--fit-budget: structure g={format_structure(chosen.branches)} fits {min(limits)} bytes")
+    return dataclasses.replace(cfg, adapter=dataclasses.replace(adapter, branches=chosen.branches))
 
 
-def _reserve(catalog: Catalog, info: _TaskInfo, projected: int) -> int:
+def _reserve(catalog: Catalog, info: TaskInfo, projected: int) -> int:
     """Check the budgets and reserve ``projected`` bytes in one write transaction."""
     with catalog.session() as s:
         reservations.purge_stale(s)
@@ -201,7 +167,7 @@ def _release(catalog: Catalog, reservation: int) -> None:
 
 
 def load_data(
-    info: _TaskInfo, model: nn.Module, train_split: str | None, eval_split: str
+    info: TaskInfo, model: nn.Module, train_split: str | None, eval_split: str
 ) -> TrainData:
     """The task's train and eval splits, decoded once at the model's input size."""
     from manager.datasets import create_dataset
@@ -225,65 +191,53 @@ def load_data(
 def train_task(
     home: Home,
     catalog: Catalog,
-    task_name: str,
+    task: str | TaskInfo,
     cfg: TrainConfig,
+    opts: RunOptions | None = None,
     *,
-    device: str = "auto",
-    resume: bool = False,
-    fit_budget: bool = False,
-    budget_bytes: int | None = None,
-    promote: bool | str = "gate",
-    gate_margin: float = 0.0,
-    gate_split: str | None = None,
-    train_split: str | None = None,
-    eval_split: str = EVAL_SPLIT,
     progress: ProgressFn | None = None,
     log: Callable[[str], Any] = print,
-    init: str | None = None,
-    if_changed: bool = False,
-    hash_data: bool = False,
-    max_class_drop: float | None = None,
 ) -> TrainOutcome | None:
-    """Train ``task_name``'s adapter and record it as a new version (see the module docstring).
+    """Train ``task``'s adapter and record it as a new version (see the module docstring).
 
-    ``init``: start from that version's adapter (``champion``, ``TASK@V``; see
-    ``manager.train.warmstart``). ``if_changed``: raise ``manager.train.lineage.Unchanged``
-    before any work when the data, classes and settings match the champion's. ``hash_data``:
-    fingerprint file contents, not only sizes and mtimes. ``max_class_drop``: the gate's limit
-    on any one class's loss of top-1 (points).
-
-    ``promote``: ``"gate"`` (the champion changes only if the new version beats it by
-    ``gate_margin`` points on ``gate_split``, see ``manager.train.gate``), ``"always"``,
-    ``"never"``; True and False mean always and never.
+    ``task``: its name, or the snapshot ``mgr train`` read (``manager.train.task_info``).
+    ``opts``: how to run and record (``RunOptions``: device, resume, budgets, the promotion
+    gate, warm start, ...). With ``opts.if_changed``, raises ``manager.train.lineage.Unchanged``
+    before any work when the data, classes and settings match the champion's.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this: rank 0 returns the outcome,
     the other ranks train their share and return None (``manager.train.distributed``).
     """
+    opts = opts or RunOptions()
+    info = task if isinstance(task, TaskInfo) else load_task_info(catalog, task)
     ctx = distributed.from_env()
-    dev = distributed.rank_device(resolve_device(device), ctx)
+    dev = distributed.rank_device(resolve_device(opts.device), ctx)
+    run = _Run(home, catalog, info, opts, dev, ctx, progress, log, get_method(cfg.method))
     with distributed.process_group(ctx, dev):
-        return _train(
-            home,
-            catalog,
-            task_name,
-            cfg,
-            dev,
-            ctx,
-            resume=resume,
-            fit_budget=fit_budget,
-            budget_bytes=budget_bytes,
-            promote=promote,
-            gate_margin=gate_margin,
-            gate_split=gate_split,
-            train_split=train_split,
-            eval_split=eval_split,
-            progress=progress,
-            log=log,
-            init=init,
-            if_changed=if_changed,
-            hash_data=hash_data,
-            max_class_drop=max_class_drop,
-        )
+        return _train(run, cfg)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one run shares: where, which task, how, and the method."""
+
+    home: Home
+    catalog: Catalog
+    info: TaskInfo
+    opts: RunOptions
+    dev: torch.device
+    ctx: Dist | None
+    progress: ProgressFn | None
+    log: Callable[[str], Any]
+    method: Method
+
+    @property
+    def trained_on(self) -> str:
+        return self.opts.train_split or TRAIN_SPLIT.get(self.info.dataset.split(":", 1)[0], "train")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info.class_names)
 
 
 @dataclass
@@ -298,230 +252,185 @@ class _Prepared:
     reservation: int | None = None
 
 
-def _prepare(
-    home: Home,
-    catalog: Catalog,
-    info: _TaskInfo,
-    cfg: TrainConfig,
-    method: Method,
-    dtype: torch.dtype,
-    *,
-    fit_budget: bool,
-    budget_bytes: int | None,
-    reserve: bool,
-    log: Callable[[str], Any],
-) -> _Prepared:
+def _prepare(r: _Run, cfg: TrainConfig, *, main: bool) -> _Prepared:
+    """Build and prepare the model; on the main process also fit (``--fit-budget``) and
+    reserve the projected size, the others rebuilding what it chose."""
     torch.manual_seed(cfg.seed)
-    model, backbone = build_model(home, catalog, info, cfg.img_size)
-    meta = DeltaMeta(method.name, backbone.spec, backbone.content_hash, dtype, info.num_classes)
-    if fit_budget:
-        cfg = _fit_budget(catalog, info, model, cfg, method, meta, budget_bytes, log)
-    structure = prepare_model(model, method, cfg)
-    if not reserve:
+    model, backbone = build_model(r.home, r.catalog, r.info, cfg.img_size)
+    dtype = storage_dtype(cfg.storage_dtype)
+    meta = DeltaMeta(r.method.name, backbone.spec, backbone.content_hash, dtype, r.info.num_classes)
+    budget = r.opts.budget_bytes
+    if main and r.opts.fit_budget:
+        cfg = _fit_budget(r.catalog, r.info, model, cfg, r.method, meta, budget, r.log)
+    structure = prepare_model(model, r.method, cfg)
+    if not main:
         return _Prepared(cfg, model, backbone, structure, meta)
-    projected = len(method.export(model, meta).to_bytes())
-    if budget_bytes is not None and projected > budget_bytes:
+    projected = len(r.method.export(model, meta).to_bytes())
+    if budget is not None and projected > budget:
         raise MgrError(
-            f"the {method.name} artifact needs {projected} bytes, over --budget "
-            f"{budget_bytes}; use a coarser --groups or --fit-budget"
+            f"the {r.method.name} artifact needs {projected} bytes, over --budget "
+            f"{budget}; use a coarser --groups or --fit-budget"
         )
-    return _Prepared(cfg, model, backbone, structure, meta, _reserve(catalog, info, projected))
+    reservation = _reserve(r.catalog, r.info, projected)
+    return _Prepared(cfg, model, backbone, structure, meta, reservation)
 
 
-def _train(
-    home: Home,
-    catalog: Catalog,
-    task_name: str,
-    cfg: TrainConfig,
-    dev: torch.device,
-    ctx: Dist | None,
-    *,
-    resume: bool,
-    fit_budget: bool,
-    budget_bytes: int | None,
-    promote: bool | str,
-    gate_margin: float,
-    gate_split: str | None,
-    train_split: str | None,
-    eval_split: str,
-    progress: ProgressFn | None,
-    log: Callable[[str], Any],
-    init: str | None = None,
-    if_changed: bool = False,
-    hash_data: bool = False,
-    max_class_drop: float | None = None,
-) -> TrainOutcome | None:
-    from manager.datasets.transforms import data_config
+def _agree(r: _Run, cfg: TrainConfig) -> _Prepared:
+    """The prepared run; under torchrun rank 0 decides (backbone bound, structure fitted, budget
+    reserved) before any rank trains, and the others build the same model from its settings."""
+    ctx = r.ctx
+    if ctx is None:
+        return _prepare(r, cfg, main=True)
+    if not ctx.is_main:
+        return _prepare(r, TrainConfig.from_json(ctx.decide(None)), main=False)
+    try:
+        run = _prepare(r, cfg, main=True)
+    except Exception as e:
+        ctx.decide(str(e) if isinstance(e, MgrError) else f"rank 0 failed: {e}")
+        raise
+    ctx.decide(None, run.cfg.to_json())
+    return run
+
+
+def _checkpoint(r: _Run) -> Checkpoint:
+    name = r.info.name
+    store = Store.of(r.home)
+    store.task_dir(name)  # a linked artifacts folder is refused before any work
+    checkpoint = Checkpoint.of(store, name)
+    if r.opts.resume and not checkpoint.exists():
+        raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {name!r}")
+    return checkpoint
+
+
+def _lineage_keys(r: _Run, cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
+    """The run's settings hash and data identity; with ``--if-changed``, raise ``Unchanged``
+    when both (and the label set) match the champion's."""
     from manager.train import lineage
 
-    t0 = time.perf_counter()
-    method = get_method(cfg.method)
-    dtype = storage_dtype(cfg.storage_dtype)
-    cfg = dataclasses.replace(cfg, precision=precision_name(cfg.precision, dev))
-    cfg = resolve_lrs(cfg, method)  # every group's rate recorded, defaults filled in
-    with catalog.session(write=False) as s:
-        info = _task_info(tasks.get_task(s, task_name))
-    store = Store.of(home)
-    store.task_dir(task_name)  # a linked artifacts folder is refused before any work
-    checkpoint = Checkpoint.of(store, task_name)
-    if resume and not checkpoint.exists():
-        raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {task_name!r}")
-    trained_on = train_split or TRAIN_SPLIT.get(info.dataset.split(":", 1)[0], "train")
-    classes = list(info.class_names)
-    settings = lineage.settings_hash(cfg, trained_on, eval_split)
-    identity = lineage.data_identity(info.dataset, info.data_root, content=hash_data)
-    if if_changed:
-        with catalog.session(write=False) as s:
-            champ = tasks.get_task(s, task_name).active_version
-            champ_lineage = champ.lineage if champ is not None else None
-            champ_label = f"{task_name}@{champ.number}" if champ is not None else None
-        reason = lineage.unchanged_reason(champ_lineage, identity, classes, settings)
+    settings = lineage.settings_hash(cfg, r.trained_on, r.opts.eval_split)
+    info = r.info
+    identity = lineage.data_identity(info.dataset, info.data_root, content=r.opts.hash_data)
+    if r.opts.if_changed:
+        reason = lineage.unchanged_reason(info.champion_lineage, identity, r.classes, settings)
         if reason is not None:
-            raise lineage.Unchanged(f"{champ_label} {reason}")
-    source = _init_source(home, catalog, task_name, init, method.name) if init else None
+            champ = info.champion
+            raise lineage.Unchanged(f"{champ.label if champ else None} {reason}")
+    return settings, identity
 
-    def prepare(cfg: TrainConfig, *, fit: bool, reserve: bool) -> _Prepared:
-        return _prepare(
-            home,
-            catalog,
-            info,
-            cfg,
-            method,
-            dtype,
-            fit_budget=fit,
-            budget_bytes=budget_bytes,
-            reserve=reserve,
-            log=log,
-        )
 
-    if ctx is None:
-        run = prepare(cfg, fit=fit_budget, reserve=True)
-    elif ctx.is_main:
-        # Rank 0 decides (backbone bound, structure fitted, budget reserved) before any rank
-        # trains; the others wait for the verdict and build the same model from its settings.
-        try:
-            run = prepare(cfg, fit=fit_budget, reserve=True)
-        except Exception as e:
-            ctx.decide(str(e) if isinstance(e, MgrError) else f"rank 0 failed: {e}")
-            raise
-        ctx.decide(None, run.cfg.to_json())
-    else:
-        cfg = TrainConfig(**ctx.decide(None))
-        run = prepare(cfg, fit=False, reserve=False)
+def _train(r: _Run, cfg: TrainConfig) -> TrainOutcome | None:
+    t0 = time.perf_counter()
+    cfg = dataclasses.replace(cfg, precision=precision_name(cfg.precision, r.dev))
+    cfg = resolve_lrs(cfg, r.method)  # every group's rate recorded, defaults filled in
+    checkpoint = _checkpoint(r)
+    settings, identity = _lineage_keys(r, cfg)
+    source = _init_source(r, r.opts.init) if r.opts.init else None
+    run = _agree(r, cfg)
     try:
-        started = None
-        if source is not None:
-            from manager.train.warmstart import warm_start
-
-            if source.delta.meta.backbone_hash != run.backbone.content_hash:
-                raise MgrError(
-                    f"--init {source.label}: it was trained on another backbone "
-                    f"({source.delta.meta.backbone}); warm starts need the task's backbone"
-                )
-            started = warm_start(run.model, source, classes)
-        data = load_data(info, run.model, train_split, eval_split)
+        started = _warm_start(run, source, r.classes)
+        data = load_data(r.info, run.model, r.opts.train_split, r.opts.eval_split)
         result = fit_adapter(
-            run.model,
-            method,
-            run.cfg,
-            data,
-            dev,
-            checkpoint=checkpoint,
-            resume=resume,
-            progress=progress,
-            ctx=ctx,
-        )
-        if ctx is not None and not ctx.is_main:
+            run.model, r.method, run.cfg, data, r.dev, checkpoint=checkpoint,
+            resume=r.opts.resume, progress=r.progress, ctx=r.ctx,
+        )  # fmt: skip
+        if r.ctx is not None and not r.ctx.is_main:
             return None
         delta, metrics = export_adapter(
-            run.model, method, data, result, dev, meta=run.meta, class_names=classes or None
-        )
-        hyper = {
-            **run.cfg.to_json(),
-            "img_size": data_config(run.model)["img_size"],
-            "device": str(dev),
-            "world_size": ctx.world if ctx is not None else 1,
-        }
-        # The promotion gate: score the new delta against the champion before recording.
-        from manager.train.gate import decide
-
-        mode = promote if isinstance(promote, str) else ("always" if promote else "never")
-        decision = decide(
-            home, catalog, task_name, delta, mode, backbone=run.backbone, trained_on=trained_on,
-            eval_split=eval_split, margin=gate_margin, split=gate_split, device=dev, log=log,
-            classes=classes or None, max_class_drop=max_class_drop,
+            run.model, r.method, data, result, r.dev, meta=run.meta,
+            class_names=r.classes or None,
         )  # fmt: skip
-        record = {
-            "classes": classes,
-            "data": {
-                **identity,
-                "train": lineage.split_record(trained_on, data.train.labels, classes),
-                "eval": lineage.split_record(eval_split, data.eval.labels, classes),
-            },
+        lineage = {
+            "classes": r.classes,
+            "data": {**identity, **_split_records(r, data)},
             "settings_hash": settings,
-            "parent": _parent_number(catalog, info.parent_id),
+            "parent": r.info.parent_number,
             "init": started,
         }
-        recorded = record_version(
-            catalog,
-            task_name,
-            delta,
-            structure=run.structure,
-            hyperparams=hyper,
-            metrics=metrics,
-            parent_id=info.parent_id,
-            promote=decision,
-            reservation=run.reservation,
-            lineage=record,
-        )
+        recorded = _record(r, run, data, delta, metrics, lineage)
     except BaseException:
         if run.reservation is not None:
-            _release(catalog, run.reservation)
+            _release(r.catalog, run.reservation)
         raise
     checkpoint.remove()
     return TrainOutcome(
-        task_name,
-        recorded.number,
-        method.name,
-        run.structure,
-        recorded.bytes,
-        run.backbone.bytes,
-        metrics,
-        time.perf_counter() - t0,
-        recorded.path,
-        recorded.promotion,
-    )
+        r.info.name, recorded.number, r.method.name, run.structure, recorded.bytes,
+        run.backbone.bytes, metrics, time.perf_counter() - t0, recorded.path, recorded.promotion,
+    )  # fmt: skip
 
 
-def _parent_number(catalog: Catalog, parent_id: int | None) -> int | None:
-    from manager.catalog.models import AdapterVersion
-
-    if parent_id is None:
+def _warm_start(run: _Prepared, source: Any, classes: list[str]) -> dict | None:
+    """Load ``--init``'s adapter into the prepared model (None: no warm start)."""
+    if source is None:
         return None
-    with catalog.session(write=False) as s:
-        row = s.get(AdapterVersion, parent_id)
-        return row.number if row is not None else None
+    from manager.train.warmstart import warm_start
+
+    if source.delta.meta.backbone_hash != run.backbone.content_hash:
+        raise MgrError(
+            f"--init {source.label}: it was trained on another backbone "
+            f"({source.delta.meta.backbone}); warm starts need the task's backbone"
+        )
+    return warm_start(run.model, source, classes)
 
 
-def _init_source(home: Home, catalog: Catalog, task_name: str, text: str, method: str) -> Any:
+def _split_records(r: _Run, data: TrainData) -> dict[str, Any]:
+    from manager.train import lineage
+
+    return {
+        "train": lineage.split_record(r.trained_on, data.train.labels, r.classes),
+        "eval": lineage.split_record(r.opts.eval_split, data.eval.labels, r.classes),
+    }
+
+
+def _record(
+    r: _Run,
+    run: _Prepared,
+    data: TrainData,
+    delta: Any,
+    metrics: dict[str, Any],
+    lineage: dict[str, Any],
+) -> Any:
+    """Score ``delta`` against the champion (the promotion gate), then record the version."""
+    from manager.datasets.transforms import data_config
+    from manager.train.gate import decide
+
+    o = r.opts
+    decision = decide(
+        r.home, r.info, delta, o.promote, backbone=run.backbone, trained_on=r.trained_on,
+        eval_split=o.eval_split, margin=o.gate_margin, split=o.gate_split, device=r.dev,
+        log=r.log, classes=r.classes or None, max_class_drop=o.max_class_drop,
+    )  # fmt: skip
+    hyper = {
+        **run.cfg.to_json(),
+        "img_size": data_config(run.model)["img_size"],
+        "device": str(r.dev),
+        "world_size": r.ctx.world if r.ctx is not None else 1,
+    }
+    return record_version(
+        r.catalog, r.info.name, delta, structure=run.structure, hyperparams=hyper,
+        metrics=metrics, parent_id=r.info.parent_id, promote=decision,
+        reservation=run.reservation, lineage=lineage,
+    )  # fmt: skip
+
+
+def _init_source(r: _Run, text: str) -> Any:
     """The version ``--init`` names, its delta loaded and checked (see manager.train.warmstart)."""
     from manager.catalog.lineage import resolve_init
     from manager.train.gate import load_champion
     from manager.train.warmstart import InitSource
 
-    with catalog.session(write=False) as s:
-        ref, classes = resolve_init(s, task_name, text)
+    with r.catalog.session(write=False) as s:
+        ref, classes = resolve_init(s, r.info.name, text)
         bound = s.get(Backbone, ref.backbone_id) if ref.backbone_id else None
         if bound is None:
             raise MgrError(f"--init {ref.label}: its task is not bound to a backbone")
         s.expunge(bound)
     try:
-        delta = load_champion(Store.of(home), ref, bound)
+        delta = load_champion(Store.of(r.home), ref, bound)
     except MgrError as exc:
         raise MgrError(f"--init {ref.label}: {exc}") from None
-    if delta.meta.method != method:
+    if delta.meta.method != r.method.name:
         raise MgrError(
             f"--init {ref.label}: it is a {delta.meta.method} adapter and this run trains "
-            f"{method}; warm starts need the same method and structure"
+            f"{r.method.name}; warm starts need the same method and structure"
         )
     return InitSource(ref.task, ref.number, delta, classes)

@@ -11,16 +11,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from manager.adapters.config import ConsolidatorConfig
 from manager.adapters.fold import num_classes_of
-from manager.adapters.validate import check_lora_rank, check_structure
+from manager.adapters.validate import check_config
 from manager.delta.delta import Delta, DeltaMeta
-from manager.delta.structure import Structure, parse_structure
+from manager.delta.structure import Structure, normalize
 from manager.errors import Diverged
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors
 from manager.train.distributed import Dist
 from manager.train.loop import CheckpointIO, FitResult, ProgressFn, check_settings, fit
-from manager.train.methods import Method, default_structure
+from manager.train.methods import Method
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,10 @@ def prepare_model(model: nn.Module, method: Method, cfg: TrainConfig) -> Structu
     Returns the consolidator's structure (None for the other methods). Cheap: call it before any
     data is decoded, so a LoRA rank or a group count the model cannot take is refused at once.
     """
+    check_config(model, cfg.adapter)
     structure = None
-    if method.name == "lora":
-        check_lora_rank(model, cfg.lora_rank)
-    if method.name == "consolidator":
-        structure = parse_structure(cfg.groups or default_structure(model), shuffle=cfg.shuffle)
-        check_structure(model, structure)
+    if isinstance(cfg.adapter, ConsolidatorConfig):
+        structure = normalize(cfg.adapter.for_model(model).branches or ())
     method.prepare(model, cfg)
     return structure
 

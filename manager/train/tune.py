@@ -15,7 +15,6 @@ class, chosen by the seed. Trials run ``train_adapter``: the very code of the fi
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import random
 import time
@@ -31,11 +30,12 @@ from manager.delta.delta import DeltaMeta
 from manager.device import resolve_device
 from manager.errors import MgrError
 from manager.home import Home
-from manager.train.config import TrainConfig
+from manager.train.config import RunOptions, TrainConfig
 from manager.train.data import ImageTensors
 from manager.train.groups import resolve_lrs
 from manager.train.methods import Method, get_method, storage_dtype
-from manager.train.run import TRAIN_SPLIT, build_model, load_task_info
+from manager.train.run import TRAIN_SPLIT, build_model
+from manager.train.task_info import TaskInfo, load_task_info
 from manager.train.train_adapter import TrainData, prepare_model, train_adapter
 
 KNOBS = ("lr", "lr_norm", "lr_branch", "weight_decay", "drop_path")
@@ -205,7 +205,7 @@ def search(
             warmup = cfg.warmup_epochs
             if warmup is not None:  # the same share of a shorter schedule
                 warmup = round(warmup * epochs / cfg.epochs)
-            tcfg = dataclasses.replace(cfg, **c, epochs=epochs, warmup_epochs=warmup, tune=None)
+            tcfg = cfg.replace(**c, epochs=epochs, warmup_epochs=warmup, tune=None)
             trial: dict[str, Any] = {"config": idx, "rung": rung, **c, "epochs": epochs}
             t0 = time.perf_counter()
             m = copy.deepcopy(model)
@@ -276,25 +276,24 @@ def tuning_data(
 def tune_task(
     home: Home,
     catalog: Catalog,
-    task_name: str,
+    task: str | TaskInfo,
     cfg: TrainConfig,
     knobs: Sequence[str],
+    opts: RunOptions | None = None,
     *,
-    configs: int = 9,
-    budget: float = 2.0,
-    budget_bytes: int | None = None,
-    device: str = "auto",
-    train_split: str | None = None,
-    eval_split: str = "test",
     log: Callable[[str], Any] = print,
 ) -> TrainConfig:
-    """Search ``knobs`` for ``task_name``; returns ``cfg`` with the chosen values and, in
-    ``cfg.tune``, the record of the search (for ``train_task`` to train and record)."""
+    """Search ``knobs`` for ``task`` (its name or snapshot); returns ``cfg`` with the chosen
+    values and, in ``cfg.tune``, the record of the search (for ``train_task`` to train and
+    record). ``opts``: the run's options (``tune_configs``, ``tune_budget``, ``budget_bytes``,
+    ``device`` and the splits are read)."""
+    opts = opts or RunOptions()
+    configs, budget, budget_bytes = opts.tune_configs, opts.tune_budget, opts.budget_bytes
     t0 = time.perf_counter()
     method = get_method(cfg.method)
     plan = make_plan(cfg, method, knobs, configs=configs, budget=budget)
-    info = load_task_info(catalog, task_name)
-    dev = resolve_device(device)
+    info = task if isinstance(task, TaskInfo) else load_task_info(catalog, task)
+    dev = resolve_device(opts.device)
     torch.manual_seed(cfg.seed)  # the head the final run will start from
     model, backbone = build_model(home, catalog, info, cfg.img_size)
     dtype = storage_dtype(cfg.storage_dtype)
@@ -309,8 +308,8 @@ def tune_task(
             f"the {method.name} artifact needs {projected} bytes, over --budget {budget_bytes}"
         )
     with catalog.session(write=False) as s:
-        budgets.check_fits(s, tasks.get_task(s, task_name), projected)
-    data, split = tuning_data(info, model, train_split, eval_split, cfg.seed, log)
+        budgets.check_fits(s, tasks.get_task(s, info.name), projected)
+    data, split = tuning_data(info, model, opts.train_split, opts.eval_split, cfg.seed, log)
     log(f"{plan.describe(knobs)}; trials train on {len(data.train)} images, scored on {split}")
     record = search(model, method, cfg, data, plan, meta=meta, device=dev, log=log)
     chosen = record["chosen"]
@@ -329,4 +328,4 @@ def tune_task(
         **record,
     }
     values = {k: chosen[k] for k in KNOBS}
-    return resolve_lrs(dataclasses.replace(cfg, **values, tune=tune), method)
+    return resolve_lrs(cfg.replace(**values, tune=tune), method)
