@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -38,6 +38,15 @@ class Tracker:
         """``n`` more units done; ``fields`` update the bar's other columns (loss, lr, step)."""
         if self._bar is not None:
             self._bar.update(self._task, advance=n, **fields)
+
+    def above(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` for use while the bar is live: its lines printed above the bar, through the
+        bar's console (``click.echo`` would write past rich's redirection, onto the bar's line);
+        ``log`` itself when there is no bar."""
+        if self._bar is None:
+            return log
+        console = self._bar.console
+        return lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 class Display:

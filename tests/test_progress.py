@@ -91,12 +91,22 @@ def test_a_terminal_shows_the_decode_bar() -> None:
     assert re.search(r"130/130 images +[\d,?]+ images/s +ETA +\d+:\d\d:\d\d", text), text
 
 
-def test_a_terminal_shows_phases() -> None:
+def test_a_terminal_shows_phases_and_their_lines_above_the_bar() -> None:
     display, out = _terminal()
+    logged: list[str] = []
     with showing(display), display.phases("starting", 3) as bar:
-        for _ in range(2):
+        say = bar.above(logged.append)
+        for name in ("backbone", "deltas"):
+            say(f"{name}: loaded")
             bar.advance()
-    assert re.search(r"starting .*2/3 phases", ANSI.sub("", out.getvalue()))
+    assert logged == []  # printed by the bar's console instead, above the bar
+    text = ANSI.sub("", out.getvalue())
+    assert re.search(r"starting .*2/3 phases", text), text
+    # Each line on a line of its own: not appended to a half-drawn bar.
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines()]
+    assert "backbone: loaded" in lines and "deltas: loaded" in lines, text
+    with Display("off").phases("starting", 3) as bar:
+        assert bar.above(logged.append) == logged.append  # no bar: the caller's own log
 
 
 def test_lines_mode_prints_one_line_per_epoch_and_nothing_per_step(

@@ -35,14 +35,15 @@ def make_starter(
         engine = state.engine
         try:
             # A bar over the phases (backbone, deltas, calibration) on a terminal; each phase
-            # still prints its line.
+            # still prints its line, above the bar.
             with progress.current().phases("starting", STARTUP_PHASES) as bar:
+                say = bar.above(log)
 
                 def phase(message: str) -> None:
-                    log(message)
+                    say(message)
                     bar.advance()
 
-                engine.start(warn=lambda m: log(f"note: {m}"), progress=phase)
+                engine.start(warn=lambda m: say(f"note: {m}"), progress=phase)
         except Exception as exc:  # one line, and the server stops: nothing to serve with
             state.failed = f"start-up failed: {' '.join(str(exc).split()) or type(exc).__name__}"
             return False
