@@ -210,3 +210,12 @@ def test_the_resolver_raises_the_catalogs_kinds_and_caches_them(home: Path) -> N
             resolver.close()
     finally:
         cat.close()
+
+
+def test_the_client_reads_a_status_back_into_its_kind() -> None:
+    from manager.serve.client import kind_of
+    from manager.serve.errors import STATUS
+
+    for kind in (NotFound, Conflict, BadInput, Busy):
+        assert kind_of(STATUS[kind]) is kind  # the round trip of what a request can fix or retry
+    assert kind_of(413) is BadInput and kind_of(500) is MgrError and kind_of(401) is MgrError

@@ -30,7 +30,7 @@ from manager.catalog.db import (
     unreachable_message,
 )
 from manager.catalog.migrate import ensure_current
-from manager.errors import Corrupt, MgrError
+from manager.errors import Busy, Corrupt, MgrError
 from manager.home import Home
 from manager.store.fs import Store, is_no_space, read_only_folder
 
@@ -123,9 +123,9 @@ def open_catalog(
         if path is not None and is_no_space(exc, path.parent):
             raise MgrError(no_space_catalog_message(path)) from None
         if is_damage(exc):
-            raise MgrError(damaged_message(path or engine.url, exc)) from None
+            raise Corrupt(damaged_message(path or engine.url, exc)) from None
         if is_connection_error(exc):
-            raise MgrError(unreachable_message(engine, exc)) from None
+            raise Busy(unreachable_message(engine, exc)) from None
         reason = " ".join(str(exc.orig).split())
         raise MgrError(f"cannot open the catalog at {engine.url!r}: {reason}") from exc
     except BaseException:

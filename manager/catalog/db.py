@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from manager.errors import Corrupt, MgrError
+from manager.errors import BadInput, Busy, Corrupt, MgrError
 from manager.store.fs import free_bytes, is_no_space
 
 BUSY_TIMEOUT_MS = 30_000
@@ -164,8 +164,8 @@ def inspect_sqlite_file(path: Path) -> Literal["missing", "empty", "ok"]:
         # mgr only ever creates SQLite files: one without the header that is not the home's
         # own catalog.db (e.g. sqlite:////etc/passwd) was never a catalog; never advise moving it.
         if not _has_sqlite_header(path) and path.name != DEFAULT_CATALOG_NAME:
-            raise MgrError(not_a_catalog_message(path))
-        raise MgrError(damaged_message(path, problem))
+            raise Corrupt(not_a_catalog_message(path))
+        raise Corrupt(damaged_message(path, problem))
     try:
         with closing(
             sqlite3.connect(
@@ -175,7 +175,7 @@ def inspect_sqlite_file(path: Path) -> Literal["missing", "empty", "ok"]:
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         if is_damage(exc):
-            raise MgrError(damaged_message(path, exc)) from None
+            raise Corrupt(damaged_message(path, exc)) from None
         return "ok"  # e.g. busy or no permission: the read-write open reports it in its words
     return "ok" if tables else "empty"
 
@@ -283,7 +283,7 @@ def make_engine(url: str) -> Engine:
         reason = str(exc)
         if isinstance(exc, ValueError) and "int()" in reason:  # SQLAlchemy's int(port)
             reason = "the port is not a number"
-        raise MgrError(f"bad catalog URL {_shown(url)}: {reason}") from None
+        raise BadInput(f"bad catalog URL {_shown(url)}: {reason}") from None
     memory = _is_memory(parsed.database)
     read_only = parsed.query.get("immutable") == "1" or parsed.query.get("mode") == "ro"
     event.listen(engine, "connect", lambda c, r: _on_sqlite_connect(c, r, memory, read_only))
@@ -346,7 +346,7 @@ def check_reachable(engine: Engine) -> None:
             pass
     except DBAPIError as exc:
         if is_connection_error(exc):
-            raise MgrError(unreachable_message(engine, exc)) from None
+            raise Busy(unreachable_message(engine, exc)) from None
         raise
 
 
@@ -365,7 +365,7 @@ def session_scope(engine: Engine, write: bool = True) -> Iterator[Session]:
     except DatabaseError as exc:
         if is_postgres(engine):
             if is_connection_error(exc):  # the server went away (or restarted) mid-command
-                raise MgrError(unreachable_message(engine, exc)) from None
+                raise Busy(unreachable_message(engine, exc)) from None
             raise
         where = sqlite_file(engine.url.render_as_string(hide_password=False))
         if where is not None and is_no_space(exc, where.parent):
@@ -377,5 +377,5 @@ def session_scope(engine: Engine, write: bool = True) -> Iterator[Session]:
         # A file damaged while in use (or by another program) is not a bug in mgr.
         if is_damage(exc):
             where = sqlite_file(engine.url.render_as_string(hide_password=False))
-            raise MgrError(damaged_message(where or engine.url, exc)) from None
+            raise Corrupt(damaged_message(where or engine.url, exc)) from None
         raise

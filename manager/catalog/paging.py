@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Select, select
 
 from manager.catalog.models import Task
-from manager.errors import MgrError
+from manager.errors import BadInput
 from manager.names import MAX_NAME_LEN
 
 # What a name glob may hold: the name alphabet plus the two wildcards.
@@ -31,7 +31,7 @@ def name_matches(pattern: str) -> ColumnElement[bool]:
     pattern = pattern.lower()
     if not _PATTERN.fullmatch(pattern) or len(pattern) > 4 * MAX_NAME_LEN:
         shown = pattern if len(pattern) <= 40 else pattern[:36] + "..."
-        raise MgrError(
+        raise BadInput(
             f"bad task pattern {shown!r}: use name characters (a-z 0-9 - _) and the wildcards "
             "'*' (any run) and '?' (one character), e.g. 'pets*'"
         )

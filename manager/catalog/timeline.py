@@ -20,7 +20,7 @@ from manager.catalog import events
 from manager.catalog.aliases import ROLLED_BACK
 from manager.catalog.models import Event
 from manager.catalog.views import iso
-from manager.errors import MgrError
+from manager.errors import BadInput
 from manager.names import CHAMPION
 
 _AGO = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*([smhdw])(?:\s+ago)?")
@@ -39,7 +39,7 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
         try:
             when = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith("Z") else raw)
         except ValueError:
-            raise MgrError(
+            raise BadInput(
                 f"bad time {shown!r}: use ISO 8601 (2026-11-25T14:30, 2026-11-25T14:30:00+00:00) "
                 "or a span ago (90s, 15m, 2h, 3d, 1w)"
             ) from None
@@ -54,7 +54,7 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
         return when
     except (OverflowError, ValueError):
         # The parse succeeded; the date arithmetic (a span, the offset to UTC) left the calendar.
-        raise MgrError(
+        raise BadInput(
             f"time {shown!r} is out of range: it must fall between the years 1 and 9999 in UTC"
         ) from None
 

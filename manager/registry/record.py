@@ -21,7 +21,7 @@ from manager.catalog.aliases import PROMOTION_REFUSED, PromotionDecision
 from manager.catalog.models import AdapterVersion, Task
 from manager.delta.delta import Delta
 from manager.delta.structure import format_structure
-from manager.errors import Conflict, MgrError
+from manager.errors import Conflict, Diverged
 from manager.store.fs import Store
 
 
@@ -60,7 +60,7 @@ def record_version(
     """
     bad = delta.nonfinite()
     if bad:
-        raise MgrError(
+        raise Diverged(
             f"refusing to record a version of {task_name!r}: its delta holds NaN or infinite "
             f"values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
         )
@@ -74,7 +74,7 @@ def record_version(
             task = tasks.get_task(s, task_name)
             bound = task.backbone
             if bound is not None and delta.meta.backbone_hash != bound.content_hash:
-                raise MgrError(
+                raise Conflict(
                     f"the delta was trained on backbone {delta.meta.backbone_hash[:12]}, "
                     f"but task {task_name!r} uses {bound.content_hash[:12]} ({bound.spec})"
                 )

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from manager.errors import MgrError
+from manager.errors import BadInput, Busy, Conflict, MgrError, NotFound
 
 
 def multipart(
@@ -48,6 +48,23 @@ def _endpoint(url: str, path: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}{path}"
 
 
+# What a status says of the request, read back into the library's kinds (``serve.errors``); a 5xx
+# other than 503 stays a plain MgrError: the server's trouble, whatever its kind was there.
+KIND_OF_STATUS: dict[int, type[MgrError]] = {
+    400: BadInput,
+    404: NotFound,
+    409: Conflict,
+    413: BadInput,
+    415: BadInput,
+    503: Busy,
+}
+
+
+def kind_of(status: int) -> type[MgrError]:
+    """The error kind an HTTP answer's status stands for."""
+    return KIND_OF_STATUS.get(status, MgrError)
+
+
 def request(
     url: str,
     path: str,
@@ -56,7 +73,8 @@ def request(
     timeout: float = 120.0,
     api_key: str | None = None,
 ) -> dict[str, Any]:
-    """GET (no body) or POST to the server; MgrError with the server's reason on a 4xx or 5xx.
+    """GET (no body) or POST to the server; on a 4xx or 5xx the error kind its status stands for
+    (`kind_of`: 404 NotFound, 503 Busy...) with the server's reason.
 
     ``api_key`` (default: ``MGR_API_KEY``) is sent as a bearer token.
     """
@@ -75,10 +93,10 @@ def request(
             reason = json.loads(exc.read()).get("error", exc.reason)
         except (ValueError, AttributeError):
             reason = exc.reason
-        raise MgrError(f"server {url}: {reason} (HTTP {exc.code})") from None
+        raise kind_of(exc.code)(f"server {url}: {reason} (HTTP {exc.code})") from None
     except (urllib.error.URLError, OSError) as exc:
         why = getattr(exc, "reason", exc)
-        raise MgrError(f"cannot reach the server at {url}: {why}") from None
+        raise Busy(f"cannot reach the server at {url}: {why}") from None
     except ValueError as exc:
         raise MgrError(f"server {url} sent a malformed answer: {exc}") from None
 

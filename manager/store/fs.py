@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from manager.errors import BadInput, Conflict, MgrError
+from manager.errors import BadInput, Conflict, Corrupt, MgrError
 from manager.home import Home
 
 ARTIFACT_ROOT_ENV = "MGR_ARTIFACT_ROOT"
@@ -295,7 +295,7 @@ class Store:
         for root in self._roots():
             if real == root or root in real.parents:
                 return real
-        raise MgrError(
+        raise Corrupt(
             f"refusing to touch {path}: it resolves to {real}, outside the manager home "
             f"{self.root} (a symbolic link or a bad catalog path?)"
         )
@@ -308,7 +308,7 @@ class Store:
         root, no '..')."""
         p = Path(rel) if isinstance(rel, str) and rel else None
         if p is None or p.is_absolute() or ".." in p.parts or "\x00" in rel:
-            raise MgrError(
+            raise Corrupt(
                 f"the catalog holds a bad path {rel!r}: it must be relative to "
                 f"{self._data_root_name()}"
             )
@@ -377,7 +377,7 @@ class Store:
         """``<home>/live/<digest[:16]>/``: one bound backbone's live files (``digest``: its
         content hash, hex; anything else is refused, so a catalog value cannot name a path)."""
         if not _HEX.fullmatch(digest or ""):
-            raise MgrError(f"refusing a live folder for backbone hash {digest!r}: not hex")
+            raise Corrupt(f"refusing a live folder for backbone hash {digest!r}: not hex")
         return self.confine(self.live / digest[:16])
 
     @property
@@ -472,7 +472,7 @@ class Store:
         real = Path(os.path.realpath(Path(path).expanduser()))
         for root in self._roots():
             if real == root or root in real.parents:
-                raise MgrError(
+                raise BadInput(
                     f"refusing to write {what} {path} inside the manager home {root}: "
                     "choose a path outside it"
                 )
@@ -484,7 +484,7 @@ class Store:
         lies inside the home, is a folder, or cannot be opened."""
         dest = self.user_path(path, what)
         if dest.is_dir():
-            raise MgrError(f"{what} {path} is a folder; name a file")
+            raise BadInput(f"{what} {path} is a folder; name a file")
         try:
             _user_mkdir(dest.parent)
             return open(dest, "a", encoding="utf-8", buffering=1)
@@ -496,7 +496,7 @@ class Store:
         is replaced, a folder refused. Parent folders are created. Returns the real path."""
         dest = self.user_path(path, "the file")
         if dest.is_dir():
-            raise MgrError(f"{path} is a folder; name a file to write")
+            raise BadInput(f"{path} is a folder; name a file to write")
         _user_mkdir(dest.parent)
         try:
             with _replacing(dest, 0o644) as tmp:
@@ -517,7 +517,7 @@ class Store:
         """
         bad = [n for n in files if not n or n != Path(n).name or n.startswith(".")]
         if bad:
-            raise MgrError(f"bad export file name {bad[0]!r}")
+            raise BadInput(f"bad export file name {bad[0]!r}")
         dest = self.user_path(out_dir, "the export")
         if dest.exists() and not dest.is_dir():
             raise BadInput(f"the export folder {out_dir} is a file, not a folder")
