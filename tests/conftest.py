@@ -38,7 +38,15 @@ def assets() -> Path:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
+def home(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """An empty manager home in the test's tmp_path; in a test or module marked
+    ``@pytest.mark.trained_home``, a copy of the switch template instead (three trained tasks,
+    built once per run: switch_helpers.template_home)."""
+    if request.node.get_closest_marker("trained_home") is not None:
+        from switch_helpers import copy_home, template_home
+
+        base = request.getfixturevalue("tmp_path_factory").getbasetemp()
+        return copy_home(template_home(base), tmp_path / "home")
     h = tmp_path / "mgr-home"
     h.mkdir()
     return h

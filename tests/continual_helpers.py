@@ -28,3 +28,21 @@ def write_folder(root: Path, classes: dict[str, int], counts: dict[str, int] | N
     for name, shape in classes.items():
         write_class(root, name, shape, counts)
     return root
+
+
+def synthetic_and_folder_tasks(
+    tmp_path: Path, synthetic: str, folder: str, classes: dict[str, int]
+) -> tuple[Path, Path]:
+    """A home (``tmp_path/home``) with two tasks added through the CLI on the tiny backbone
+    (random W0): ``synthetic`` (4 images a class) and ``folder``, an image folder of ``classes``
+    at ``tmp_path/pics``. Returns (home, pictures folder)."""
+    from conftest import TINY_SPEC
+    from switch_helpers import fork_mgr
+
+    home = tmp_path / "home"
+    home.mkdir()
+    add = ("--backbone", TINY_SPEC, "--weights", "random")
+    fork_mgr(home, "task", "add", synthetic, "--dataset", "synthetic:per_class=4", *add)
+    pics = write_folder(tmp_path / "pics", classes)
+    fork_mgr(home, "task", "add", folder, "--dataset", "imagefolder", "--root", str(pics), *add)
+    return home, pics

@@ -144,6 +144,12 @@ def fork_server() -> ForkServer:
     return _SERVER
 
 
+def fork_mgr(home: Path, *args: str, ok: bool = True, **env: str) -> Result:
+    """``mgr ARGS`` against ``home`` in a forked child of the run's warm interpreter; raises
+    unless it exits 0 when ``ok`` (the subprocess twin is conftest's ``mgr`` fixture)."""
+    return fork_server().run(home, *args, ok=ok, **env)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny tensors on 2 shared cores: one thread is faster and immune to oversubscription."""

@@ -12,18 +12,9 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_clean_error
-from switch_helpers import copy_home, fork_server, one_thread, template_home  # noqa: F401
+from switch_helpers import fork_mgr, one_thread  # noqa: F401
 
 from manager.errors import MgrError
-
-
-def mgr(home: Path, *args: str, ok: bool = False, **env: str):
-    return fork_server().run(home, *args, ok=ok, **env)
-
-
-@pytest.fixture
-def trained(tmp_path_factory, tmp_path) -> Path:
-    return copy_home(template_home(tmp_path_factory.getbasetemp()), tmp_path / "home")
 
 
 @pytest.mark.parametrize(
@@ -31,14 +22,14 @@ def trained(tmp_path_factory, tmp_path) -> Path:
     ["999999999h", "10000000d", "9999-12-31T23:59:59-12:00", "0001-01-01T00:00+14:00"],
 )
 def test_history_at_past_the_calendar_is_one_line(home: Path, when: str) -> None:
-    proc = mgr(home, "history", "--at", when)
+    proc = fork_mgr(home, "history", "--at", when, ok=False)
     assert_clean_error(proc)
     assert "out of range" in proc.stderr
 
 
 def test_history_at_the_first_day_works(home: Path) -> None:
     """0001-01-01 (local time) raised from astimezone(); it is a valid, empty moment."""
-    out = mgr(home, "history", "--at", "0001-01-01", "--json", ok=True, TZ="UTC").json()
+    out = fork_mgr(home, "history", "--at", "0001-01-01", "--json", TZ="UTC").json()
     assert out["champions"] == []
 
 
@@ -51,7 +42,8 @@ def test_parse_when_never_raises_past_the_calendar() -> None:
 
 
 def test_a_port_that_is_not_a_number_is_a_bad_url(home: Path) -> None:
-    proc = mgr(home, "task", "list", MGR_DB_URL="postgresql://u:secret@127.0.0.1:abc/x")
+    url = "postgresql://u:secret@127.0.0.1:abc/x"
+    proc = fork_mgr(home, "task", "list", ok=False, MGR_DB_URL=url)
     assert_clean_error(proc)
     assert "bad catalog URL" in proc.stderr and "port is not a number" in proc.stderr
     assert "secret" not in proc.stderr
@@ -62,7 +54,7 @@ def test_a_file_that_is_no_catalog_is_never_advised_to_be_moved(home: Path, tmp_
         if not victim.exists():
             victim.write_text("root:x:0:0::/root:/bin/sh\n")
         before = victim.read_bytes()
-        proc = mgr(home, "task", "list", MGR_DB_URL=f"sqlite:///{victim}")
+        proc = fork_mgr(home, "task", "list", ok=False, MGR_DB_URL=f"sqlite:///{victim}")
         assert_clean_error(proc)
         assert "not a SQLite database" in proc.stderr
         assert "mv " not in proc.stderr and ".damaged" not in proc.stderr
@@ -76,13 +68,14 @@ def test_a_file_that_is_no_catalog_is_never_advised_to_be_moved(home: Path, tmp_
         ("events", "details", ("history",)),
     ],
 )
-def test_a_json_nesting_bomb_is_a_damaged_row(trained: Path, table, column, command) -> None:
+@pytest.mark.trained_home
+def test_a_json_nesting_bomb_is_a_damaged_row(home: Path, table, column, command) -> None:
     bomb = "[" * 100_000 + "]" * 100_000
-    con = sqlite3.connect(trained / "catalog.db")
+    con = sqlite3.connect(home / "catalog.db")
     with con:
         con.execute(f"UPDATE {table} SET {column} = ?", (bomb,))
     con.close()
-    proc = mgr(trained, *command)
+    proc = fork_mgr(home, *command, ok=False)
     assert_clean_error(proc)
     assert "damaged row" in proc.stderr and "RecursionError" not in proc.stderr
 
@@ -101,11 +94,11 @@ def test_json_nested_deep_but_decodable_is_a_damaged_row_too() -> None:
 def test_a_one_class_image_folder_is_refused_at_task_add(home: Path, tmp_path: Path) -> None:
     (tmp_path / "data" / "train" / "cat").mkdir(parents=True)
     (tmp_path / "data" / "train" / "cat" / "a.png").write_bytes(b"\x89PNG")
-    proc = mgr(home, "task", "add", "one", "--dataset", "imagefolder", "--root",
-               str(tmp_path / "data"), "--weights", "random")  # fmt: skip
+    proc = fork_mgr(home, "task", "add", "one", "--dataset", "imagefolder", "--root",
+                    str(tmp_path / "data"), "--weights", "random", ok=False)  # fmt: skip
     assert_clean_error(proc)
     assert "has 1 class(es): a task needs at least 2" in proc.stderr
-    assert mgr(home, "task", "list", "--json", ok=True).json() == []
+    assert fork_mgr(home, "task", "list", "--json").json() == []
 
 
 @pytest.mark.parametrize(
@@ -121,7 +114,9 @@ def test_a_one_class_image_folder_is_refused_at_task_add(home: Path, tmp_path: P
 )
 def test_backbone_spec_options_are_an_allow_list(home: Path, option: str) -> None:
     spec = f"vit_tiny_patch16_224:{option}"
-    proc = mgr(home, "task", "add", "t", "--dataset", "synthetic", "--backbone", spec)
+    proc = fork_mgr(
+        home, "task", "add", "t", "--dataset", "synthetic", "--backbone", spec, ok=False
+    )
     assert_clean_error(proc)
     from manager.backbone import parse_spec
 

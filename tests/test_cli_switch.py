@@ -15,26 +15,9 @@ import pytest
 import torch
 from conftest import CLI, assert_clean_error
 from safetensors.torch import load_file
-from switch_helpers import (  # noqa: F401
-    catalog_versions,
-    copy_home,
-    deployment,
-    fork_server,
-    live_file,
-    merged,
-    one_thread,
-    template_home,
-    w0,
-)
+from switch_helpers import catalog_versions, deployment, fork_mgr, live_file, merged, one_thread, w0  # noqa: F401
 
-
-@pytest.fixture
-def home(tmp_path_factory, tmp_path) -> Path:
-    return copy_home(template_home(tmp_path_factory.getbasetemp()), tmp_path / "home")
-
-
-def mgr(home: Path, *args: str, ok: bool = True, **env: str):
-    return fork_server().run(home, *args, ok=ok, **env)
+pytestmark = pytest.mark.trained_home  # `home`: a copy of the trained switch template
 
 
 def sha(path: Path) -> str:
@@ -65,40 +48,40 @@ def assert_live_is(home: Path, label: str | None) -> None:
 
 
 def test_switch_writes_only_the_deltas_and_status_verifies(home):
-    out = mgr(home, "switch", "shapes", "--json").json()
+    out = fork_mgr(home, "switch", "shapes", "--json").json()
     assert (out["task"], out["version"], out["changed"]) == ("shapes", 1, True)
     assert_live_is(home, "shapes@1")
-    st = mgr(home, "status", "--json").json()
+    st = fork_mgr(home, "status", "--json").json()
     assert st["verified"] is True and st["problems"] == []
     assert (st["task"], st["version"], st["state"]) == ("shapes", 1, "idle")
     # Consolidator to consolidator: only the two supports (+ biases, norms) are written.
-    out = mgr(home, "switch", "pets3@1", "--json").json()
+    out = fork_mgr(home, "switch", "pets3@1", "--json").json()
     assert out["previous_task"] == "shapes" and not out["full_restore"]
     assert out["values_written"] == touched(home, "shapes@1") + touched(home, "pets3@1")
     assert_live_is(home, "pets3@1")
-    assert "already live" in mgr(home, "switch", "pets3@1").stdout
+    assert "already live" in fork_mgr(home, "switch", "pets3@1").stdout
     for label in ("digits@2", "pets3@3", "digits@1", "shapes@1"):
-        mgr(home, "switch", label)
+        fork_mgr(home, "switch", label)
         assert_live_is(home, label)
     # The backbone alone: the live file is byte for byte the materialised backbone file again.
-    mgr(home, "switch", "--none")
+    fork_mgr(home, "switch", "--none")
     (backbone,) = (home / "backbones").glob("*.safetensors")
     assert sha(live_file(home)) == sha(backbone)
     assert load_file(live_file(home, "head")) == {}
-    text = mgr(home, "status").stdout
+    text = fork_mgr(home, "status").stdout
     assert "the backbone alone" in text and "verified:  yes" in text
     # From W0, the default g=96 structure touches about 1/96 of each adapted weight.
-    out = mgr(home, "switch", "shapes", "--json").json()
+    out = fork_mgr(home, "switch", "shapes", "--json").json()
     assert out["values_written"] == touched(home, "shapes@1") < out["values_total"] / 30
     assert_live_is(home, "shapes@1")
-    events = [e for e in mgr(home, "history", "--json").json() if e["kind"] == "switched"]
+    events = [e for e in fork_mgr(home, "history", "--json").json() if e["kind"] == "switched"]
     assert [e["details"]["to"] for e in events] == [
         "shapes@1", "pets3@1", "digits@2", "pets3@3", "digits@1", "shapes@1", None, "shapes@1",
     ]  # fmt: skip
 
 
 def test_bad_artifact_is_refused_and_the_live_files_stay(home):
-    mgr(home, "switch", "digits@1")
+    fork_mgr(home, "switch", "digits@1")
     before = sha(live_file(home)), sha(live_file(home, "head"))
     path = home / catalog_versions(home)["pets3@2"]
     data = bytearray(path.read_bytes())
@@ -108,14 +91,14 @@ def test_bad_artifact_is_refused_and_the_live_files_stay(home):
     assert_clean_error(proc)
     assert "artifact of pets3@2 is corrupt" in proc.stderr and "sha256" in proc.stderr
     path.unlink()
-    res = mgr(home, "switch", "pets3@2", ok=False)
+    res = fork_mgr(home, "switch", "pets3@2", ok=False)
     assert res.returncode == 1 and "artifact of pets3@2 is missing" in res.stderr
     assert (sha(live_file(home)), sha(live_file(home, "head"))) == before
     assert deployment(home) == {
         "state": "idle", "version_id": deployment(home)["version_id"], "pending_id": None,
         "live": "digits@1",
     }  # fmt: skip
-    assert mgr(home, "status", "--json").json()["verified"] is True
+    assert fork_mgr(home, "status", "--json").json()["verified"] is True
 
 
 def test_predict_uses_the_live_files(home, tmp_path):
@@ -129,7 +112,9 @@ def test_predict_uses_the_live_files(home, tmp_path):
         arr = (torch.rand(40, 48, 3, generator=gen) * 255).to(torch.uint8).numpy()
         images.append(tmp_path / f"im{i}.png")
         Image.fromarray(arr).save(images[-1])
-    out = mgr(home, "predict", *map(str, images), "--task", "digits@1", "--top-k", "3", "--json")
+    out = fork_mgr(
+        home, "predict", *map(str, images), "--task", "digits@1", "--top-k", "3", "--json"
+    )
     res = out.json()
     assert (res["task"], res["version"]) == ("digits", 1)
     assert "switched to digits@1" in out.stderr
@@ -140,51 +125,51 @@ def test_predict_uses_the_live_files(home, tmp_path):
     for r, p in zip(res["predictions"], probs, strict=True):
         assert [t["class"] for t in r["top"]] == [f"digits-c{i}" for i in p.topk(3).indices]
         assert r["top"][0]["probability"] == pytest.approx(float(p.max()), abs=1e-5)
-    text = mgr(home, "predict", str(images[0])).stdout  # no --task: whatever is live
+    text = fork_mgr(home, "predict", str(images[0])).stdout  # no --task: whatever is live
     assert text.startswith("task digits@1") and "digits-c" in text
-    mgr(home, "switch", "--none")
-    res = mgr(home, "predict", str(images[0]), ok=False)
+    fork_mgr(home, "switch", "--none")
+    res = fork_mgr(home, "predict", str(images[0]), ok=False)
     assert res.returncode == 1 and "no task is live" in res.stderr
 
 
 def test_verify_checks_every_file_and_the_byte_totals(home):
-    mgr(home, "switch", "shapes")
-    rep = mgr(home, "verify", "--json").json()
+    fork_mgr(home, "switch", "shapes")
+    rep = fork_mgr(home, "verify", "--json").json()
     assert rep["ok"] and rep["totals"]["catalog_bytes"] == rep["totals"]["disk_bytes"]
     assert {v["status"] for v in rep["versions"]} == {"ok"} and len(rep["versions"]) == 6
     assert rep["live"]["verified"] is True
     (home / catalog_versions(home)["digits@2"]).write_bytes(b"not a delta")
     (home / "artifacts/shapes/stray.safetensors").write_bytes(b"x" * 10)
-    res = mgr(home, "verify", ok=False)
+    res = fork_mgr(home, "verify", ok=False)
     assert res.returncode == 1
     assert "CORRUPT   digits@2" in res.stdout and "UNTRACKED artifacts/shapes/stray" in res.stdout
     assert "!=" in res.stdout  # the catalog's bytes no longer equal the files'
 
 
 def test_gc_keeps_newest_active_and_live(home):
-    mgr(home, "switch", "pets3@1")  # live, but not pets3's active version (v3)
+    fork_mgr(home, "switch", "pets3@1")  # live, but not pets3's active version (v3)
     dead = _dead_pid()
     temp = home / f"artifacts/digits/.pending-{dead}-0badc0de.safetensors"  # a SIGKILLed trainer's
     temp.write_bytes(b"partial")
-    assert "UNTRACKED artifacts/digits/.pending-" in mgr(home, "verify", ok=False).stdout
-    dry = mgr(home, "gc", "--keep", "1", "--dry-run", "--json").json()
+    assert "UNTRACKED artifacts/digits/.pending-" in fork_mgr(home, "verify", ok=False).stdout
+    dry = fork_mgr(home, "gc", "--keep", "1", "--dry-run", "--json").json()
     assert sorted(f"{d['task']}@{d['version']}" for d in dry["deleted"]) == ["digits@1", "pets3@2"]
     assert len(catalog_versions(home)) == 6  # a dry run deletes nothing
-    used = mgr(home, "storage", "--json").json()["totals"]["adapter_bytes"]
-    rep = mgr(home, "gc", "--keep", "1", "--json").json()
+    used = fork_mgr(home, "storage", "--json").json()["totals"]["adapter_bytes"]
+    rep = fork_mgr(home, "gc", "--keep", "1", "--json").json()
     assert rep["deleted"] == dry["deleted"]
     kept = {f"{k['task']}@{k['version']}": k["reasons"] for k in rep["kept"]}
     assert kept["pets3@1"] == ["live"] and "active" in kept["pets3@3"]
     assert set(catalog_versions(home)) == {"shapes@1", "pets3@1", "pets3@3", "digits@2"}
     assert not (home / "artifacts/pets3/v2.safetensors").exists()
     assert not temp.exists() and rep["leftover_files"] == [temp.relative_to(home).as_posix()]
-    after = mgr(home, "storage", "--json").json()["totals"]["adapter_bytes"]
+    after = fork_mgr(home, "storage", "--json").json()["totals"]["adapter_bytes"]
     assert used - after == rep["freed_bytes"] > 0
-    kinds = [e["kind"] for e in mgr(home, "history", "--json").json()]
+    kinds = [e["kind"] for e in fork_mgr(home, "history", "--json").json()]
     assert kinds.count("version_deleted") == 2 and kinds[-1] == "gc"
-    assert mgr(home, "verify", "--json").json()["ok"]
-    assert mgr(home, "gc", "--keep", "0", "--json").json()["deleted"] == []  # all in use now
-    assert mgr(home, "switch", "pets3@2", ok=False).returncode == 1  # deleted: refused
+    assert fork_mgr(home, "verify", "--json").json()["ok"]
+    assert fork_mgr(home, "gc", "--keep", "0", "--json").json()["deleted"] == []  # all in use now
+    assert fork_mgr(home, "switch", "pets3@2", ok=False).returncode == 1  # deleted: refused
 
 
 def _dead_pid() -> int:
@@ -213,14 +198,14 @@ def test_each_backbone_has_its_own_live_files(home):
         tasks.get_task(s, "carrier").backbone_id = row.id
     cat.close()
     add_python_tasks(home, {"stranger": (2, [("bitfit", None, torch.float32)])}, "carrier")
-    mgr(home, "switch", "shapes")
-    res = mgr(home, "switch", "stranger")  # loads the other backbone; shapes stays live
+    fork_mgr(home, "switch", "shapes")
+    res = fork_mgr(home, "switch", "stranger")  # loads the other backbone; shapes stays live
     assert "loaded" in res.stdout
-    st = mgr(home, "status", "--json").json()
+    st = fork_mgr(home, "status", "--json").json()
     assert st["verified"] is True and st["task"] is None  # two tasks live: no single one
     live = {b["backbone"]["content_hash"]: (b["task"], b["verified"]) for b in st["backbones"]}
     assert live[row.content_hash] == ("stranger", True) and len(live) == 2
     assert ("shapes", True) in live.values()
-    mgr(home, "switch", "--none", "--backbone", row.content_hash[:12])
-    st = mgr(home, "status", "--json").json()
+    fork_mgr(home, "switch", "--none", "--backbone", row.content_hash[:12])
+    st = fork_mgr(home, "status", "--json").json()
     assert st["task"] == "shapes" and st["verified"] is True

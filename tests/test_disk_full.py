@@ -16,17 +16,13 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_clean_error
-from switch_helpers import fork_server, one_thread, template_home  # noqa: F401
+from switch_helpers import fork_mgr, one_thread, template_home  # noqa: F401
 
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
 
 TINY = "deit_tiny_patch16_224:img_size=32,depth=2"
-
-
-def mgr(home: Path, *args: str, ok: bool = True):
-    return fork_server().run(home, *args, ok=ok)
 
 
 @pytest.fixture
@@ -82,40 +78,40 @@ def trained(disk: Path, tmp_path_factory) -> Path:
 def test_switch_and_status_on_a_full_disk(trained: Path, disk: Path) -> None:
     before = snapshot(trained)
     filler = fill(disk, 1_000_000)  # the live copy needs the backbone's 4 MB
-    no_space(mgr(trained, "switch", "shapes@1", ok=False), "the live weights")
-    status = mgr(trained, "status", ok=False)  # recovery retries the copy
+    no_space(fork_mgr(trained, "switch", "shapes@1", ok=False), "the live weights")
+    status = fork_mgr(trained, "status", ok=False)  # recovery retries the copy
     assert "Traceback" not in status.stderr
     assert "no space left on device while writing the live weights" in status.stderr
     filler.unlink()
-    assert mgr(trained, "status", "--json").json()["task"] == "shapes"  # finished now
-    assert mgr(trained, "verify", "--json").json()["ok"] is True
+    assert fork_mgr(trained, "status", "--json").json()["task"] == "shapes"  # finished now
+    assert fork_mgr(trained, "verify", "--json").json()["ok"] is True
     assert snapshot(trained) == before
 
 
 def test_full_fine_tuning_checkpoint_on_a_full_disk(trained: Path, disk: Path) -> None:
     before = snapshot(trained)
     fill(disk, 5_000_000)  # the model fits; model + AdamW state (about 3x) does not
-    proc = mgr(trained, "train", "shapes", "--method", "full", "--epochs", "1",
+    proc = fork_mgr(trained, "train", "shapes", "--method", "full", "--epochs", "1",
                "--batch-size", "48", ok=False)  # fmt: skip
     no_space(proc, "the training checkpoint")
-    assert [v["number"] for v in mgr(trained, "versions", "shapes", "--json").json()] == [1]
-    assert mgr(trained, "verify", "--json").json()["ok"] is True
+    assert [v["number"] for v in fork_mgr(trained, "versions", "shapes", "--json").json()] == [1]
+    assert fork_mgr(trained, "verify", "--json").json()["ok"] is True
     assert snapshot(trained) == before
 
 
 def test_materialising_the_backbone_on_a_full_disk(disk: Path) -> None:
     home = disk / "home"
-    mgr(home, "task", "add", "shapes", "--dataset", "synthetic:per_class=8", "--backbone", TINY,
-        "--weights", "random")  # fmt: skip
+    fork_mgr(home, "task", "add", "shapes", "--dataset", "synthetic:per_class=8",
+             "--backbone", TINY, "--weights", "random")  # fmt: skip
     filler = fill(disk, 1_000_000)
-    proc = mgr(home, "train", "shapes", "--epochs", "1", "--batch-size", "48", ok=False)
+    proc = fork_mgr(home, "train", "shapes", "--epochs", "1", "--batch-size", "48", ok=False)
     no_space(proc, f"the backbone weights of {TINY}")
     assert not list((home / "backbones").glob("*"))
-    assert mgr(home, "verify", "--json").json()["ok"] is True
+    assert fork_mgr(home, "verify", "--json").json()["ok"] is True
     # Nothing at all left: even reading the catalog says why, not "disk I/O error".
     filler.unlink()
     fill(disk, 0)
-    proc = mgr(home, "task", "list", ok=False)
+    proc = fork_mgr(home, "task", "list", ok=False)
     if proc.returncode != 0:
         assert_clean_error(proc)
         assert "no space left on device" in proc.stderr and "disk I/O" not in proc.stderr

@@ -20,18 +20,10 @@ import torch
 from conftest import CLI, ROOT, assert_clean_error
 from PIL import Image
 from safetensors.torch import load_file
-from switch_helpers import copy_home, fork_server, one_thread, template_home  # noqa: F401
+from switch_helpers import fork_mgr, one_thread  # noqa: F401
 
+pytestmark = pytest.mark.trained_home  # `home`: a copy of the trained switch template
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript"))
-
-
-@pytest.fixture
-def home(tmp_path_factory, tmp_path) -> Path:
-    return copy_home(template_home(tmp_path_factory.getbasetemp()), tmp_path / "home")
-
-
-def mgr(home: Path, *args: str, ok: bool = True):
-    return fork_server().run(home, *args, ok=ok)
 
 
 @pytest.fixture
@@ -71,7 +63,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 @pytest.mark.parametrize("label", ["shapes@1", "pets3@2", "pets3@3", "digits@2"])
 def test_the_export_predicts_what_mgr_predict_does(home, tmp_path, image, label):
     out = tmp_path / "export"
-    report = mgr(home, "export", label, "--out", str(out), "--json").json()
+    report = fork_mgr(home, "export", label, "--out", str(out), "--json").json()
     task, number = label.split("@")
     assert (report["task"], report["version"]) == (task, int(number))
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
@@ -84,7 +76,7 @@ def test_the_export_predicts_what_mgr_predict_does(home, tmp_path, image, label)
     model = plain_timm(out)
     probs = probabilities(model, image)
     k = str(cfg["num_classes"])
-    pred = mgr(home, "predict", str(image), "--task", label, "--top-k", k, "--json").json()
+    pred = fork_mgr(home, "predict", str(image), "--task", label, "--top-k", k, "--json").json()
     assert (pred["task"], pred["version"]) == (task, int(number))
     top = pred["predictions"][0]["top"]
     assert top[0]["index"] == int(probs.argmax())
@@ -95,7 +87,7 @@ def test_the_export_predicts_what_mgr_predict_does(home, tmp_path, image, label)
 
 def test_timm_loads_the_folder_by_itself(home, tmp_path, image):
     out = tmp_path / "export"
-    mgr(home, "export", "pets3", "--out", str(out))
+    fork_mgr(home, "export", "pets3", "--out", str(out))
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     assert model.num_classes == 3
     assert torch.equal(probabilities(model, image), probabilities(plain_timm(out), image))
@@ -104,18 +96,20 @@ def test_timm_loads_the_folder_by_itself(home, tmp_path, image):
 def test_unknown_task_or_version_is_one_line(home, tmp_path):
     out = tmp_path / "export"
     assert_clean_error(CLI(home)("export", "nosuch", "--out", str(out), ok=False))
-    proc = mgr(home, "export", "pets3@9", "--out", str(out), ok=False)
+    proc = fork_mgr(home, "export", "pets3@9", "--out", str(out), ok=False)
     assert_clean_error(proc)
     assert "no version 9" in proc.stderr
-    proc = mgr(home, "export", "pets3@nosuch", "--out", str(out), ok=False)
+    proc = fork_mgr(home, "export", "pets3@nosuch", "--out", str(out), ok=False)
     assert_clean_error(proc)
     assert "nosuch" in proc.stderr
     assert not out.exists()
 
 
 def test_an_alias_names_the_version_to_export(home, tmp_path):
-    champion = mgr(home, "export", "pets3@champion", "--out", str(tmp_path / "a"), "--json").json()
-    active = mgr(home, "export", "pets3", "--out", str(tmp_path / "b"), "--json").json()
+    champion = fork_mgr(
+        home, "export", "pets3@champion", "--out", str(tmp_path / "a"), "--json"
+    ).json()
+    active = fork_mgr(home, "export", "pets3", "--out", str(tmp_path / "b"), "--json").json()
     assert champion["version"] == active["version"]
     a, b = (tmp_path / d / "model.safetensors" for d in "ab")
     assert a.read_bytes() == b.read_bytes()
@@ -127,11 +121,11 @@ def test_a_non_empty_folder_is_refused_without_force_and_kept_with_it(home, tmp_
     (out / "notes.txt").write_text("keep me")
     (out / "config.json").write_text("{}")
     before = snapshot(out)
-    proc = mgr(home, "export", "shapes", "--out", str(out), ok=False)
+    proc = fork_mgr(home, "export", "shapes", "--out", str(out), ok=False)
     assert_clean_error(proc)
     assert "--force" in proc.stderr
     assert snapshot(out) == before
-    mgr(home, "export", "shapes", "--out", str(out), "--force")
+    fork_mgr(home, "export", "shapes", "--out", str(out), "--force")
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "notes.txt"]
     assert (out / "notes.txt").read_text() == "keep me"
     assert json.loads((out / "config.json").read_text())["mgr"]["task"] == "shapes"
@@ -142,26 +136,26 @@ def test_a_symlinked_out_dir_is_written_where_it_points_and_nothing_is_deleted(h
     target.mkdir()
     link = tmp_path / "link"
     link.symlink_to(target)
-    report = mgr(home, "export", "digits", "--out", str(link), "--json").json()
+    report = fork_mgr(home, "export", "digits", "--out", str(link), "--json").json()
     assert report["out"] == str(target.resolve())
     assert link.is_symlink() and sorted(os.listdir(target)) == ["config.json", "model.safetensors"]
     # A second export into the now non-empty target: refused, the link and files intact.
     before = snapshot(target)
-    assert_clean_error(mgr(home, "export", "pets3", "--out", str(link), ok=False))
+    assert_clean_error(fork_mgr(home, "export", "pets3", "--out", str(link), ok=False))
     assert link.is_symlink() and snapshot(target) == before
     # A dangling link: the export creates the folder it names.
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "later")
-    mgr(home, "export", "digits", "--out", str(dangling))
+    fork_mgr(home, "export", "digits", "--out", str(dangling))
     assert dangling.is_symlink() and (tmp_path / "later" / "model.safetensors").is_file()
 
 
 def test_out_may_not_be_a_file_or_inside_the_home(home, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    assert_clean_error(mgr(home, "export", "shapes", "--out", str(afile), ok=False))
+    assert_clean_error(fork_mgr(home, "export", "shapes", "--out", str(afile), ok=False))
     assert afile.read_text() == "x"
-    proc = mgr(home, "export", "shapes", "--out", str(home / "artifacts" / "x"), ok=False)
+    proc = fork_mgr(home, "export", "shapes", "--out", str(home / "artifacts" / "x"), ok=False)
     assert_clean_error(proc)
     assert "inside the manager home" in proc.stderr
     assert not (home / "artifacts" / "x").exists()
@@ -173,7 +167,7 @@ def test_onnx_export_computes_the_same_logits(home, tmp_path, image):
     from onnx.reference import ReferenceEvaluator
 
     out = tmp_path / "export"
-    report = mgr(home, "export", "shapes", "--out", str(out), "--onnx", "--json").json()
+    report = fork_mgr(home, "export", "shapes", "--out", str(out), "--onnx", "--json").json()
     assert set(report["files"]) == {"config.json", "model.safetensors", "model.onnx"}
     proto = onnx.load(out / "model.onnx")
     onnx.checker.check_model(proto)
@@ -190,7 +184,7 @@ def test_onnx_export_computes_the_same_logits(home, tmp_path, image):
 @pytest.mark.skipif(HAS_ONNX, reason="onnx is installed: the refusal cannot happen")
 def test_onnx_without_the_package_says_how_to_install_it(home, tmp_path):
     out = tmp_path / "export"
-    proc = mgr(home, "export", "shapes", "--out", str(out), "--onnx", ok=False)
+    proc = fork_mgr(home, "export", "shapes", "--out", str(out), "--onnx", ok=False)
     assert_clean_error(proc)
     assert "pip install onnx" in proc.stderr
     assert not out.exists()

@@ -13,15 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import TINY_SPEC
 from continual_helpers import write_folder
-from switch_helpers import fork_server, one_thread  # noqa: F401
+from switch_helpers import fork_mgr, one_thread  # noqa: F401
 
 from manager.train.gate import MIN_CLASS_IMAGES
 
 COUNTS = {"train": 16, "val": MIN_CLASS_IMAGES, "test": 4}
-
-
-def mgr(home: Path, *args: str, ok: bool = True):
-    return fork_server().run(home, *args, ok=ok)
 
 
 @pytest.mark.slow
@@ -29,14 +25,14 @@ def test_a_version_that_forgets_a_class_is_refused(tmp_path: Path) -> None:
     home, root = tmp_path / "home", tmp_path / "data"
     home.mkdir()
     write_folder(root, {"a": 0, "b": 1, "c": 2}, COUNTS)
-    mgr(home, "task", "add", "f", "--dataset", "imagefolder", "--root", str(root),
+    fork_mgr(home, "task", "add", "f", "--dataset", "imagefolder", "--root", str(root),
         "--backbone", TINY_SPEC, "--weights", "random")  # fmt: skip
-    mgr(home, "train", "f", "--epochs", "3", "--batch-size", "16", "--lr", "1e-2")
+    fork_mgr(home, "train", "f", "--epochs", "3", "--batch-size", "16", "--lr", "1e-2")
 
     for img in (root / "train" / "c").iterdir():
         img.unlink()  # class c stays in the label set and in val, with nothing to train on
     forget = ("--epochs", "1", "--batch-size", "16", "--gate-margin", "-100")
-    out = mgr(home, "train", "f", *forget, "--max-class-drop", "20", "--json").json()
+    out = fork_mgr(home, "train", "f", *forget, "--max-class-drop", "20", "--json").json()
     p = out["promotion"]
     worst = p["worst_classes"][0]
     assert worst["class"] == "c" and worst["new"] == 0.0, p
@@ -44,17 +40,17 @@ def test_a_version_that_forgets_a_class_is_refused(tmp_path: Path) -> None:
     assert not p["promoted"] and p["score"] >= p["champion_score"] - 100
     assert p["reason"].startswith("class 'c' drops ") and "--max-class-drop 20" in p["reason"]
     assert (p["max_class_drop"], p["gated_classes"]) == (20, 3)
-    refused = [e for e in mgr(home, "history", "--task", "f", "--json").json()
+    refused = [e for e in fork_mgr(home, "history", "--task", "f", "--json").json()
                if e["kind"] == "promotion_refused"]  # fmt: skip
     assert refused[-1]["details"]["worst_classes"][0]["class"] == "c"
-    rows = {v["number"]: v for v in mgr(home, "versions", "f", "--json").json()}
+    rows = {v["number"]: v for v in fork_mgr(home, "versions", "f", "--json").json()}
     assert rows[1]["active"] and rows[2]["gate"]["promoted"] is False
     assert rows[2]["lineage"]["data"]["train"]["per_class"] == {"a": 16, "b": 16}
     assert rows[2]["changes"] == "-16 images, settings changed"  # epochs and lr differ
     assert rows[2]["metrics"]["per_class_top1"]["c"] == 0.0  # on test: it never answers c
-    shown = mgr(home, "versions", "f@2", "--classes").stdout
+    shown = fork_mgr(home, "versions", "f@2", "--classes").stdout
     assert "gate: refused (class 'c' drops" in shown
 
     # The same run without the class gate: promoted on its (margin -100) top-1.
-    again = mgr(home, "train", "f", *forget, "--max-class-drop", "100", "--json").json()
+    again = fork_mgr(home, "train", "f", *forget, "--max-class-drop", "100", "--json").json()
     assert again["promotion"]["promoted"], again["promotion"]

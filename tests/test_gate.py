@@ -11,17 +11,13 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_SPEC, assert_clean_error
-from switch_helpers import fork_server, one_thread  # noqa: F401
+from switch_helpers import fork_mgr, one_thread  # noqa: F401
 
 TRAIN = ("--epochs", "1", "--batch-size", "24")
 
 
-def mgr(home: Path, *args: str, ok: bool = True):
-    return fork_server().run(home, *args, ok=ok)
-
-
 def js(home: Path, *args: str):
-    return mgr(home, *args, "--json").json()
+    return fork_mgr(home, *args, "--json").json()
 
 
 def champion(home: Path) -> int:
@@ -36,7 +32,7 @@ def last(home: Path, *kinds: str) -> dict:
 def home(tmp_path: Path) -> Path:
     h = tmp_path / "home"
     h.mkdir()
-    mgr(h, "task", "add", "g", "--dataset", "synthetic:per_class=4", "--backbone", TINY_SPEC,
+    fork_mgr(h, "task", "add", "g", "--dataset", "synthetic:per_class=4", "--backbone", TINY_SPEC,
         "--weights", "random")  # fmt: skip
     return h
 
@@ -51,13 +47,13 @@ def test_gate_modes_and_what_the_history_records(home: Path) -> None:
     assert champion(home) == 1
     assert last(home, "promoted", "promotion_refused")["details"]["number"] == 1  # nothing new
 
-    always = mgr(home, "train", "g", *TRAIN, "--seed", "2", "--promote", "always")
+    always = fork_mgr(home, "train", "g", *TRAIN, "--seed", "2", "--promote", "always")
     assert "promotion: v3 promoted (--promote always)" in always.stdout
     assert "gate:" not in always.stderr  # nothing evaluated
     assert champion(home) == 3
 
     # A margin no score can reach: refused, both scores and the split recorded.
-    refused = mgr(home, "train", "g", *TRAIN, "--seed", "3", "--gate-margin", "100")
+    refused = fork_mgr(home, "train", "g", *TRAIN, "--seed", "3", "--gate-margin", "100")
     line = next(ln for ln in refused.stdout.splitlines() if ln.startswith("gate:"))
     assert line.startswith("gate: v4 ") and " vs champion v3 " in line
     assert line.endswith("% on val (margin 100.0): not promoted")
@@ -85,14 +81,14 @@ def test_gate_modes_and_what_the_history_records(home: Path) -> None:
 
 
 def test_gate_says_what_it_compared_when_training_used_the_validation_split(home: Path) -> None:
-    mgr(home, "train", "g", *TRAIN)
-    out = mgr(home, "train", "g", *TRAIN, "--seed", "1", "--train-split", "trainval",
+    fork_mgr(home, "train", "g", *TRAIN)
+    out = fork_mgr(home, "train", "g", *TRAIN, "--seed", "1", "--train-split", "trainval",
               "--gate-margin", "-100")  # fmt: skip
     assert "% on test (margin -100.0): promoted" in out.stdout
     assert "compared on test: no held-out validation split (training used trainval)" in out.stdout
     d = last(home, "promoted")["details"]
     assert d["split"] == "test" and "trainval" in d["split_note"]
     # The split can be named; a split the data set lacks is refused before any training.
-    bad = mgr(home, "train", "g", *TRAIN, "--gate-split", "holdout", ok=False)
+    bad = fork_mgr(home, "train", "g", *TRAIN, "--gate-split", "holdout", ok=False)
     assert_clean_error(bad)
     assert "--gate-split" in bad.stderr and "epoch" not in bad.stderr

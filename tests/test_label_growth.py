@@ -14,16 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import TINY_SPEC, assert_clean_error
 from continual_helpers import write_class, write_folder
-from switch_helpers import fork_server, one_thread  # noqa: F401
+from switch_helpers import fork_mgr, one_thread  # noqa: F401
 
 from manager.datasets import create_dataset, describe
 
 TRAIN = ("--epochs", "1", "--batch-size", "16")
 COUNTS = {"train": 8, "val": 4, "test": 4}
-
-
-def mgr(home: Path, *args: str, ok: bool = True):
-    return fork_server().run(home, *args, ok=ok)
 
 
 def test_imagefolder_reads_classes_txt(tmp_path: Path) -> None:
@@ -36,7 +32,9 @@ def test_imagefolder_reads_classes_txt(tmp_path: Path) -> None:
     (root / "classes.txt").write_text("airplane\n")
     home = tmp_path / "home"
     home.mkdir()
-    bad = mgr(home, "task", "add", "p", "--dataset", "imagefolder", "--root", str(root), ok=False)
+    bad = fork_mgr(
+        home, "task", "add", "p", "--dataset", "imagefolder", "--root", str(root), ok=False
+    )
     assert_clean_error(bad)
     assert "one name per folder" in bad.stderr
 
@@ -46,29 +44,29 @@ def test_a_new_class_grows_the_head_and_old_versions_keep_theirs(tmp_path: Path)
     home, root = tmp_path / "home", tmp_path / "data"
     home.mkdir()
     write_folder(root, {"a": 0, "b": 1}, COUNTS)
-    mgr(home, "task", "add", "f", "--dataset", "imagefolder", "--root", str(root),
+    fork_mgr(home, "task", "add", "f", "--dataset", "imagefolder", "--root", str(root),
         "--backbone", TINY_SPEC, "--weights", "random")  # fmt: skip
-    mgr(home, "train", "f", *TRAIN)
+    fork_mgr(home, "train", "f", *TRAIN)
     image = str(root / "test" / "a" / "000.png")
-    before = mgr(home, "predict", image, "--task", "f@1", "--json").json()
+    before = fork_mgr(home, "predict", image, "--task", "f@1", "--json").json()
 
     write_class(root, "aa", 2, COUNTS)
-    refused = mgr(home, "train", "f", *TRAIN, ok=False)
+    refused = fork_mgr(home, "train", "f", *TRAIN, ok=False)
     assert_clean_error(refused)
     assert (
         "not in its label set (aa)" in refused.stderr and "task refresh f --yes" in refused.stderr
     )
-    shown = mgr(home, "task", "refresh", "f")
+    shown = fork_mgr(home, "task", "refresh", "f")
     assert "1 new class(es) found: aa" in shown.stdout
-    assert mgr(home, "task", "show", "f", "--json").json()["class_names"] == ["a", "b"]
-    done = mgr(home, "task", "refresh", "f", "--yes", "--json").json()
+    assert fork_mgr(home, "task", "show", "f", "--json").json()["class_names"] == ["a", "b"]
+    done = fork_mgr(home, "task", "refresh", "f", "--yes", "--json").json()
     assert done["recorded"] and done["classes"] == ["a", "b", "aa"]  # appended: a, b keep 0, 1
-    assert mgr(home, "task", "refresh", "f", "--json").json()["new"] == []
+    assert fork_mgr(home, "task", "refresh", "f", "--json").json()["new"] == []
 
-    v2 = mgr(home, "train", "f", *TRAIN, "--init", "champion", "--promote", "always", "--json")
+    v2 = fork_mgr(home, "train", "f", *TRAIN, "--init", "champion", "--promote", "always", "--json")
     v2 = v2.json()
     assert v2["metrics"]["per_class_top1"].keys() == {"a", "b", "aa"}
-    rows = {v["number"]: v for v in mgr(home, "versions", "f", "--json").json()}
+    rows = {v["number"]: v for v in fork_mgr(home, "versions", "f", "--json").json()}
     lin = rows[2]["lineage"]
     assert lin["classes"] == ["a", "b", "aa"]
     assert (lin["init"]["head"], lin["init"]["head_rows_kept"]) == ("grown", 2)
@@ -77,9 +75,9 @@ def test_a_new_class_grows_the_head_and_old_versions_keep_theirs(tmp_path: Path)
     assert rows[1]["classes"] == ["a", "b"]
 
     # Each version answers with its own classes (the live files, then a fresh switch back).
-    new = mgr(home, "predict", image, "--task", "f@2", "--json", "--top-k", "5").json()
+    new = fork_mgr(home, "predict", image, "--task", "f@2", "--json", "--top-k", "5").json()
     assert {t["class"] for t in new["predictions"][0]["top"]} == {"a", "b", "aa"}
-    old = mgr(home, "predict", image, "--task", "f@1", "--json", "--top-k", "5").json()
+    old = fork_mgr(home, "predict", image, "--task", "f@1", "--json", "--top-k", "5").json()
     assert {t["class"] for t in old["predictions"][0]["top"]} == {"a", "b"}
     assert old["predictions"] == before["predictions"]  # unchanged by the growth
 
@@ -94,12 +92,12 @@ def test_a_new_class_grows_the_head_and_old_versions_keep_theirs(tmp_path: Path)
     # A class gone from the data stays unless --drop says otherwise.
     for split in COUNTS:
         shutil.rmtree(root / split / "b")
-    kept = mgr(home, "task", "refresh", "f")
+    kept = fork_mgr(home, "task", "refresh", "f")
     assert "1 class(es) no longer in the data, kept in the label set" in kept.stdout
-    assert_clean_error(mgr(home, "task", "refresh", "f", "--drop", ok=False))
-    dropped = mgr(home, "task", "refresh", "f", "--yes", "--drop", "--json").json()
+    assert_clean_error(fork_mgr(home, "task", "refresh", "f", "--drop", ok=False))
+    dropped = fork_mgr(home, "task", "refresh", "f", "--yes", "--drop", "--json").json()
     assert dropped["dropped"] == ["b"] and dropped["classes"] == ["a", "aa"]
-    history = mgr(home, "history", "--task", "f", "--json").json()
+    history = fork_mgr(home, "history", "--task", "f", "--json").json()
     assert [e["details"]["added"] for e in history if e["kind"] == "classes_refreshed"] == [
         ["aa"],
         [],
@@ -119,15 +117,19 @@ def test_vtab1k_classes_txt_grows_by_refresh(tmp_path: Path) -> None:
     (root / "classes.txt").write_text("cat\ndog\n")
     home = tmp_path / "home"
     home.mkdir()
-    mgr(home, "task", "add", "v", "--dataset", "vtab1k", "--root", str(root))
-    assert mgr(home, "task", "refresh", "v", "--json").json()["new"] == []
+    fork_mgr(home, "task", "add", "v", "--dataset", "vtab1k", "--root", str(root))
+    assert fork_mgr(home, "task", "refresh", "v", "--json").json()["new"] == []
     (root / "classes.txt").write_text("cat\ndog\nbird\n")
     (root / "train800val200.txt").write_text("0.png 0\n1.png 1\n2.png 2\n")
-    shown = mgr(home, "task", "refresh", "v")
+    shown = fork_mgr(home, "task", "refresh", "v")
     assert "1 new class(es) found: bird" in shown.stdout
-    assert mgr(home, "task", "refresh", "v", "--yes", "--json").json()["classes"] == [
+    assert fork_mgr(home, "task", "refresh", "v", "--yes", "--json").json()["classes"] == [
         "cat",
         "dog",
         "bird",
     ]
-    assert mgr(home, "task", "show", "v", "--json").json()["class_names"] == ["cat", "dog", "bird"]
+    assert fork_mgr(home, "task", "show", "v", "--json").json()["class_names"] == [
+        "cat",
+        "dog",
+        "bird",
+    ]

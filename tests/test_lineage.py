@@ -14,16 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import TINY_SPEC
 from continual_helpers import write_class, write_folder
-from switch_helpers import fork_server, one_thread  # noqa: F401
+from switch_helpers import fork_mgr, one_thread  # noqa: F401
 
 from manager.catalog.lineage import describe_diff
 from manager.datasets.fingerprint import counts_per_class, fingerprint
 
 TRAIN = ("--epochs", "1", "--batch-size", "16")
-
-
-def mgr(home: Path, *args: str, ok: bool = True):
-    return fork_server().run(home, *args, ok=ok)
 
 
 def test_fingerprint_sees_added_touched_and_renamed_files(tmp_path: Path) -> None:
@@ -74,10 +70,10 @@ def test_if_changed_trains_only_on_new_data(tmp_path: Path) -> None:
     home, root = tmp_path / "home", tmp_path / "data"
     home.mkdir()
     write_folder(root, {"a": 0, "b": 1})
-    mgr(home, "task", "add", "f", "--dataset", "imagefolder", "--root", str(root),
+    fork_mgr(home, "task", "add", "f", "--dataset", "imagefolder", "--root", str(root),
         "--backbone", TINY_SPEC, "--weights", "random")  # fmt: skip
-    v1 = mgr(home, "train", "f", *TRAIN, "--json").json()
-    lin = mgr(home, "versions", "f@1", "--json").json()[0]["lineage"]
+    v1 = fork_mgr(home, "train", "f", *TRAIN, "--json").json()
+    lin = fork_mgr(home, "versions", "f@1", "--json").json()[0]["lineage"]
     assert lin["classes"] == ["a", "b"] and lin["parent"] is None and lin["init"] is None
     data = lin["data"]
     assert (data["dataset"], data["root"]) == ("imagefolder", str(root.resolve()))
@@ -86,19 +82,21 @@ def test_if_changed_trains_only_on_new_data(tmp_path: Path) -> None:
     assert data["fingerprint"]["files"] == 32 and len(data["fingerprint"]["sha256"]) == 64
     assert v1["metrics"]["per_class_top1"].keys() == {"a", "b"}
 
-    same = mgr(home, "train", "f", *TRAIN, "--if-changed")
+    same = fork_mgr(home, "train", "f", *TRAIN, "--if-changed")
     assert same.returncode == 0
     assert same.stdout.strip().splitlines() == [same.stdout.strip()]  # one line
     assert same.stdout.startswith("f@1 unchanged: data (32 files")
-    assert len(mgr(home, "versions", "f", "--json").json()) == 1  # nothing trained
+    assert len(fork_mgr(home, "versions", "f", "--json").json()) == 1  # nothing trained
     # Other settings count as a change, and so does the data.
-    other = mgr(home, "train", "f", *TRAIN, "--if-changed", "--seed", "7", "--promote", "never")
+    other = fork_mgr(
+        home, "train", "f", *TRAIN, "--if-changed", "--seed", "7", "--promote", "never"
+    )
     assert "unchanged" not in other.stdout
     shutil.copy(root / "train" / "a" / "000.png", root / "train" / "a" / "100.png")
-    grown = mgr(home, "train", "f", *TRAIN, "--if-changed", "--json").json()
+    grown = fork_mgr(home, "train", "f", *TRAIN, "--if-changed", "--json").json()
     assert grown["version"] == 3
-    rows = {v["number"]: v for v in mgr(home, "versions", "f", "--json").json()}
+    rows = {v["number"]: v for v in fork_mgr(home, "versions", "f", "--json").json()}
     assert rows[3]["lineage"]["data"]["train"]["per_class"] == {"a": 9, "b": 8}
     assert rows[3]["lineage"]["parent"] == 1 and rows[3]["changes"] == "+1 images"
-    table = mgr(home, "versions", "f").stdout
+    table = fork_mgr(home, "versions", "f").stdout
     assert "from v1: +1 images" in table

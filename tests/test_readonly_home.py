@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_clean_error
-from switch_helpers import copy_home, fork_server, one_thread, template_home  # noqa: F401
+from switch_helpers import copy_home, fork_mgr, one_thread, template_home  # noqa: F401
 
 
 def _mount(*args: str) -> bool:
     return subprocess.run(["mount", *args], capture_output=True).returncode == 0
-
-
-def mgr(home: Path, *args: str, ok: bool = True):
-    return fork_server().run(home, *args, ok=ok)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +31,7 @@ def ro_home(tmp_path_factory) -> Path:
             pytest.skip("cannot mount a tmpfs here (root without mount rights)")
         try:
             home = copy_home(template, mnt / "home")
-            mgr(home, "switch", "shapes@1")  # live files, so status has something to check
+            fork_mgr(home, "switch", "shapes@1")  # live files, so status has something to check
             if not _mount("-o", "remount,ro", str(mnt)):
                 pytest.skip("cannot remount a tmpfs read-only here")
             yield home
@@ -43,7 +39,7 @@ def ro_home(tmp_path_factory) -> Path:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
         return
     home = copy_home(template, mnt / "home")
-    mgr(home, "switch", "shapes@1")
+    fork_mgr(home, "switch", "shapes@1")
     for p in [home, *[q for q in home.rglob("*") if q.is_dir()]]:
         p.chmod(0o555)
     try:
@@ -56,7 +52,7 @@ def ro_home(tmp_path_factory) -> Path:
 
 def test_readers_work_on_a_read_only_home(ro_home: Path) -> None:
     def read(*args: str):
-        return mgr(ro_home, *args, "--json").json()
+        return fork_mgr(ro_home, *args, "--json").json()
 
     assert read("status")["task"] == "shapes"
     assert read("verify")["ok"] is True
@@ -74,6 +70,6 @@ def test_readers_work_on_a_read_only_home(ro_home: Path) -> None:
     ],
 )
 def test_writers_say_the_home_is_read_only(ro_home: Path, args) -> None:
-    proc = mgr(ro_home, *args, ok=False)
+    proc = fork_mgr(ro_home, *args, ok=False)
     assert_clean_error(proc)
     assert "read-only" in proc.stderr

@@ -15,32 +15,15 @@ import pytest
 import torch
 from conftest import CLI, assert_clean_error
 from safetensors.torch import load_file
-from switch_helpers import (  # noqa: F401
-    catalog_versions,
-    copy_home,
-    deployment,
-    fork_server,
-    live_file,
-    merged,
-    one_thread,
-    template_home,
-    w0,
-)
+from switch_helpers import catalog_versions, deployment, fork_mgr, live_file, merged, one_thread, w0  # noqa: F401
 
 from manager.errors import MgrError
 
-
-@pytest.fixture
-def home(tmp_path_factory, tmp_path) -> Path:
-    return copy_home(template_home(tmp_path_factory.getbasetemp()), tmp_path / "home")
-
-
-def mgr(home: Path, *args: str, ok: bool = True, **env: str):
-    return fork_server().run(home, *args, ok=ok, **env)
+pytestmark = pytest.mark.trained_home  # `home`: a copy of the trained switch template
 
 
 def js(home: Path, *args: str):
-    return mgr(home, *args, "--json").json()
+    return fork_mgr(home, *args, "--json").json()
 
 
 def champion(home: Path, task: str) -> int:
@@ -86,7 +69,7 @@ def test_selectors_parse_numbers_and_alias_names() -> None:
 
 
 def test_alias_set_list_remove_and_versions_show_them(home: Path) -> None:
-    assert mgr(home, "alias", "set", "pets3", "candidate", "1").stdout.strip() == (
+    assert fork_mgr(home, "alias", "set", "pets3", "candidate", "1").stdout.strip() == (
         "pets3@candidate -> v1"
     )
     # An alias may be set from another alias; 'champion' resolves to the active version.
@@ -107,9 +90,9 @@ def test_alias_set_list_remove_and_versions_show_them(home: Path) -> None:
     assert (moved["version"], moved["previous"]) == (2, 1)
     shown = {v["number"]: v["aliases"] for v in js(home, "versions", "pets3")}
     assert shown == {1: [], 2: ["candidate"], 3: ["champion", "stable"]}
-    assert "candidate" in mgr(home, "versions", "pets3").stdout
+    assert "candidate" in fork_mgr(home, "versions", "pets3").stdout
 
-    assert "it pointed at v2" in mgr(home, "alias", "remove", "pets3", "candidate").stdout
+    assert "it pointed at v2" in fork_mgr(home, "alias", "remove", "pets3", "candidate").stdout
     assert [r["alias"] for r in js(home, "alias", "list", "pets3")] == ["champion", "stable"]
     changes = events(home, "alias_set", "alias_removed")
     kinds = [(e["kind"], e["details"].get("alias")) for e in changes]
@@ -149,16 +132,16 @@ def mgr_cli(home: Path) -> CLI:
 
 
 def test_switch_and_serve_by_alias_give_the_numbered_version(home: Path) -> None:
-    mgr(home, "alias", "set", "pets3", "candidate", "1")
+    fork_mgr(home, "alias", "set", "pets3", "candidate", "1")
     out = js(home, "switch", "pets3@candidate")
     assert (out["task"], out["version"]) == ("pets3", 1)
     assert deployment(home)["live"] == "pets3@1"
     assert_live_is(home, "pets3@1")
-    assert "already live" in mgr(home, "switch", "pets3@1").stdout  # the same version
-    mgr(home, "switch", "pets3@champion")
+    assert "already live" in fork_mgr(home, "switch", "pets3@1").stdout  # the same version
+    fork_mgr(home, "switch", "pets3@champion")
     assert deployment(home)["live"] == "pets3@3"
     assert_live_is(home, "pets3@3")
-    assert "already live" in mgr(home, "switch", "pets3").stdout
+    assert "already live" in fork_mgr(home, "switch", "pets3").stdout
 
     # The server resolves a request's task through the same resolver.
     from manager.catalog import open_catalog
@@ -183,13 +166,13 @@ def test_switch_and_serve_by_alias_give_the_numbered_version(home: Path) -> None
 
 def test_promote_and_rollback_walk_the_history_like_a_stack(home: Path) -> None:
     # The template recorded v1, v2, v3 in turn, each promoted: the champion's history is 1, 2, 3.
-    assert "pets3@champion -> v1 (was v3)" in mgr(home, "promote", "pets3@1").stdout
-    mgr(home, "alias", "set", "pets3", "candidate", "2")
+    assert "pets3@champion -> v1 (was v3)" in fork_mgr(home, "promote", "pets3@1").stdout
+    fork_mgr(home, "alias", "set", "pets3", "candidate", "2")
     out = js(home, "promote", "pets3@candidate")  # whatever the alias names becomes champion
     assert (out["version"], out["previous"]) == (2, 1)
     assert champion(home, "pets3") == 2
     # History 1, 2, 3, 1, 2: each rollback goes one further back.
-    assert "rolled back to v1 (was v2)" in mgr(home, "rollback", "pets3").stdout
+    assert "rolled back to v1 (was v2)" in fork_mgr(home, "rollback", "pets3").stdout
     walked = [js(home, "rollback", "pets3")["version"] for _ in range(3)]
     assert walked == [3, 2, 1]
     assert champion(home, "pets3") == 1
@@ -197,11 +180,11 @@ def test_promote_and_rollback_walk_the_history_like_a_stack(home: Path) -> None:
     assert_clean_error(proc)
     assert "nothing to roll back to: pets3@champion (v1)" in proc.stderr
     # A promotion after rollbacks starts from there: 1 -> 3, then back to 1.
-    mgr(home, "promote", "pets3@3")
+    fork_mgr(home, "promote", "pets3@3")
     assert js(home, "rollback", "pets3")["version"] == 1
 
     # Other aliases move and roll back the same way, without touching the champion.
-    mgr(home, "promote", "pets3@3", "--alias", "candidate")
+    fork_mgr(home, "promote", "pets3@3", "--alias", "candidate")
     assert js(home, "rollback", "pets3", "--alias", "candidate")["version"] == 2
     assert champion(home, "pets3") == 1
 
@@ -226,9 +209,11 @@ def test_promote_and_rollback_walk_the_history_like_a_stack(home: Path) -> None:
 
 
 def test_rollback_skips_versions_deleted_since(home: Path) -> None:
-    mgr(home, "promote", "pets3@1")
-    mgr(home, "promote", "pets3@2")  # champion history: 3, 1, 2
-    mgr(home, "switch", "pets3@3")  # live, so gc keeps it; v1 is neither live, newest nor named
+    fork_mgr(home, "promote", "pets3@1")
+    fork_mgr(home, "promote", "pets3@2")  # champion history: 3, 1, 2
+    fork_mgr(
+        home, "switch", "pets3@3"
+    )  # live, so gc keeps it; v1 is neither live, newest nor named
     gone = js(home, "gc", "--keep", "0", "--task", "pets3")
     assert [d["version"] for d in gone["deleted"]] == [1]
     out = js(home, "rollback", "pets3")
@@ -239,12 +224,12 @@ def test_rollback_skips_versions_deleted_since(home: Path) -> None:
 
 
 def test_gc_keeps_versions_an_alias_names(home: Path) -> None:
-    mgr(home, "alias", "set", "pets3", "candidate", "1")
+    fork_mgr(home, "alias", "set", "pets3", "candidate", "1")
     report = js(home, "gc", "--keep", "0", "--task", "pets3")
     assert [d["version"] for d in report["deleted"]] == [2]
     kept = {k["version"]: k["reasons"] for k in report["kept"]}
     assert kept[1] == ["alias candidate"] and "active" in kept[3]
-    mgr(home, "switch", "pets3@candidate")
+    fork_mgr(home, "switch", "pets3@candidate")
 
 
 # -- tags ---------------------------------------------------------------------------------------
@@ -252,10 +237,10 @@ def test_gc_keeps_versions_an_alias_names(home: Path) -> None:
 
 def test_tags_add_remove_show(home: Path) -> None:
     assert js(home, "tag", "pets3@2", "reviewed", "baseline")["tags"] == ["baseline", "reviewed"]
-    mgr(home, "alias", "set", "pets3", "candidate", "2")
+    fork_mgr(home, "alias", "set", "pets3", "candidate", "2")
     assert js(home, "tag", "pets3@candidate", "reviewed")["tags"] == ["baseline", "reviewed"]
     assert js(home, "tag", "pets3@candidate", "baseline", "--remove")["tags"] == ["reviewed"]
-    assert mgr(home, "tag", "pets3@2").stdout.strip() == "pets3@2: reviewed"
+    assert fork_mgr(home, "tag", "pets3@2").stdout.strip() == "pets3@2: reviewed"
     assert {v["number"]: v["tags"] for v in js(home, "versions", "pets3")} == {
         1: [],
         2: ["reviewed"],
@@ -282,9 +267,9 @@ def _between(a: str, b: str) -> str:
 
 
 def test_history_at_says_what_was_live_and_who_was_champion(home: Path) -> None:
-    mgr(home, "switch", "digits")
-    mgr(home, "promote", "pets3@1")
-    mgr(home, "switch", "pets3@2")
+    fork_mgr(home, "switch", "digits")
+    fork_mgr(home, "promote", "pets3@1")
+    fork_mgr(home, "switch", "pets3@2")
     switched = events(home, "switched")
     promoted = [e for e in events(home, "promoted") if e["task"] == "pets3"][-1]
     assert [e["details"]["to"] for e in switched] == ["digits@2", "pets3@2"]
@@ -305,7 +290,7 @@ def test_history_at_says_what_was_live_and_who_was_champion(home: Path) -> None:
     before = js(home, "history", "--at", "2000-01-01T00:00:00+00:00")
     assert before["live"] == [{"host": before["host"], "version": None, "since": None}]
     assert before["champions"] == []
-    text = mgr(home, "history", "--at", _between(first, second)).stdout
+    text = fork_mgr(home, "history", "--at", _between(first, second)).stdout
     assert "digits@2" in text and "pets3: champion v" in text
     everywhere = js(home, "history", "--at", "0s", "--all-hosts")
     assert [x["version"] for x in everywhere["live"]] == ["pets3@2"]

@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 from conftest import CLI, TINY_SPEC, assert_clean_error
-from switch_helpers import fork_server, one_thread  # noqa: F401
+from switch_helpers import fork_mgr, one_thread  # noqa: F401
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def mgr(home: Path, *args: str, ok: bool = True):
-    return fork_server().run(home, *args, ok=ok)
 
 
 def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -65,22 +61,22 @@ def two_by_two(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("plot") / "home"
     home.mkdir()
     for task, data in (("shapes", "synthetic:per_class=4"), ("dots", "synthetic:num_classes=3")):
-        mgr(home, "task", "add", task, "--dataset", data, "--backbone", TINY_SPEC,
+        fork_mgr(home, "task", "add", task, "--dataset", data, "--backbone", TINY_SPEC,
             "--weights", "random")  # fmt: skip
         for method in ("consolidator", "linear"):
-            mgr(home, "train", task, "--method", method, "--epochs", "1", "--batch-size", "48")
-    mgr(home, "budget", "set", "100KB", "--task", "shapes")
-    mgr(home, "budget", "set", "1MiB")
+            fork_mgr(home, "train", task, "--method", method, "--epochs", "1", "--batch-size", "48")
+    fork_mgr(home, "budget", "set", "100KB", "--task", "shapes")
+    fork_mgr(home, "budget", "set", "1MiB")
     return home
 
 
 def test_the_plot_is_a_png_of_the_report(two_by_two, tmp_path):
     out = tmp_path / "out.png"
-    mgr(two_by_two, "storage", "--plot", str(out))
+    fork_mgr(two_by_two, "storage", "--plot", str(out))
     data = out.read_bytes()
     assert png_size(data) == (1200, 800)
     drawn = json.loads(png_text(data)["mgr-storage"])
-    report = mgr(two_by_two, "storage", "--json").json()
+    report = fork_mgr(two_by_two, "storage", "--json").json()
     assert drawn["global_budget_bytes"] == report["totals"]["global_budget_bytes"] == 2**20
     assert [t["task"] for t in drawn["tasks"]] == [t["task"] for t in report["tasks"]]
     for d, r in zip(drawn["tasks"], report["tasks"], strict=True):
@@ -99,7 +95,7 @@ def test_the_plot_is_a_png_of_the_report(two_by_two, tmp_path):
 @pytest.mark.parametrize("size", ["640x480", "1001x333", "333x1001"])
 def test_the_requested_size_in_pixels(two_by_two, tmp_path, size):
     out = tmp_path / "sized.png"
-    proc = mgr(two_by_two, "storage", "--json", "--plot", str(out), "--plot-size", size)
+    proc = fork_mgr(two_by_two, "storage", "--json", "--plot", str(out), "--plot-size", size)
     json.loads(proc.stdout)  # --json stays clean; the path goes to stderr
     assert str(out) in proc.stderr
     w, h = map(int, size.split("x"))
@@ -107,10 +103,10 @@ def test_the_requested_size_in_pixels(two_by_two, tmp_path, size):
 
 
 def test_a_catalog_without_versions_still_gets_a_picture(home, tmp_path):
-    mgr(home, "task", "add", "empty", "--dataset", "synthetic", "--backbone", TINY_SPEC,
+    fork_mgr(home, "task", "add", "empty", "--dataset", "synthetic", "--backbone", TINY_SPEC,
         "--weights", "random")  # fmt: skip
     out = tmp_path / "empty.png"
-    mgr(home, "storage", "--plot", str(out))
+    fork_mgr(home, "storage", "--plot", str(out))
     data = out.read_bytes()
     assert png_size(data) == (1200, 800)
     drawn = json.loads(png_text(data)["mgr-storage"])
@@ -120,17 +116,17 @@ def test_a_catalog_without_versions_still_gets_a_picture(home, tmp_path):
 @pytest.mark.parametrize("size", ["12x800", "800", "axb", "100000x800"])
 def test_bad_sizes_and_paths_are_one_line(home, tmp_path, size):
     out = tmp_path / "x.png"
-    assert_clean_error(mgr(home, "storage", "--plot", str(out), "--plot-size", size, ok=False))
+    assert_clean_error(fork_mgr(home, "storage", "--plot", str(out), "--plot-size", size, ok=False))
     assert not out.exists()
 
 
 def test_a_plot_never_lands_inside_the_home_or_over_a_folder(home, tmp_path):
-    proc = mgr(home, "storage", "--plot", str(home / "catalog.db"), ok=False)
+    proc = fork_mgr(home, "storage", "--plot", str(home / "catalog.db"), ok=False)
     assert_clean_error(proc)
     assert "inside the manager home" in proc.stderr
     folder = tmp_path / "folder.png"
     folder.mkdir()
-    assert_clean_error(mgr(home, "storage", "--plot", str(folder), ok=False))
+    assert_clean_error(fork_mgr(home, "storage", "--plot", str(folder), ok=False))
     assert folder.is_dir()
 
 

@@ -21,26 +21,19 @@ import pytest
 import torch
 from conftest import CLI, ROOT
 from safetensors.torch import load_file
-from switch_helpers import (  # noqa: F401
+from switch_helpers import (
     catalog_versions,
-    copy_home,
     deployment,
     fork_server,
     live_file,
     merged,
-    one_thread,
-    template_home,
     w0,
 )
 
 from manager.store.fs import temp_owner
 
+pytestmark = pytest.mark.trained_home  # `home`: a copy of the trained switch template
 SLOW = "0.003"  # seconds per tensor: a switch writes ~25-55 tensors
-
-
-@pytest.fixture
-def home(tmp_path_factory, tmp_path) -> Path:
-    return copy_home(template_home(tmp_path_factory.getbasetemp()), tmp_path / "home")
 
 
 class Expected:

@@ -8,16 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from switch_helpers import catalog_versions, copy_home, one_thread, template_home  # noqa: F401
+from switch_helpers import catalog_versions, one_thread  # noqa: F401
 from test_switcher import fresh_merge
 
 from manager.errors import MgrError
 from manager.switch import Switcher
 
-
-@pytest.fixture
-def trained(tmp_path_factory, tmp_path) -> Path:
-    return copy_home(template_home(tmp_path_factory.getbasetemp()), tmp_path / "home")
+pytestmark = pytest.mark.trained_home  # `home`: a copy of the trained switch template
 
 
 def _labels(home: Path) -> list[str]:
@@ -29,12 +26,12 @@ def _switch(sw: Switcher, label: str) -> None:
     sw.switch(task, int(number))
 
 
-def test_bf16_serving_is_the_cast_of_the_exact_merge(trained):
-    labels = _labels(trained)
-    with Switcher(trained, precision="bf16") as sw:
+def test_bf16_serving_is_the_cast_of_the_exact_merge(home):
+    labels = _labels(home)
+    with Switcher(home, precision="bf16") as sw:
         _switch(sw, labels[0])
         assert all(t.dtype == torch.float32 for t in sw.base.values())  # W0 stays exact
-        expected = {lb: fresh_merge(sw, trained, catalog_versions(trained)[lb]) for lb in labels}
+        expected = {lb: fresh_merge(sw, home, catalog_versions(home)[lb]) for lb in labels}
         rng = random.Random(3)
         for _ in range(60):
             label = rng.choice(labels)
@@ -46,18 +43,18 @@ def test_bf16_serving_is_the_cast_of_the_exact_merge(trained):
         assert sw.predict(x).dtype == torch.float32
 
 
-def test_unknown_precision_is_refused(trained):
+def test_unknown_precision_is_refused(home):
     with pytest.raises(MgrError, match="unknown precision"):
-        Switcher(trained, precision="fp8")
+        Switcher(home, precision="fp8")
 
 
 @pytest.mark.slow
-def test_compiled_model_serves_every_task_without_recompiling(trained):
+def test_compiled_model_serves_every_task_without_recompiling(home):
     from torch._dynamo.utils import counters
 
-    labels = _labels(trained)
+    labels = _labels(home)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with Switcher(trained) as eager, Switcher(trained, compile=True) as sw:
+    with Switcher(home) as eager, Switcher(home, compile=True) as sw:
         want = {}
         for label in labels:
             _switch(eager, label)
@@ -80,13 +77,13 @@ def test_compiled_model_serves_every_task_without_recompiling(trained):
         assert counters["stats"]["unique_graphs"] == graphs
 
 
-def test_predict_precision_through_the_cli(trained, tmp_path):
+def test_predict_precision_through_the_cli(home, tmp_path):
     from conftest import CLI, assert_clean_error
     from PIL import Image
 
     img = tmp_path / "x.png"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(img)
-    mgr = CLI(trained)
+    mgr = CLI(home)
     fp32 = mgr.json("predict", str(img), "--task", "digits", "--top-k", "3")
     bf16 = mgr.json("predict", str(img), "--task", "digits", "--top-k", "3", "--precision", "bf16")
     a, b = fp32["predictions"][0]["top"], bf16["predictions"][0]["top"]

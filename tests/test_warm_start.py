@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SPEC, assert_clean_error, tiny_vit
-from continual_helpers import write_folder
-from switch_helpers import fork_server, one_thread  # noqa: F401
+from conftest import assert_clean_error, tiny_vit
+from continual_helpers import synthetic_and_folder_tasks
+from switch_helpers import fork_mgr, one_thread  # noqa: F401
 
 from manager.delta.delta import ConsolidatorLayer, DeltaMeta
 from manager.errors import MgrError
@@ -106,35 +106,31 @@ def test_other_structures_and_methods_are_refused() -> None:
         warm_start(model, InitSource("t", 1, lora, ["a", "b"]), ["a", "b"])
 
 
-def mgr(home: Path, *args: str, ok: bool = True):
-    return fork_server().run(home, *args, ok=ok)
-
-
 @pytest.mark.slow
 def test_init_through_the_cli(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    add = ("--backbone", TINY_SPEC, "--weights", "random")
-    mgr(home, "task", "add", "g", "--dataset", "synthetic:per_class=4", *add)
-    mgr(home, "task", "add", "h", "--dataset", "imagefolder", "--root",
-        str(write_folder(tmp_path / "pics", {"cat": 0, "dog": 1})), *add)  # fmt: skip
-    mgr(home, "task", "add", "deep", "--dataset", "synthetic:per_class=4", "--weights", "random",
-        "--backbone", "deit_tiny_patch16_224:img_size=32,depth=3")  # fmt: skip
+    home, _ = synthetic_and_folder_tasks(tmp_path, "g", "h", {"cat": 0, "dog": 1})
+    fork_mgr(home, "task", "add", "deep", "--dataset", "synthetic:per_class=4",
+             "--weights", "random", "--backbone", "deit_tiny_patch16_224:img_size=32,depth=3",
+             )  # fmt: skip
 
-    refused = mgr(home, "train", "g", *TRAIN, "--init", "champion", ok=False)
+    refused = fork_mgr(home, "train", "g", *TRAIN, "--init", "champion", ok=False)
     assert_clean_error(refused)
     assert "has no champion yet" in refused.stderr
-    mgr(home, "train", "g", *TRAIN)
-    warm = mgr(home, "train", "g", *TRAIN, "--init", "champion", "--seed", "1", "--json").json()
-    lin = mgr(home, "versions", f"g@{warm['version']}", "--json").json()[0]["lineage"]
+    fork_mgr(home, "train", "g", *TRAIN)
+    warm = fork_mgr(
+        home, "train", "g", *TRAIN, "--init", "champion", "--seed", "1", "--json"
+    ).json()
+    lin = fork_mgr(home, "versions", f"g@{warm['version']}", "--json").json()[0]["lineage"]
     assert lin["parent"] == 1
     assert lin["init"] == {"from": "g@1", "task": "g", "version": 1, "head": "kept",
                            "head_rows_kept": 6}  # fmt: skip
-    assert "init g@1" in mgr(home, "versions", "g").stdout  # the table (it may wrap the rest)
+    assert "init g@1" in fork_mgr(home, "versions", "g").stdout  # the table (it may wrap the rest)
 
     # Another task on the same backbone and structure: the head starts fresh (no shared class).
-    other = mgr(home, "train", "h", *TRAIN, "--init", "g@1", "--json").json()
-    init = mgr(home, "versions", f"h@{other['version']}", "--json").json()[0]["lineage"]["init"]
+    other = fork_mgr(home, "train", "h", *TRAIN, "--init", "g@1", "--json").json()
+    init = fork_mgr(home, "versions", f"h@{other['version']}", "--json").json()[0]["lineage"][
+        "init"
+    ]
     assert (init["from"], init["head"]) == ("g@1", "reinitialised")
 
     for args, words in (
@@ -144,7 +140,7 @@ def test_init_through_the_cli(tmp_path: Path) -> None:
         (("g", "--init", "g@9"), "no version 9"),
         (("g", "--init", "nosuch@1"), "nosuch"),
     ):
-        bad = mgr(home, "train", *args, *TRAIN, ok=False)
+        bad = fork_mgr(home, "train", *args, *TRAIN, ok=False)
         assert_clean_error(bad)
         assert words in bad.stderr, bad.stderr
-    assert [v["number"] for v in mgr(home, "versions", "g", "--json").json()] == [1, 2]
+    assert [v["number"] for v in fork_mgr(home, "versions", "g", "--json").json()] == [1, 2]

@@ -16,14 +16,14 @@ import pytest
 import torch
 from conftest import CLI, TINY_SPEC, assert_clean_error
 from safetensors.torch import load_file
-from switch_helpers import (  # noqa: F401  (one_thread is an autouse fixture)
+from switch_helpers import (
     add_python_tasks,
     catalog_versions,
     copy_home,
+    fork_mgr,
     fork_server,
     live_file,
     merged,
-    one_thread,
     template_home,
     with_second_backbone,
 )
@@ -32,10 +32,6 @@ SPEC1 = "deit_tiny_patch16_224:img_size=32,depth=1"
 SMALL = {
     "small": (4, [("consolidator", ((4, True),), torch.float32), ("bitfit", None, torch.float32)])
 }
-
-
-def mgr(home: Path, *args: str, ok: bool = True, **env: str):
-    return fork_server().run(home, *args, ok=ok, **env)
 
 
 def _backbones(home: Path) -> dict[str, tuple[str, str]]:
@@ -92,28 +88,28 @@ def test_switch_across_backbones_in_every_order(home):
     order = ["shapes@1", "small@2", "digits@2", "shapes@1", "digits@2", "small@2", "shapes@1"]
     held: dict[str, str] = {}  # backbone hash -> label live there
     for label in order:
-        res = mgr(home, "switch", label, "--json").json()
+        res = fork_mgr(home, "switch", label, "--json").json()
         digest = _backbones(home)[label.split("@")[0]][1]
         assert res["backbone_hash"] == digest
         held[digest] = label
         for lab in held.values():  # the target, and what the other backbone still holds
             assert_live_is(home, lab)
-    st = mgr(home, "status", "--json").json()
+    st = fork_mgr(home, "status", "--json").json()
     assert st["verified"] is True and st["task"] is None
     got = {b["backbone"]["content_hash"]: f"{b['task']}@{b['version']}" for b in st["backbones"]}
     assert got == held and len(got) == 2
     assert all(b["verified"] is True for b in st["backbones"])
-    text = mgr(home, "status").stdout
+    text = fork_mgr(home, "status").stdout
     assert text.count("verified:  yes") == 2 and SPEC1 in text and TINY_SPEC in text
     # --repair, verify and --none cover every live backbone.
-    reps = mgr(home, "switch", "--repair", "--json").json()
+    reps = fork_mgr(home, "switch", "--repair", "--json").json()
     assert {f"{r['task']}@{r['version']}" for r in reps} == set(held.values())
     for lab in held.values():
         assert_live_is(home, lab)
-    assert mgr(home, "verify", "--json").json()["ok"] is True
-    reps = mgr(home, "switch", "--none", "--json").json()
+    assert fork_mgr(home, "verify", "--json").json()["ok"] is True
+    reps = fork_mgr(home, "switch", "--none", "--json").json()
     assert len(reps) == 2 and all(r["task"] is None for r in reps)
-    st = mgr(home, "status", "--json").json()
+    st = fork_mgr(home, "status", "--json").json()
     assert st["verified"] is True and [b["task"] for b in st["backbones"]] == [None, None]
 
 
@@ -150,7 +146,7 @@ def test_predict_answers_the_task_asked_and_refuses_ambiguity(home, tmp_path):
     image = _image(tmp_path)
     for label in ("shapes@1", "digits@2", "small@2"):  # champions, on two backbones
         task = label.split("@")[0]
-        out = mgr(home, "predict", str(image), "--task", task, "--top-k", "1", "--json").json()
+        out = fork_mgr(home, "predict", str(image), "--task", task, "--top-k", "1", "--json").json()
         assert f"{out['task']}@{out['version']}" == label
         (top,) = out["predictions"][0]["top"]
         want = _reference_probs(home, label, image)
@@ -164,8 +160,8 @@ def test_predict_answers_the_task_asked_and_refuses_ambiguity(home, tmp_path):
     assert ("shapes@1" in proc.stderr) != ("digits@2" in proc.stderr)  # the one live there
     # One backbone alone again: the one task live answers.
     small_hash = _backbones(home)["small"][1]
-    mgr(home, "switch", "--none", "--backbone", small_hash[:12])
-    out = mgr(home, "predict", str(image), "--json").json()
+    fork_mgr(home, "switch", "--none", "--backbone", small_hash[:12])
+    out = fork_mgr(home, "predict", str(image), "--json").json()
     assert out["task"] == "digits"
 
 
@@ -173,18 +169,18 @@ def test_task_means_the_champion_after_a_rollback(home, tmp_path):
     """The trap of issue 17: promote v1, switch to the champion, roll back: the champion is v3
     again while v1 is live. status says so; predict --task answers with the champion."""
     image = _image(tmp_path)
-    mgr(home, "promote", "pets3@1")
-    mgr(home, "switch", "pets3@champion")
-    mgr(home, "rollback", "pets3")
-    st = mgr(home, "status", "--json").json()
+    fork_mgr(home, "promote", "pets3@1")
+    fork_mgr(home, "switch", "pets3@champion")
+    fork_mgr(home, "rollback", "pets3")
+    st = fork_mgr(home, "status", "--json").json()
     (row,) = [b for b in st["backbones"] if b["task"] == "pets3"]
     assert (row["version"], row["champion"], row["verified"]) == (1, 3, True)
     assert "champion is v3" in row["notes"][0]
-    assert "champion is v3" in mgr(home, "status").stdout
-    out = mgr(home, "predict", str(image), "--task", "pets3", "--json").json()
+    assert "champion is v3" in fork_mgr(home, "status").stdout
+    out = fork_mgr(home, "predict", str(image), "--task", "pets3", "--json").json()
     assert (out["task"], out["version"]) == ("pets3", 3)
     assert_live_is(home, "pets3@3")
-    out = mgr(home, "predict", str(image), "--task", "pets3@1", "--json").json()
+    out = fork_mgr(home, "predict", str(image), "--task", "pets3@1", "--json").json()
     assert (out["task"], out["version"]) == ("pets3", 1)  # an explicit version is honoured
 
 
@@ -197,32 +193,32 @@ def test_task_add_checks_the_weight_file_header(tmp_path):
     model = timm.create_model("deit_tiny_patch16_224", num_classes=0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     # The default backbone is ViT-B (768 wide): refused in one line naming what fits.
-    proc = mgr(home, "task", "add", "bad3", "--dataset", "synthetic", "--weights", str(weights),
-               ok=False)  # fmt: skip
+    proc = fork_mgr(home, "task", "add", "bad3", "--dataset", "synthetic",
+                    "--weights", str(weights), ok=False)  # fmt: skip
     assert_clean_error(proc)
     assert "cls_token" in proc.stderr and "deit_tiny_patch16_224" in proc.stderr
-    assert mgr(home, "task", "list", "--json").json() == []
+    assert fork_mgr(home, "task", "list", "--json").json() == []
     # The same file with a spec it fits is accepted (another image size included).
-    mgr(home, "task", "add", "good", "--dataset", "synthetic", "--weights", str(weights),
+    fork_mgr(home, "task", "add", "good", "--dataset", "synthetic", "--weights", str(weights),
         "--backbone", "deit_tiny_patch16_224", "--img-size", "48")  # fmt: skip
-    shown = mgr(home, "task", "show", "good", "--json").json()
+    shown = fork_mgr(home, "task", "show", "good", "--json").json()
     assert shown["backbone_spec"] == "deit_tiny_patch16_224:img_size=48"
 
 
 def test_train_img_size_other_than_the_tasks_is_refused(tmp_path):
     home = tmp_path / "home"
     spec = "deit_tiny_patch16_224:depth=1"
-    mgr(home, "task", "add", "t", "--dataset", "synthetic:per_class=2", "--backbone", spec,
+    fork_mgr(home, "task", "add", "t", "--dataset", "synthetic:per_class=2", "--backbone", spec,
         "--weights", "random", "--img-size", "32")  # fmt: skip
-    proc = mgr(home, "train", "t", "--epochs", "1", "--img-size", "48", ok=False)
+    proc = fork_mgr(home, "train", "t", "--epochs", "1", "--img-size", "48", ok=False)
     assert_clean_error(proc)
     assert "takes 32 px" in proc.stderr and "--img-size 48" in proc.stderr
     assert "mgr task add" in proc.stderr
-    shown = mgr(home, "task", "show", "t", "--json").json()
+    shown = fork_mgr(home, "task", "show", "t", "--json").json()
     assert shown["bound_backbone"] is None and shown["versions"] == []  # nothing bound
     assert not (home / "backbones").exists() or not any((home / "backbones").iterdir())
     # --img-size is refused when it contradicts the spec's own.
-    proc = mgr(home, "task", "add", "u", "--dataset", "synthetic", "--backbone", TINY_SPEC,
+    proc = fork_mgr(home, "task", "add", "u", "--dataset", "synthetic", "--backbone", TINY_SPEC,
                "--weights", "random", "--img-size", "48", ok=False)  # fmt: skip
     assert_clean_error(proc)
     assert "contradicts" in proc.stderr
@@ -235,7 +231,7 @@ def test_an_old_single_live_home_migrates(tmp_path_factory, tmp_path):
     from manager.catalog.migrate import downgrade, head_revision
 
     home = copy_home(template_home(tmp_path_factory.getbasetemp()), tmp_path / "home")
-    mgr(home, "switch", "digits@1")
+    fork_mgr(home, "switch", "digits@1")
     (folder,) = [p for p in (home / "live").iterdir() if p.is_dir()]
     for name in ("backbone.safetensors", "head.safetensors"):
         shutil.move(folder / name, home / "live" / name)
@@ -245,16 +241,16 @@ def test_an_old_single_live_home_migrates(tmp_path_factory, tmp_path):
         downgrade(engine, "0004")
     finally:
         engine.dispose()
-    st = mgr(home, "status", "--json").json()
+    st = fork_mgr(home, "status", "--json").json()
     assert (st["task"], st["version"], st["verified"]) == ("digits", 1, True)
     assert not (home / "live" / "backbone.safetensors").exists()
     assert not (home / "live" / "head.safetensors").exists()
     assert live_file(home).parent.name == folder.name
-    assert mgr(home, "db", "current").stdout.strip() == f"{head_revision()} (head)"
-    mgr(home, "switch", "shapes")  # and the migrated state switches on in O(delta)
-    st = mgr(home, "status", "--json").json()
+    assert fork_mgr(home, "db", "current").stdout.strip() == f"{head_revision()} (head)"
+    fork_mgr(home, "switch", "shapes")  # and the migrated state switches on in O(delta)
+    st = fork_mgr(home, "status", "--json").json()
     assert (st["task"], st["verified"]) == ("shapes", True)
-    assert mgr(home, "verify", "--json").json()["ok"] is True
+    assert fork_mgr(home, "verify", "--json").json()["ok"] is True
 
 
 SPEC2 = "deit_tiny_patch16_224:img_size=48,depth=1"

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import CLI, assert_clean_error
-from switch_helpers import copy_home, fork_server, one_thread, template_home  # noqa: F401
+from switch_helpers import fork_server, one_thread  # noqa: F401
+
+pytestmark = pytest.mark.trained_home  # `home`: a copy of the trained switch template
 
 
 def snapshot(home: Path) -> dict[str, str]:
@@ -22,11 +24,6 @@ def snapshot(home: Path) -> dict[str, str]:
             if p.is_file():
                 out[str(p.relative_to(home))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-@pytest.fixture
-def home(tmp_path_factory, tmp_path) -> Path:
-    return copy_home(template_home(tmp_path_factory.getbasetemp()), tmp_path / "home")
 
 
 def test_a_new_home_records_its_catalog_id(tmp_path: Path) -> None:

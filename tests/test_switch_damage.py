@@ -18,26 +18,9 @@ import pytest
 import torch
 from conftest import CLI, ROOT, assert_clean_error
 from safetensors.torch import load_file
-from switch_helpers import (  # noqa: F401
-    catalog_versions,
-    copy_home,
-    deployment,
-    fork_server,
-    live_file,
-    merged,
-    one_thread,
-    template_home,
-    w0,
-)
+from switch_helpers import catalog_versions, deployment, fork_mgr, live_file, merged, one_thread, w0  # noqa: F401
 
-
-@pytest.fixture
-def home(tmp_path_factory, tmp_path) -> Path:
-    return copy_home(template_home(tmp_path_factory.getbasetemp()), tmp_path / "home")
-
-
-def mgr(home: Path, *args: str, ok: bool = True):
-    return fork_server().run(home, *args, ok=ok)
+pytestmark = pytest.mark.trained_home  # `home`: a copy of the trained switch template
 
 
 def sha(path: Path) -> str:
@@ -124,7 +107,7 @@ def test_gc_refuses_a_catalog_path_outside_the_home(home, tmp_path, how):
     assert precious.read_bytes() == b"PRECIOUS"
     assert sql(home, "SELECT id, status FROM adapter_versions ORDER BY id") == before
     if how == "keep":  # verify names the row as bad, without a traceback
-        res = mgr(home, "verify", ok=False)
+        res = fork_mgr(home, "verify", ok=False)
         assert res.returncode == 1 and "BAD       pets3@2" in res.stdout
         assert precious.read_bytes() == b"PRECIOUS"
 
@@ -134,7 +117,7 @@ def test_gc_refuses_a_catalog_path_outside_the_home(home, tmp_path, how):
 
 @pytest.mark.parametrize("link", ["file-outside", "folder-outside", "file-to-w0"])
 def test_switch_refuses_live_files_that_are_links(home, tmp_path, link):
-    mgr(home, "switch", "shapes")
+    fork_mgr(home, "switch", "shapes")
     outside = tmp_path / "outside"
     outside.mkdir()
     live = live_file(home)
@@ -155,7 +138,7 @@ def test_switch_refuses_live_files_that_are_links(home, tmp_path, link):
     assert "outside the manager home" in proc.stderr or "symbolic link" in proc.stderr
     assert {p: sha(p) for p in watched} == before
     assert deployment(home)["live"] == "shapes@1" and deployment(home)["state"] == "idle"
-    st = mgr(home, "status", ok=False)
+    st = fork_mgr(home, "status", ok=False)
     assert st.returncode == 1 and "verified:  NO" in st.stdout and "Traceback" not in st.stderr
 
 
@@ -167,58 +150,58 @@ def test_a_damaged_live_file_is_never_trusted(home, tmp_path):
 
     image = tmp_path / "im.png"
     Image.new("RGB", (40, 40), (120, 30, 200)).save(image)
-    mgr(home, "switch", "pets3@1")
+    fork_mgr(home, "switch", "pets3@1")
     live = live_file(home)
     flip_byte(live)
-    st = mgr(home, "status", ok=False)
+    st = fork_mgr(home, "status", ok=False)
     assert st.returncode == 1 and "verified:  NO" in st.stdout
     assert "mgr switch --repair" in st.stdout
     proc = CLI(home)("predict", str(image), ok=False)  # never served
     assert_clean_error(proc)
     assert "modified after the last switch" in proc.stderr and "--repair" in proc.stderr
     # A no-op switch does not take the file on trust: it rebuilds from W0 and says so.
-    out = mgr(home, "switch", "pets3@1").stdout
+    out = fork_mgr(home, "switch", "pets3@1").stdout
     assert "already live" not in out and "rebuilt pets3@1" in out
     assert "modified after the last switch" in out
     assert_live_is(home, "pets3@1")
-    assert mgr(home, "status", "--json").json()["verified"] is True
-    assert "pets3-c" in mgr(home, "predict", str(image)).stdout
+    assert fork_mgr(home, "status", "--json").json()["verified"] is True
+    assert "pets3-c" in fork_mgr(home, "predict", str(image)).stdout
     # Another switch repairs it too (the byte would otherwise stay: it is outside both supports).
     flip_byte(live)
-    rep = mgr(home, "switch", "digits@1", "--json").json()
+    rep = fork_mgr(home, "switch", "digits@1", "--json").json()
     assert rep["full_restore"] is True and any("modified" in n for n in rep["notes"])
     assert_live_is(home, "digits@1")
     # The cheap check catches it without the full comparison, and --repair rebuilds on demand.
     flip_byte(live)
-    st = mgr(home, "status", "--no-verify", "--json", ok=False).json()
+    st = fork_mgr(home, "status", "--no-verify", "--json", ok=False).json()
     assert st["verified"] is False and "modified after the last switch" in st["problems"][0]
-    (rep,) = mgr(home, "switch", "--repair", "--json").json()  # one report per live backbone
+    (rep,) = fork_mgr(home, "switch", "--repair", "--json").json()  # one report per live backbone
     assert (rep["task"], rep["version"], rep["full_restore"]) == ("digits", 1, True)
     assert_live_is(home, "digits@1")
-    assert mgr(home, "status", "--json").json()["verified"] is True
+    assert fork_mgr(home, "status", "--json").json()["verified"] is True
 
 
 def test_a_head_file_without_the_live_record_is_not_trusted(home):
     from safetensors.torch import save_file
 
-    mgr(home, "switch", "digits@2")
+    fork_mgr(home, "switch", "digits@2")
     head = live_file(home, "head")
     from safetensors import safe_open
 
     with safe_open(str(head), framework="pt") as f:
         meta = {k: v for k, v in f.metadata().items() if not k.startswith("live_")}
     save_file(load_file(head), str(head), metadata=meta)  # as an older mgr wrote it
-    out = mgr(home, "switch", "digits@2").stdout
+    out = fork_mgr(home, "switch", "digits@2").stdout
     assert "already live" not in out and "rebuilt digits@2" in out
     assert_live_is(home, "digits@2")
-    assert "already live" in mgr(home, "switch", "digits@2").stdout
+    assert "already live" in fork_mgr(home, "switch", "digits@2").stdout
 
 
 # -- (d) a damaged or missing backbone file ------------------------------------------------------
 
 
 def test_a_damaged_or_missing_backbone_file_is_refused(home):
-    mgr(home, "switch", "shapes")
+    fork_mgr(home, "switch", "shapes")
     bb = backbone_file(home)
     live = live_file(home)
     before = sha(live), sha(live_file(home, "head"))
@@ -229,13 +212,13 @@ def test_a_damaged_or_missing_backbone_file_is_refused(home):
     assert (sha(live), sha(live_file(home, "head"))) == before
     # Put right again (a new mtime, the same content): hashed once, then trusted by mtime.
     flip_byte(bb)
-    mgr(home, "switch", "pets3@1")
+    fork_mgr(home, "switch", "pets3@1")
     assert_live_is(home, "pets3@1")
     ((mtime,),) = sql(home, "SELECT file_mtime_ns FROM backbones")
     assert mtime == bb.stat().st_mtime_ns
     # A row from before the mtime was recorded: hashed once and recorded.
     sql(home, "UPDATE backbones SET file_mtime_ns = NULL")
-    mgr(home, "switch", "digits@1")
+    fork_mgr(home, "switch", "digits@1")
     assert sql(home, "SELECT file_mtime_ns FROM backbones") == [(bb.stat().st_mtime_ns,)]
     assert_live_is(home, "digits@1")
     bb.unlink()
@@ -248,27 +231,27 @@ def test_a_damaged_or_missing_backbone_file_is_refused(home):
 
 
 def test_forced_removal_of_the_live_task_restores_the_backbone_first(home):
-    mgr(home, "switch", "pets3@1")
+    fork_mgr(home, "switch", "pets3@1")
     proc = CLI(home)("task", "remove", "pets3", "--yes", ok=False)
     assert_clean_error(proc)
     assert "is live" in proc.stderr and (home / "artifacts/pets3").is_dir()
     (home / "runs/pets3").mkdir(parents=True, exist_ok=True)
     (home / "runs/pets3/checkpoint.pt").write_bytes(b"a checkpoint")
-    out = mgr(home, "task", "remove", "pets3", "--yes", "--force").stdout
+    out = fork_mgr(home, "task", "remove", "pets3", "--yes", "--force").stdout
     assert "switched to the backbone alone (was pets3@1)" in out and "removed task" in out
     assert sha(live_file(home)) == sha(backbone_file(home))
     assert load_file(live_file(home, "head")) == {}
-    st = mgr(home, "status", "--json").json()
+    st = fork_mgr(home, "status", "--json").json()
     assert st["verified"] is True and st["task"] is None
     assert not (home / "artifacts/pets3").exists() and not (home / "runs/pets3").exists()
-    assert mgr(home, "verify", "--json").json()["ok"] is True
+    assert fork_mgr(home, "verify", "--json").json()["ok"] is True
 
 
 # -- store maintenance ---------------------------------------------------------------------------
 
 
 def test_gc_removes_every_file_nothing_owns(home):
-    mgr(home, "switch", "shapes")
+    fork_mgr(home, "switch", "shapes")
     dead = _dead_pid()
     orphans = {
         "artifacts/ghost/v1.safetensors": "removed task",  # a kill after `task remove` committed
@@ -286,14 +269,14 @@ def test_gc_removes_every_file_nothing_owns(home):
     for rel in [*orphans, *owned]:
         (home / rel).parent.mkdir(parents=True, exist_ok=True)
         (home / rel).write_bytes(b"x" * 10)
-    res = mgr(home, "verify", ok=False)
+    res = fork_mgr(home, "verify", ok=False)
     for rel in orphans:
         assert f"UNTRACKED {rel}" in res.stdout
     for rel in owned:
         assert rel not in res.stdout
-    assert set(mgr(home, "gc", "--dry-run", "--json").json()["leftover_files"]) == set(orphans)
+    assert set(fork_mgr(home, "gc", "--dry-run", "--json").json()["leftover_files"]) == set(orphans)
     assert all((home / rel).exists() for rel in orphans)  # a dry run removes nothing
-    rep = mgr(home, "gc", "--json").json()
+    rep = fork_mgr(home, "gc", "--json").json()
     reasons = {f["path"]: f["reason"] for f in rep["leftovers"]}
     assert set(reasons) == set(orphans) and rep["leftover_bytes"] == 10 * len(orphans)
     for rel, why in orphans.items():
@@ -302,8 +285,8 @@ def test_gc_removes_every_file_nothing_owns(home):
     assert all((home / rel).exists() for rel in owned)
     assert not (home / "artifacts/ghost").exists() and not (home / "runs/ghost").exists()
     assert len(catalog_versions(home)) == 6  # retention kept every version (3 newest each)
-    assert mgr(home, "verify", "--json").json()["ok"] is True
-    text = mgr(home, "gc").stdout
+    assert fork_mgr(home, "verify", "--json").json()["ok"] is True
+    text = fork_mgr(home, "gc").stdout
     assert "removed leftover" not in text and "deleted 0 version(s)" in text
 
 
@@ -323,7 +306,7 @@ def test_verify_flags_a_delta_with_nonfinite_values(home):
     vid = version_id(home, "pets3@2")
     sql(home, "UPDATE adapter_versions SET bytes = ?, content_hash = ? WHERE id = ?", len(data),
         digest, vid)  # fmt: skip
-    res = mgr(home, "verify", ok=False)
+    res = fork_mgr(home, "verify", ok=False)
     assert res.returncode == 1 and "NONFINITE pets3@2" in res.stdout
     proc = CLI(home)("switch", "pets3@2", ok=False)
     assert_clean_error(proc)
