@@ -14,6 +14,7 @@ from click.testing import Result
 from conftest import TINY_SPEC, tiny_vit
 from torch.utils.data import Dataset
 
+from manager.adapters.config import LinearProbeConfig
 from manager.progress import Display, current, showing
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors
@@ -43,7 +44,7 @@ def _fit(epochs: int = 2, batch: int = 8) -> None:
     model = tiny_vit(num_classes=4)
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith("head")
-    cfg = TrainConfig(method="linear", epochs=epochs, batch_size=batch)
+    cfg = TrainConfig(adapter=LinearProbeConfig(), epochs=epochs, batch_size=batch)
     fit(model, _split(), cfg, lr=1e-3, mean=torch.zeros(3), std=torch.ones(3))
 
 
