@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -296,6 +296,63 @@ class GcReport:
         }
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A ready version as the retention policy sees it: plain data, read from its row."""
+
+    id: int
+    task: str
+    number: int
+    bytes: int
+    path: str
+    active: bool = False  # the task's active version
+
+
+def versions_in_use(
+    deployments: Iterable[tuple[int | None, int | None]], aliases: Iterable[tuple[int, str]]
+) -> dict[int, str]:
+    """``{version id: why it is in use}`` from every host's ``(live, pending)`` version ids and
+    the ``(version id, name)`` of every alias: live wins over pending, both over an alias (the
+    first alias by the order given)."""
+    out: dict[int, str] = {}
+    for live, pending in deployments:
+        if pending is not None:
+            out.setdefault(pending, "pending")
+        if live is not None:
+            out[live] = "live"
+    for vid, name in aliases:
+        out.setdefault(vid, f"alias {name}")
+    return out
+
+
+def select_versions(
+    ready: Iterable[Candidate], in_use: Mapping[int, str], keep: int
+) -> tuple[list[GcVersion], list[Candidate]]:
+    """``(kept, doomed)``: which ready versions gc keeps (with why) and which it deletes; no I/O.
+
+    Per task (in the order of ``ready``), the newest ``keep`` by number are kept, and so are the
+    active version and every version ``in_use`` names; the others are doomed. ``kept`` lists each
+    task's versions newest first.
+    """
+    by_task: dict[str, list[Candidate]] = {}
+    for c in ready:
+        by_task.setdefault(c.task, []).append(c)
+    kept: list[GcVersion] = []
+    doomed: list[Candidate] = []
+    for versions in by_task.values():
+        for i, c in enumerate(sorted(versions, key=lambda c: c.number, reverse=True)):
+            reasons = [in_use[c.id]] if c.id in in_use else []
+            if c.active:
+                reasons.append("active")
+            if i < keep:
+                reasons.append("newest")
+            if reasons:
+                kept.append(GcVersion(c.task, c.number, c.bytes, c.path, reasons))
+            else:
+                doomed.append(c)
+    return kept, doomed
+
+
 def collect_garbage(
     home: Home,
     catalog: Catalog,
@@ -318,66 +375,14 @@ def collect_garbage(
         raise BadInput(f"keep must be 0 or more, not {keep}")
     store = Store.of(home)
     rep = GcReport(dry_run, keep)
-    doomed: list[Path] = []
     with catalog.session() as s:
         inv = read_inventory(s, store)
-        if inv.bad:
-            f = inv.bad[0]
-            more = f" (and {len(inv.bad) - 1} more)" if len(inv.bad) > 1 else ""
-            what = f"version {f.label}" if f.kind == "version" else f"backbone {f.label}"
-            raise Corrupt(
-                f"refusing to collect garbage: the catalog row of {what} is bad{more}: "
-                f"{f.bad}; nothing was deleted",
-                hint="see 'mgr verify'",
-            )
-        # The wrong catalog (an empty URL, another database) owns none of these files: its gc
-        # would take the whole home for leftovers. A dry run says so and lists what would go.
-        try:
-            identity.check_before_deleting(s, store, (f.path for f in inv.files), "collect garbage")
-        except MgrError as exc:
-            if not dry_run:
-                raise
-            rep.refused = str(exc)
-        by_rel = {f.rel: f.path for f in inv.files if f.kind == "version"}
-        # Every host's live and pending versions: a shared catalog's other homes use them too.
-        in_use: dict[int | None, str] = {}
-        for dep in s.scalars(select(Deployment)):
-            in_use.setdefault(dep.pending_version_id, "pending")
-            in_use[dep.version_id] = "live"
-        # A version an alias names (pets@candidate) is kept: the alias would point at nothing.
-        for vid, name in s.execute(select(Alias.version_id, Alias.name).order_by(Alias.name)):
-            in_use.setdefault(vid, f"alias {name}")
-        chosen = [tasks.get_task(s, task)] if task is not None else tasks.list_tasks(s)
-        for t in chosen:
-            ready = sorted(
-                (v for v in t.versions if v.status == VERSION_READY),
-                key=lambda v: v.number,
-                reverse=True,
-            )
-            for i, v in enumerate(ready):
-                reasons = [r for vid, r in in_use.items() if vid == v.id and vid is not None]
-                if v.id == t.active_version_id:
-                    reasons.append("active")
-                if i < keep:
-                    reasons.append("newest")
-                if reasons:
-                    rep.kept.append(GcVersion(t.name, v.number, v.bytes, v.path, reasons))
-                    continue
-                rep.deleted.append(GcVersion(t.name, v.number, v.bytes, v.path))
-                doomed.append(by_rel[v.path])
-                if not dry_run:
-                    v.status = VERSION_DELETED
-                    events.record_event(
-                        s,
-                        events.VERSION_DELETED,
-                        task_name=t.name,
-                        version_id=v.id,
-                        number=v.number,
-                        bytes=v.bytes,
-                        reason="gc",
-                    )
+        rep.refused = _refusal(s, store, inv, dry_run)
+        rep.kept, doomed = select_versions(_candidates(s, task), _in_use(s), keep)
+        rep.deleted = [GcVersion(c.task, c.number, c.bytes, c.path) for c in doomed]
         rep.leftovers = find_leftovers(store, inv)
         if not dry_run:
+            _mark_deleted(s, doomed)
             # Nothing owns these, so they go now, while no writer can record a file.
             for f in rep.leftovers:
                 _remove(store, store.root / f.path, rep.failed)
@@ -393,9 +398,68 @@ def collect_garbage(
                     leftover_files=len(rep.leftovers),
                 )
     if not dry_run:  # after the commit: see the docstring
-        for path in doomed:
-            _remove(store, path, rep.failed)
+        by_rel = {f.rel: f.path for f in inv.files if f.kind == "version"}
+        for c in doomed:
+            _remove(store, by_rel[c.path], rep.failed)
     return rep
+
+
+def _refusal(s: Session, store: Store, inv: Inventory, dry_run: bool) -> str | None:
+    """Raise if gc must not delete anything; a dry run gets the reason of a foreign catalog
+    instead (it lists what would go and says gc would refuse)."""
+    if inv.bad:
+        f = inv.bad[0]
+        more = f" (and {len(inv.bad) - 1} more)" if len(inv.bad) > 1 else ""
+        what = f"version {f.label}" if f.kind == "version" else f"backbone {f.label}"
+        raise Corrupt(
+            f"refusing to collect garbage: the catalog row of {what} is bad{more}: "
+            f"{f.bad}; nothing was deleted",
+            hint="see 'mgr verify'",
+        )
+    # The wrong catalog (an empty URL, another database) owns none of these files: its gc would
+    # take the whole home for leftovers.
+    try:
+        identity.check_before_deleting(s, store, (f.path for f in inv.files), "collect garbage")
+    except MgrError as exc:
+        if not dry_run:
+            raise
+        return str(exc)
+    return None
+
+
+def _candidates(s: Session, task: str | None) -> list[Candidate]:
+    """The ready versions of ``task`` (or of every task, by name)."""
+    chosen = [tasks.get_task(s, task)] if task is not None else tasks.list_tasks(s)
+    return [
+        Candidate(v.id, t.name, v.number, v.bytes, v.path, v.id == t.active_version_id)
+        for t in chosen
+        for v in t.versions
+        if v.status == VERSION_READY
+    ]
+
+
+def _in_use(s: Session) -> dict[int, str]:
+    """Every host's live and pending versions (a shared catalog's other homes use them too), and
+    those an alias names (pets@candidate would point at nothing)."""
+    deps = s.execute(select(Deployment.version_id, Deployment.pending_version_id)).all()
+    aliases = s.execute(select(Alias.version_id, Alias.name).order_by(Alias.name)).all()
+    return versions_in_use([tuple(d) for d in deps], [tuple(a) for a in aliases])
+
+
+def _mark_deleted(s: Session, doomed: Iterable[Candidate]) -> None:
+    """The doomed rows marked deleted (history is kept), one event each."""
+    for c in doomed:
+        v = s.get(AdapterVersion, c.id)
+        v.status = VERSION_DELETED
+        events.record_event(
+            s,
+            events.VERSION_DELETED,
+            task_name=c.task,
+            version_id=c.id,
+            number=c.number,
+            bytes=c.bytes,
+            reason="gc",
+        )
 
 
 def _remove(store: Store, path: Path, failed: list[str]) -> None:
