@@ -16,7 +16,7 @@ def require_onnx() -> None:
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise MgrError(
-            f"--onnx needs the {' and '.join(missing)} package(s): {INSTALL_HINT} "
+            f"ONNX export needs the {' and '.join(missing)} package(s): {INSTALL_HINT} "
             "(nothing was written)"
         )
 
