@@ -23,6 +23,7 @@ at 100k tasks.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -208,19 +209,25 @@ def empty_postgres(url: str) -> None:
     engine.dispose()
 
 
+_RUNS = itertools.count()
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
 
-def timed(args: list[str], env: dict[str, str], repeats: int) -> tuple[float, float]:
+def timed(
+    args: list[str], env: dict[str, str], repeats: int, cwd: Path | None = None
+) -> tuple[float, float]:
     """Median (wall, CPU) seconds of ``python -m manager ARGS`` in a fresh process, after one
     warm-up run. CPU (user + system of the child) does not count waiting for a busy machine."""
     walls, cpus = [], []
     for i in range(repeats + 1):
-        cmd = [sys.executable, "-m", "manager", *(a.replace("{run}", str(i)) for a in args)]
+        run = str(next(_RUNS))  # a fresh name for each run of a command that adds a task
+        cmd = [sys.executable, "-m", "manager", *(a.replace("{run}", run) for a in args)]
         t, c = time.perf_counter(), _cpu()
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
         wall, cpu = time.perf_counter() - t, _cpu() - c
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr}")
@@ -272,11 +279,20 @@ WHOLE_MAX = 10_000
 
 
 def run_size(
-    backend: str, url: str, n: int, repeats: int, root: Path, whole_only: bool = False
+    backend: str,
+    url: str,
+    n: int,
+    repeats: int,
+    root: Path,
+    whole_only: bool = False,
+    baseline: Path | None = None,
 ) -> None:
     home = Home(root / f"{backend}-{n}")
     env = {**os.environ, "MGR_HOME": str(home.root), "MGR_DB_URL": url}
     filled = fill(home, url, n)
+    if baseline is not None:
+        compare(env, n, repeats, baseline)
+        return
     start = timed(["--version"], env, repeats)
     print(f"\n{backend}, {n:,} tasks x {VERSIONS} versions (filled in {filled:.1f} s)")
     print(f"  {'command':<44} {'wall s':>7} {'-start':>7} {'CPU s':>7} {'-start':>7} {'us/row':>7}")
@@ -297,6 +313,30 @@ def run_size(
         )
 
 
+def compare(env: dict[str, str], n: int, repeats: int, baseline: Path) -> None:
+    """The whole-catalog forms run by the code at `baseline` (another checkout, first on
+    PYTHONPATH) and by this one, command by command, so both see the same load: CPU seconds
+    beyond ``mgr --help``, as issue 20 states its targets."""
+    this = Path(__file__).resolve().parents[1]
+    # `python -m` puts the working directory first on sys.path: each runs from its own checkout.
+    where = {"before": baseline.resolve(), "after": this}
+    envs = {k: {**env, "PYTHONPATH": str(p)} for k, p in where.items()}
+    print(f"\n{n:,} tasks x {VERSIONS} versions; CPU s (user + sys), median of {repeats}")
+    print(f"  before: {baseline}; after: {this}")
+    print(f"  {'command':<44} {'before':>7} {'-help':>7} {'after':>7} {'-help':>7}")
+    helps = {k: timed(["--help"], e, repeats, where[k])[1] for k, e in envs.items()}
+    print(f"  {'--help':<44} {helps['before']:7.3f} {'':>7} {helps['after']:7.3f}")
+    for cmd, _ in WHOLE[1:]:
+        args = [a.format(task=f"task-{n // 2:06d}", run="{run}") for a in cmd]
+        cpu = {k: timed(args, e, repeats, where[k])[1] for k, e in envs.items()}
+        b, a = cpu["before"], cpu["after"]
+        print(
+            f"  {' '.join(args)[:44]:<44} {b:7.3f} {b - helps['before']:7.3f}"
+            f" {a:7.3f} {a - helps['after']:7.3f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,100000", help="task counts, comma-separated")
@@ -312,6 +352,12 @@ def main() -> None:
         help=f"only the whole-catalog forms (task list --json, storage --json, budget show "
         f"--json, status, and task add; up to {WHOLE_MAX:,} tasks)",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of other code (e.g. `git worktree add /tmp/before COMMIT`): run the "
+        "whole-catalog forms with it and with this code, side by side (SQLite only)",
+    )
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="mgr-scale-") as tmp:
@@ -322,7 +368,7 @@ def main() -> None:
         for n in [] if args.no_sqlite else sizes:
             home = root / f"sqlite-{n}"
             url = f"sqlite:///{home / 'catalog.db'}"
-            run_size("sqlite", url, n, args.repeats, root, args.whole_only)
+            run_size("sqlite", url, n, args.repeats, root, args.whole_only, args.baseline)
         if args.db_url:
             for n in sizes:
                 empty_postgres(args.db_url)
