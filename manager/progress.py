@@ -153,7 +153,7 @@ def _column(spec: str) -> Any:
         return rp.TextColumn(f"{{task.completed:,.0f}}/{{task.total:,.0f}} {unit}")
     if kind == "rate":
         return _rate_column(unit)
-    return rp.TextColumn(spec)
+    return rp.TextColumn(spec, markup=False)  # names (a split, a task) are shown as written
 
 
 def _rate_column(unit: str) -> Any:
