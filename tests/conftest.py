@@ -116,6 +116,42 @@ def mgr(home: Path) -> CLI:
     return CLI(home)
 
 
+class InProcessCLI:
+    """Runs `mgr` in this process through click's CliRunner, against one home: for argument
+    parsing, usage errors and help text, where a subprocess would only add seconds. Kills,
+    crashes, the real server and import costs keep the subprocess (`CLI`)."""
+
+    def __init__(self, home: Path, **env: str):
+        self.home = home
+        self.extra = env
+
+    def __call__(self, *args: str, ok: bool = True, **env: str) -> subprocess.CompletedProcess:
+        from click.testing import CliRunner
+
+        from manager.cli import main
+
+        unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MGR_")}
+        full = {**unset, "MGR_HOME": str(self.home), **self.extra, **env}
+        result = CliRunner().invoke(main, list(args), env=full, prog_name="mgr")
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # what `python -m manager` would print as a traceback: a bug
+        proc = subprocess.CompletedProcess(
+            ["mgr", *args], result.exit_code, result.stdout, result.stderr
+        )
+        if ok and proc.returncode != 0:
+            raise AssertionError(f"mgr {' '.join(args)} exited {proc.returncode}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str, **env: str):
+        return json.loads(self(*args, "--json", **env).stdout)
+
+
+@pytest.fixture
+def cli(home: Path) -> InProcessCLI:
+    """`mgr` in process (CliRunner) against `home`; `mgr` is the same in a subprocess."""
+    return InProcessCLI(home)
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess) -> None:
     """A refused command: non-zero exit, a one-line message, no traceback."""
     assert proc.returncode != 0, proc.stdout

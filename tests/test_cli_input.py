@@ -1,20 +1,20 @@
 """Bad input to the CLI's parsers: one ``error:`` line and a non-zero exit, never a traceback.
 
-The CLI cases run the real `mgr` in a subprocess against an empty home. Most name a task that
-does not exist: the error must still be about the bad value (so the value was refused by click,
-before the catalog was read or anything ran), not "unknown task".
+The CLI cases run `mgr` in process (click's CliRunner, conftest's `cli`) against an empty home;
+one budget round-trips through the real CLI in a subprocess. Most name a task that does not
+exist: the error must still be about the bad value (so the value was refused by click, before
+the catalog was read or anything ran), not "unknown task".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 from pathlib import Path
 
 import click
 import pytest
-from conftest import CLI, TINY_SPEC, assert_clean_error
+from conftest import CLI, TINY_SPEC, InProcessCLI, assert_clean_error
 
 from manager.errors import MgrError
 
@@ -30,20 +30,18 @@ def _refused(proc, *needles: str) -> str:
     return proc.stderr
 
 
-def _all_refused(mgr: CLI, cases: list[tuple[tuple[str, ...], str]]) -> None:
-    """Run every case at once (they only read an empty home) and check each refusal."""
-    procs = [(args, needle, mgr.popen(*args)) for args, needle in cases]
-    for args, needle, p in procs:
-        out, err = p.communicate(timeout=300)
-        _refused(subprocess.CompletedProcess(args, p.returncode, out, err), needle)
+def _all_refused(cli: InProcessCLI, cases: list[tuple[tuple[str, ...], str]]) -> None:
+    """Run every case (they only read an empty home) and check each refusal."""
+    for args, needle in cases:
+        _refused(cli(*args, ok=False), needle)
 
 
 # --- 1. sizes and versions above int64 --------------------------------------------------------
 
 
-def test_sizes_and_versions_above_int64_refused(mgr: CLI) -> None:
+def test_sizes_and_versions_above_int64_refused(cli: InProcessCLI) -> None:
     _all_refused(
-        mgr,
+        cli,
         [
             (("budget", "set", "9223372036854775808"), "too large"),
             (("budget", "set", "9223372036854775808", "--task", "nosuch"), "too large"),
@@ -81,7 +79,7 @@ def test_parse_version_ref() -> None:
 
 
 @pytest.mark.slow
-def test_dataset_spec_options_checked_when_task_added(mgr: CLI) -> None:
+def test_dataset_spec_options_checked_when_task_added(cli: InProcessCLI) -> None:
     bad = {
         "synthetic:num_classes=abc": "num_classes must be an integer",
         "synthetic:seed=abc": "seed must be an integer",
@@ -89,13 +87,13 @@ def test_dataset_spec_options_checked_when_task_added(mgr: CLI) -> None:
     }
     # The default backbone: `task add` then never imports timm, which keeps this test fast.
     args = ("task", "add", "t", "--weights", "random", "--dataset")
-    _all_refused(mgr, [((*args, spec), needle) for spec, needle in bad.items()])
-    assert mgr.json("task", "list") == []  # nothing recorded by a refused add
-    added = mgr.json(*args, "synthetic:seed=3,num_classes=4")
+    _all_refused(cli, [((*args, spec), needle) for spec, needle in bad.items()])
+    assert cli.json("task", "list") == []  # nothing recorded by a refused add
+    added = cli.json(*args, "synthetic:seed=3,num_classes=4")
     assert added["num_classes"] == 4 and added["dataset"] == "synthetic:seed=3,num_classes=4"
 
 
-def test_backbone_spec_values_checked(mgr: CLI) -> None:
+def test_backbone_spec_values_checked(cli: InProcessCLI) -> None:
     cases = [
         (TINY_SPEC.replace("img_size=32", "img_size=abc"), "img_size must be an integer"),
         (TINY_SPEC.replace("depth=2", "depth=-1"), "depth must be 1..256"),
@@ -103,8 +101,8 @@ def test_backbone_spec_values_checked(mgr: CLI) -> None:
     ]
     # --backbone first: click checks options in command-line order, so no data set is loaded.
     args = ("task", "add", "t", "--weights", "random", "--backbone")
-    _all_refused(mgr, [((*args, spec, "--dataset", "synthetic"), needle) for spec, needle in cases])
-    assert mgr.json("task", "list") == []
+    _all_refused(cli, [((*args, spec, "--dataset", "synthetic"), needle) for spec, needle in cases])
+    assert cli.json("task", "list") == []
 
 
 def test_spec_validators_in_process() -> None:
@@ -132,7 +130,7 @@ def test_spec_validators_in_process() -> None:
 # --- 4-6. numeric options of `mgr train` -------------------------------------------------------
 
 
-def test_train_numbers_refused_before_anything_runs(mgr: CLI) -> None:
+def test_train_numbers_refused_before_anything_runs(cli: InProcessCLI) -> None:
     cases = [
         (("--seed", "99999999999999999999999"), "'--seed'"),
         (("--lr", "inf"), "'--lr': 'inf' is not a finite number"),
@@ -144,14 +142,14 @@ def test_train_numbers_refused_before_anything_runs(mgr: CLI) -> None:
         (("--epochs", "١٠"), "'--epochs'"),  # int() reads Arabic-Indic digits; we do not
         (("--device", "cuda:x"), "'cuda:x' is not a device"),
     ]
-    _all_refused(mgr, [(("train", "nosuch", *args), needle) for args, needle in cases])
+    _all_refused(cli, [(("train", "nosuch", *args), needle) for args, needle in cases])
 
 
-def test_predict_and_history_options(mgr: CLI, tmp_path: Path) -> None:
+def test_predict_and_history_options(cli: InProcessCLI, tmp_path: Path) -> None:
     image = tmp_path / "x.png"
     image.write_bytes(b"")
     _all_refused(
-        mgr,
+        cli,
         [
             (("predict", str(image), "--task", "nosuch@²"), "bad version"),
             (("predict", str(image), "--device", "gpu"), "'gpu' is not a device"),

@@ -9,15 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
-from conftest import CLI, ROOT, assert_clean_error
+from conftest import CLI, assert_clean_error
 from PIL import Image
 from safetensors.torch import load_file
 from switch_helpers import fork_mgr, one_thread  # noqa: F401
@@ -190,11 +188,6 @@ def test_onnx_without_the_package_says_how_to_install_it(home, tmp_path):
     assert not out.exists()
 
 
-def test_export_help_teaches():
-    proc = subprocess.run(
-        [sys.executable, "-m", "manager", "export", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+def test_export_help_teaches(cli):
+    proc = cli("export", "--help")
     assert "local-dir:" in proc.stdout and "--force" in proc.stdout

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import click
+from conftest import InProcessCLI
 
 from manager.cli import main
 
@@ -60,15 +61,7 @@ def _table_commands() -> dict[str, set[str]]:
 
 
 def _help_commands() -> set[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
-    out = subprocess.run(
-        [sys.executable, "-m", "manager", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env=env,
-    ).stdout
+    out = InProcessCLI(Path("/nonexistent-mgr-home"))("--help").stdout  # --help reads no home
     listing = out.split("Commands:\n", 1)[1]
     return {m.group(1) for m in re.finditer(r"^  ([a-z][a-z-]*)\s", listing, re.M)}
 
