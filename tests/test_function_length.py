@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "manager"
 MAX_LINES = 80
 
@@ -68,12 +66,6 @@ def test_the_counter_counts_methods_nested_and_async() -> None:
     assert function_lengths(src) == [("f", 3, 6), ("f.g", 6, 2), ("C.m", 10, 5)]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="other branches of issue 20 shorten cli/train.py:command, train/run.py:_train, "
-    "train/loop.py:fit, serve/app.py:serve, cli/versions.py:command, train/gate.py:decide; "
-    "revert this marker once they are merged",
-)
 def test_no_function_over_80_lines() -> None:
     offenders = long_functions()
     assert not offenders, f"functions over {MAX_LINES} lines:\n" + "\n".join(offenders)
