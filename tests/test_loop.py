@@ -49,7 +49,7 @@ def _checkpoint(tmp_path: Path, task: str) -> Checkpoint:
 
 
 def test_a_run_resumed_after_an_epoch_matches_a_straight_run(tmp_path: Path) -> None:
-    cfg = TrainConfig(method="bitfit", epochs=3, batch_size=8, seed=5)
+    cfg = TrainConfig(epochs=3, batch_size=8, seed=5)  # the default method: fit needs no other
     straight_model, straight = _fit(None, cfg)
 
     ck = _checkpoint(tmp_path, "t")
@@ -69,7 +69,7 @@ def test_a_run_resumed_after_an_epoch_matches_a_straight_run(tmp_path: Path) -> 
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
     assert resumed.final_loss == straight.final_loss
 
-    other = TrainConfig(method="bitfit", epochs=3, batch_size=8, seed=6)
+    other = TrainConfig(epochs=3, batch_size=8, seed=6)
     with pytest.raises(MgrError, match="other settings"):
         _fit(ck, other, resume=True)
     with pytest.raises(MgrError, match="nothing to resume"):
