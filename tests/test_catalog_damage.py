@@ -36,15 +36,15 @@ def damage(db: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["truncated", "random"])
-def test_damaged_catalog_is_reported_and_never_touched(mgr, home: Path, how: str) -> None:
-    mgr("task", "add", "shapes", "--dataset", "synthetic", "--backbone", TINY_SPEC,
+def test_damaged_catalog_is_reported_and_never_touched(cli, home: Path, how: str) -> None:
+    cli("task", "add", "shapes", "--dataset", "synthetic", "--backbone", TINY_SPEC,
         "--weights", "random")  # fmt: skip
     db = home / "catalog.db"
     assert db.stat().st_size > 8192  # several pages: a 4 KiB cut loses tables
     damage(db, how)
     before = digest(db), db.stat().st_size
     for args in COMMANDS:
-        proc = mgr(*args, ok=False)
+        proc = cli(*args, ok=False)
         assert_clean_error(proc)
         msg = proc.stderr
         assert f"the catalog {db} is damaged" in msg, msg
@@ -84,27 +84,27 @@ def _home_with_files(home: Path) -> None:
 
 
 @pytest.mark.parametrize("catalog_file", ["empty", "missing"])
-def test_lost_catalog_is_refused_until_forced(mgr, home: Path, catalog_file: str) -> None:
+def test_lost_catalog_is_refused_until_forced(cli, home: Path, catalog_file: str) -> None:
     _home_with_files(home)
     db = home / "catalog.db"
     if catalog_file == "empty":
         db.write_bytes(b"")
     for args in (("task", "list"), ("db", "init")):
-        proc = mgr(*args, ok=False)
+        proc = cli(*args, ok=False)
         assert_clean_error(proc)
         assert f"the catalog {db} is {catalog_file} but the home holds 2" in proc.stderr
         assert "probably lost" in proc.stderr and "'mgr db init --force'" in proc.stderr
         # Nothing was created in its place.
         assert (db.stat().st_size == 0) if catalog_file == "empty" else not db.exists()
-    out = mgr("db", "init", "--force").stdout
+    out = cli("db", "init", "--force").stdout
     assert "created an empty catalog" in out
-    assert "no tasks" in mgr("task", "list").stdout
+    assert "no tasks" in cli("task", "list").stdout
     assert (home / "live" / "backbone.safetensors").read_bytes() == b"weights"  # left alone
-    assert "already exists" in mgr("db", "init").stdout
+    assert "already exists" in cli("db", "init").stdout
 
 
-def test_fresh_home_still_initialises(mgr, home: Path) -> None:
+def test_fresh_home_still_initialises(cli, home: Path) -> None:
     (home / "catalog.db").write_bytes(b"")  # e.g. made by `touch`, nothing else here
     (home / "cache").mkdir()  # caches are no sign of a lost catalog
-    assert "no tasks" in mgr("task", "list").stdout
+    assert "no tasks" in cli("task", "list").stdout
     assert (home / "catalog.db").stat().st_size > 0

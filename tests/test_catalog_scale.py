@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, TINY_SPEC, assert_clean_error
+from conftest import TINY_SPEC, InProcessCLI, assert_clean_error
 from sqlalchemy import event
 
 from manager.catalog import Catalog, accounting, budgets, open_catalog, tasks, versions
@@ -164,42 +164,42 @@ def test_name_patterns_are_globs_with_likes_wildcards_escaped(home: Path) -> Non
         cat.close()
 
 
-def test_cli_pages_filters_and_footers(mgr: CLI, home: Path) -> None:
+def test_cli_pages_filters_and_footers(cli: InProcessCLI, home: Path) -> None:
     cat = _catalog(home)
     try:
         _add_tasks(cat, ["p1", "p2", "p3", "p4", "q1"])
     finally:
         cat.close()
     page = ["--limit", "2", "--offset", "1", "--task", "p*", "--json"]
-    assert [r["name"] for r in mgr.json("task", "list", *page[:-1])] == ["p2", "p3"]
-    report = mgr.json("storage", *page[:-1])
+    assert [r["name"] for r in cli.json("task", "list", *page[:-1])] == ["p2", "p3"]
+    report = cli.json("storage", *page[:-1])
     assert [t["task"] for t in report["tasks"]] == ["p2", "p3"]
     assert report["totals"]["tasks"] == 5 and report["totals"]["versions"] == 5 * 3 - 2
-    budget = mgr.json("budget", "show", *page[:-1])
+    budget = cli.json("budget", "show", *page[:-1])
     assert [t["task"] for t in budget["tasks"]] == ["p2", "p3"]
     assert budget["global"]["max_bytes"] == 10_000_000
     # --json prints every row unless --limit says otherwise; --limit 0 is all, in text too.
-    assert len(mgr.json("task", "list")) == 5
-    assert len(mgr.json("task", "list", "--limit", "0")) == 5
+    assert len(cli.json("task", "list")) == 5
+    assert len(cli.json("task", "list", "--limit", "0")) == 5
 
-    text = mgr("task", "list", "--limit", "2", "--task", "p*").stdout
+    text = cli("task", "list", "--limit", "2", "--task", "p*").stdout
     assert "p1" in text and "p2" in text and "p3" not in text
     assert "2 more tasks of 4: --offset 2 for the next page" in text
-    assert "more tasks" not in mgr("task", "list", "--limit", "0").stdout
-    text = mgr("storage", "--limit", "1", "--offset", "3").stdout
+    assert "more tasks" not in cli("task", "list", "--limit", "0").stdout
+    text = cli("storage", "--limit", "1", "--offset", "3").stdout
     assert "p4" in text and "p3" not in text and "1 more tasks of 5: --offset 4" in text
     assert "15 version(s)" not in text and "13 version(s) of 5 task(s)" in text  # totals: all
-    text = mgr("budget", "show", "--task", "q*").stdout
+    text = cli("budget", "show", "--task", "q*").stdout
     assert "task q1" in text and "task p1" not in text and "global" in text
-    assert "no task matches 'z*'" in mgr("task", "list", "--task", "z*").stdout
+    assert "no task matches 'z*'" in cli("task", "list", "--task", "z*").stdout
 
-    events = mgr.json("history")
-    newest = mgr.json("history", "--limit", "3")
-    before = mgr.json("history", "--limit", "3", "--offset", "3")
+    events = cli.json("history")
+    newest = cli.json("history", "--limit", "3")
+    before = cli.json("history", "--limit", "3", "--offset", "3")
     assert newest == events[-3:] and before == events[-6:-3]
-    text = mgr("history", "--limit", "3").stdout
+    text = cli("history", "--limit", "3").stdout
     assert "earlier events: --offset 3 for the page before" in text.splitlines()[0]
-    assert "earlier" not in mgr("history", "--limit", str(len(events))).stdout
+    assert "earlier" not in cli("history", "--limit", str(len(events))).stdout
 
     for args in (("task", "list", "--task", "p%"), ("storage", "--limit", "-1")):
-        assert_clean_error(mgr(*args, ok=False))
+        assert_clean_error(cli(*args, ok=False))

@@ -1,4 +1,5 @@
-"""The real `mgr` CLI in subprocesses: tasks, budgets, storage, history, errors, concurrency."""
+"""The `mgr` CLI: tasks, budgets, storage, history and errors in process (click's CliRunner);
+concurrent adds and the import cost of light commands in real subprocesses."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLI, ROOT, TINY_SPEC, assert_clean_error
+from conftest import CLI, ROOT, TINY_SPEC, InProcessCLI, assert_clean_error
 
 from manager.catalog import Catalog, open_catalog, tasks, versions
 from manager.catalog.deployment import get_deployment
@@ -30,8 +31,8 @@ def _dump(home: Path) -> list[str]:
         con.close()
 
 
-def test_task_lifecycle(mgr: CLI, home: Path) -> None:
-    added = mgr.json(
+def test_task_lifecycle(cli: InProcessCLI, home: Path) -> None:
+    added = cli.json(
         "task", "add", "shapes", "--dataset", "synthetic", "--backbone", TINY_SPEC,
         "--weights", "random", "--budget", "300KB",
     )  # fmt: skip
@@ -55,20 +56,20 @@ def test_task_lifecycle(mgr: CLI, home: Path) -> None:
         dep.task_id, dep.version_id = task.id, v.id
     cat.close()
 
-    [row] = mgr.json("task", "list")
+    [row] = cli.json("task", "list")
     assert (row["name"], row["versions"], row["active_version"]) == ("shapes", 1, 1)
     assert row["used_bytes"] == 12_000 and row["budget_bytes"] == 300_000
-    shown = mgr.json("task", "show", "shapes")
+    shown = cli.json("task", "show", "shapes")
     assert [v["number"] for v in shown["versions"]] == [1]
-    assert "v1" in mgr("task", "show", "shapes").stdout
+    assert "v1" in cli("task", "show", "shapes").stdout
 
-    assert "set to 1.50 MB" in mgr("budget", "set", "1.5MB").stdout
-    mgr("budget", "set", "100KiB", "--task", "shapes")
-    budgets = mgr.json("budget", "show")
+    assert "set to 1.50 MB" in cli("budget", "set", "1.5MB").stdout
+    cli("budget", "set", "100KiB", "--task", "shapes")
+    budgets = cli.json("budget", "show")
     assert budgets["global"] == {"max_bytes": 1_500_000, "used_bytes": 12_000}
     assert budgets["tasks"] == [{"task": "shapes", "max_bytes": 102_400, "used_bytes": 12_000}]
 
-    report = mgr.json("storage")
+    report = cli.json("storage")
     [t] = report["tasks"]
     backbone = t["backbone_bytes"]
     assert backbone and backbone % 4 == 0
@@ -78,16 +79,16 @@ def test_task_lifecycle(mgr: CLI, home: Path) -> None:
     assert t["budget_used_pct"] == pytest.approx(100 * 12_000 / 102_400)
     assert t["full_finetune_bytes"] > backbone
     assert report["totals"]["global_budget_used_pct"] == pytest.approx(0.8)
-    text = mgr("storage").stdout
+    text = cli("storage").stdout
     assert "shapes" in text and "v1" in text and "full fine-tuned copy" in text
 
     # The live task is protected; --force removes it, its versions and its files.
-    assert_clean_error(mgr("task", "remove", "shapes", "--yes", ok=False))
-    assert "removed" in mgr("task", "remove", "shapes", "--yes", "--force").stdout
-    assert mgr.json("task", "list") == []
+    assert_clean_error(cli("task", "remove", "shapes", "--yes", ok=False))
+    assert "removed" in cli("task", "remove", "shapes", "--yes", "--force").stdout
+    assert cli.json("task", "list") == []
     assert not (home / "artifacts" / "shapes").exists()
 
-    kinds = [(e["kind"], e["task"]) for e in mgr.json("history")]
+    kinds = [(e["kind"], e["task"]) for e in cli.json("history")]
     assert kinds == [
         ("task_added", "shapes"),
         ("budget_set", "shapes"),
@@ -99,7 +100,7 @@ def test_task_lifecycle(mgr: CLI, home: Path) -> None:
     ]
 
 
-def test_errors_are_one_line_and_change_nothing(mgr: CLI, home: Path) -> None:
+def test_errors_are_one_line_and_change_nothing(cli: InProcessCLI, home: Path) -> None:
     cat = _catalog(home)
     with cat.session() as s:
         tasks.add_task(s, name="pets", dataset="pets", class_names=["a", "b"], budget_bytes=10)
@@ -116,16 +117,15 @@ def test_errors_are_one_line_and_change_nothing(mgr: CLI, home: Path) -> None:
         ("budget", "set", "1MB", "--task", "nope"),  # unknown task
         ("task", "add", "--dataset", "synthetic"),  # click usage error: missing NAME
     ]
-    # Started together: they are independent, and it checks that failing readers coexist.
-    procs = [mgr.popen(*args) for args in bad]
-    for args, p in zip(bad, procs, strict=True):
-        out, err = p.communicate(timeout=300)
-        assert_clean_error(subprocess.CompletedProcess(args, p.returncode, out, err))
-        assert out == "", args
+    for args in bad:
+        proc = cli(*args, ok=False)
+        assert_clean_error(proc)
+        assert proc.stdout == "", args
     assert _dump(home) == before
-    assert [t["name"] for t in mgr.json("task", "list")] == ["pets"]
+    assert [t["name"] for t in cli.json("task", "list")] == ["pets"]
 
 
+@pytest.mark.slow
 def test_two_adds_at_once_on_a_fresh_home(mgr: CLI, home: Path) -> None:
     """Both processes migrate-or-wait and insert; neither sees 'database is locked'."""
     cmds = [("flowers", "flowers102"), ("shapes", "synthetic")]

@@ -12,7 +12,10 @@ from manager.train.methods import get_method
 from manager.train.train_adapter import prepare_model
 
 
-@pytest.mark.parametrize("drop_path", [0.0, 0.2])
+@pytest.mark.parametrize(
+    "drop_path",
+    [pytest.param(0.0, marks=pytest.mark.slow), 0.2],  # each compiles: ~8 s
+)
 def test_compiled_training_step_has_no_graph_breaks_and_matches_eager(drop_path):
     model = tiny_vit(num_classes=4)
     # Both training forms (merged weight; masked branches), reordered and strided branches alike.

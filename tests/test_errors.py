@@ -133,13 +133,13 @@ def test_training_that_goes_non_finite_is_diverged() -> None:
         fit(model, data, cfg, lr=1e-3, mean=torch.zeros(3), std=torch.ones(3))
 
 
-def test_the_cli_prints_each_kind_as_one_line(mgr) -> None:
-    proc = mgr("task", "show", "nope", ok=False)
+def test_the_cli_prints_each_kind_as_one_line(cli) -> None:
+    proc = cli("task", "show", "nope", ok=False)
     assert_clean_error(proc)
     assert proc.stderr.strip() == "error: unknown task 'nope'; see 'mgr task list'"
-    mgr("task", "add", "pets", "--dataset", "synthetic:num_classes=2", "--backbone", TINY_SPEC)
-    proc = mgr("task", "add", "pets", "--dataset", "synthetic:num_classes=2", ok=False)
+    cli("task", "add", "pets", "--dataset", "synthetic:num_classes=2", "--backbone", TINY_SPEC)
+    proc = cli("task", "add", "pets", "--dataset", "synthetic:num_classes=2", ok=False)
     assert_clean_error(proc)
     assert proc.stderr.strip() == "error: task 'pets' already exists"
-    proc = mgr("versions", "pets@stable", ok=False)
+    proc = cli("versions", "pets@stable", ok=False)
     assert_clean_error(proc)

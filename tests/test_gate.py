@@ -46,6 +46,7 @@ def home(tmp_path: Path) -> Path:
     return h
 
 
+@pytest.mark.slow  # five training runs; the next test keeps the gate fast
 def test_gate_modes_and_what_the_history_records(home: Path) -> None:
     first = js(home, "train", "g", *TRAIN)
     assert first["promotion"]["promoted"] and first["promotion"]["reason"] == "first version"

@@ -33,7 +33,10 @@ def test_a_new_home_records_its_catalog_id(tmp_path: Path) -> None:
     assert len(cid) == 32 and int(cid, 16) >= 0
 
 
-@pytest.mark.parametrize("other", ["memory", "file"])
+@pytest.mark.parametrize(
+    "other",
+    ["memory", pytest.param("file", marks=pytest.mark.slow)],  # file: ~8 s, two homes
+)
 def test_gc_against_another_catalog_deletes_nothing(home: Path, tmp_path: Path, other) -> None:
     before = snapshot(home)
     assert any(p.startswith("artifacts/") for p in before) and (home / "catalog-id").is_file()
@@ -71,6 +74,7 @@ def test_a_home_from_before_ids_is_adopted_by_its_catalog_only(home: Path, tmp_p
     assert snapshot(home) == before and (home / "catalog-id").is_file()
 
 
+@pytest.mark.slow  # ~7 s; gc against another catalog stays fast
 def test_task_remove_through_another_catalog_keeps_the_homes_files(
     home: Path, tmp_path: Path
 ) -> None:

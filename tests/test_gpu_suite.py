@@ -82,6 +82,7 @@ def test_exhausted_budget_skips_every_section_and_says_so(tmp_path: Path):
         assert "status: skipped" in (out / f"{stem}.md").read_text()
 
 
+@pytest.mark.slow  # runs the whole suite script
 def test_without_the_catalog_packages_only_catalog_sections_are_skipped(tmp_path: Path):
     out = tmp_path / "out"
     block = "sys.modules['sqlalchemy'] = None; sys.modules['alembic'] = None"

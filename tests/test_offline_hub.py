@@ -90,6 +90,7 @@ def test_train_offline_is_one_line(mgr, tmp_path: Path) -> None:
     assert mgr.json("versions", "hubtask") == []
 
 
+@pytest.mark.slow  # real weights through the hub cache
 def test_cached_weights_load_with_no_network(assets: Path, tmp_path: Path) -> None:
     """The local cache is used without any request, so a dead network does not matter."""
     from safetensors.torch import load_file

@@ -147,6 +147,7 @@ print(refused)
 """
 
 
+@pytest.mark.slow  # many processes
 def test_concurrent_writers_from_several_processes(pg_url: str, tmp_path: Path) -> None:
     writers, own, shared, room = 4, 5, 4, 8
     attempts = shared * room  # each writer alone could fill every shared task
@@ -189,6 +190,7 @@ def test_concurrent_writers_from_several_processes(pg_url: str, tmp_path: Path) 
         cat.close()
 
 
+@pytest.mark.slow  # trains in three homes
 def test_three_homes_train_against_a_budget_for_one(pg_url: str, tmp_path: Path) -> None:
     """Three homes (machines) start a training each against one shared catalog and artifact
     root, with budget room for one artifact: exactly one trains, the others are refused before

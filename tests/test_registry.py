@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLI, assert_clean_error
+from conftest import CLI, InProcessCLI, assert_clean_error
 from safetensors.torch import load_file
 from switch_helpers import catalog_versions, deployment, fork_mgr, live_file, merged, one_thread, w0  # noqa: F401
 
@@ -104,7 +104,7 @@ def test_alias_set_list_remove_and_versions_show_them(home: Path) -> None:
     ]
 
 
-def test_alias_refusals_are_one_line(mgr_cli: CLI) -> None:
+def test_alias_refusals_are_one_line(cli: InProcessCLI) -> None:
     cases = [
         (("switch", "pets3@nope"), "has no alias 'nope' (its aliases: champion, stable)"),
         (("alias", "set", "pets3", "champion", "1"), "mgr promote"),
@@ -115,20 +115,15 @@ def test_alias_refusals_are_one_line(mgr_cli: CLI) -> None:
         (("alias", "remove", "pets3", "ghost"), "its aliases: champion, stable"),
         (("alias", "list", "nosuch"), "unknown task"),
     ]
-    mgr_cli("alias", "set", "pets3", "stable", "2")
+    cli("alias", "set", "pets3", "stable", "2")
     for args, needle in cases:
-        proc = mgr_cli(*args, ok=False)
+        proc = cli(*args, ok=False)
         assert_clean_error(proc)
         assert proc.returncode == 1, (args, proc.returncode)
         assert needle in proc.stderr, (args, proc.stderr)
-    proc = mgr_cli("switch", "pets3@x!", ok=False)  # a usage error, before the catalog
+    proc = cli("switch", "pets3@x!", ok=False)  # a usage error, before the catalog
     assert_clean_error(proc)
     assert "bad version or alias" in proc.stderr
-
-
-@pytest.fixture
-def mgr_cli(home: Path) -> CLI:
-    return CLI(home)
 
 
 def test_switch_and_serve_by_alias_give_the_numbered_version(home: Path) -> None:

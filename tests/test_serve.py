@@ -271,6 +271,7 @@ def test_corrupt_artifact_is_a_5xx_for_its_version_only_and_a_removed_task_404(
     artifact.write_bytes(original)  # mgr verify runs on this home later
 
 
+@pytest.mark.slow  # a second server and a kill
 def test_kill_9_mid_load_then_restart_serves_mixed_batches_exactly(server, home, images) -> None:
     stop = threading.Event()
     answered = []

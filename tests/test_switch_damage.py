@@ -145,6 +145,7 @@ def test_switch_refuses_live_files_that_are_links(home, tmp_path, link):
 # -- (c) a damaged live file ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~8 s; the links test keeps damage in the fast lane
 def test_a_damaged_live_file_is_never_trusted(home, tmp_path):
     from PIL import Image
 
@@ -200,6 +201,7 @@ def test_a_head_file_without_the_live_record_is_not_trusted(home):
 # -- (d) a damaged or missing backbone file ------------------------------------------------------
 
 
+@pytest.mark.slow  # ~9 s: three damages, each through the CLI
 def test_a_damaged_or_missing_backbone_file_is_refused(home):
     fork_mgr(home, "switch", "shapes")
     bb = backbone_file(home)
@@ -324,6 +326,7 @@ NO_HEAVY = (
 )
 
 
+@pytest.mark.slow  # a cold interpreter per command; test_layout keeps the fast check
 def test_switch_imports_neither_timm_nor_torchvision(home):
     env = CLI(home).env()
     sql(home, "UPDATE backbones SET file_mtime_ns = NULL")  # the re-hash path too
