@@ -301,6 +301,9 @@ def run_size(
         [] if whole_only else [(c, None) for c in COMMANDS]
     )
     commands += WHOLE if n <= WHOLE_MAX else []
+    if whole_only:
+        this = Path(__file__).resolve().parents[1]
+        in_process(env, n, repeats, {"this": this})
     for cmd, per_task in commands:
         args = [a.format(mid=n // 2, task=f"task-{n // 2:06d}", run="{run}") for a in cmd]
         wall, cpu = timed(args, env, repeats)
@@ -311,6 +314,47 @@ def run_size(
             f"{cpu:7.3f} {cpu - start[1]:7.3f} {per_row}",
             flush=True,
         )
+
+
+# Run inside one interpreter by `in_process`: each command repeats+1 times, the first to
+# import what it needs; prints the median CPU seconds of the rest as JSON.
+IN_PROCESS = """
+import contextlib, io, json, statistics, sys, time
+from manager.cli import main
+out = {}
+for args in json.loads(sys.argv[1]):
+    cpus = []
+    for i in range(int(sys.argv[2]) + 1):
+        t = time.process_time()
+        with contextlib.redirect_stdout(io.StringIO()):
+            main.main(args, prog_name="mgr", standalone_mode=False)
+        cpus.append(time.process_time() - t)
+    out[" ".join(args)] = statistics.median(cpus[1:])
+print(json.dumps(out))
+"""
+IN_PROCESS_FORMS = [(["task", "list", "--json"], 1), (["storage", "--json"], VERSIONS),
+                    (["budget", "show", "--json"], 1)]  # fmt: skip
+
+
+def in_process(env: dict[str, str], n: int, repeats: int, where: dict[str, Path]) -> None:
+    """The JSON listings' own cost, imports excluded: CPU seconds per command and per row."""
+    forms = [args for args, _ in IN_PROCESS_FORMS]
+    got = {}
+    for side, root in where.items():
+        done = subprocess.run(
+            [sys.executable, "-c", IN_PROCESS, json.dumps(forms), str(repeats)],
+            env={**env, "PYTHONPATH": str(root)}, cwd=root, capture_output=True, text=True,
+            check=True,
+        )  # fmt: skip
+        got[side] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  in one process (imports done), CPU s and us per row, median of {repeats}:")
+    for args, per_task in IN_PROCESS_FORMS:
+        key = " ".join(args)
+        cells = "  ".join(
+            f"{side} {got[side][key]:6.3f} s {got[side][key] / (n * per_task) * 1e6:6.1f} us"
+            for side in where
+        )
+        print(f"  {key:<30} {cells}", flush=True)
 
 
 def compare(env: dict[str, str], n: int, repeats: int, baseline: Path) -> None:
@@ -324,6 +368,7 @@ def compare(env: dict[str, str], n: int, repeats: int, baseline: Path) -> None:
     print(f"\n{n:,} tasks x {VERSIONS} versions; CPU s (user + sys), median of {repeats}")
     print(f"  before: {baseline}; after: {this}")
     print(f"  {'command':<44} {'before':>7} {'-help':>7} {'after':>7} {'-help':>7}")
+    in_process(env, n, repeats, where)
     helps = {k: timed(["--help"], e, repeats, where[k])[1] for k, e in envs.items()}
     print(f"  {'--help':<44} {helps['before']:7.3f} {'':>7} {helps['after']:7.3f}")
     for cmd, _ in WHOLE[1:]:
