@@ -29,7 +29,7 @@ CONSOLIDATOR = {f.name: f for f in dataclasses.fields(ConsolidatorConfig)}
 LORA = {f.name: f for f in dataclasses.fields(LoraConfig)}
 RENAMED = {"compile_": "compile", "storage_dtype": "storage_dtype", "budget": "budget_bytes",
            "promote_mode": "promote"}  # fmt: skip
-NO_FIELD = {"task", "tune", "no_promote", "as_json"}  # flags that only switch behaviour on
+NO_FIELD = {"task", "tune", "no_promote", "quiet", "as_json"}  # flags that only switch behaviour on
 
 
 def _field_default(name: str) -> object:
