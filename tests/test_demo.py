@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, assert_clean_error
 
-from manager.cli.demo import checkout_assets
+from manager.registry.assets import checkout_assets
 
 # A proxy on a closed loopback port: every HTTP(S) request is refused at once, as on a machine
 # without a network (and without waiting for DNS or the hub client's retries).
@@ -73,7 +73,8 @@ def test_assets_are_looked_for_beside_the_checkout_only():
 
 
 def test_real_plan_compares_four_methods_at_mgr_train_defaults(tmp_path: Path):
-    from manager.cli.demo import Source, _plan
+    from manager.cli.demo import _plan
+    from manager.registry.assets import Source
 
     plan = _plan(None, Source(tmp_path, tmp_path / "w.safetensors", "test"), None)  # type: ignore[arg-type]
     for task in ("flowers102", "pets"):

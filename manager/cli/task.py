@@ -245,36 +245,24 @@ def remove(app: App, name: str, yes: bool, force: bool) -> None:
         if not sys.stdin.isatty():
             raise MgrError(f"removing task {name!r} needs confirmation: add --yes")
         click.confirm(f"remove task {name!r} and all its adapter versions?", abort=True)
-    from manager.catalog import identity
-    from manager.store.fs import Store
+    from manager.registry.removal import check_owner, remove_task
 
-    with app.session(write=False) as s:  # another catalog's task of that name: not these files
-        why = identity.mismatch(Store.of(app.home), identity.catalog_id(s))
-    if why is not None:
-        raise MgrError(f"refusing to remove task {name!r}: {why}; check MGR_DB_URL")
-    if force:
-        _remove_forced(app, name)
-    else:  # remove_task refuses a live task, in the same transaction that would delete it
-        with app.session() as s:
-            task_ops.remove_task(s, name, app.home.host)
-    # After the commit: a failure here leaves only files nothing owns ('mgr gc' removes them),
-    # never rows without their files.
-    store = Store.of(app.home)
-    for folder in (store.artifacts / name, store.runs / name):
-        try:
-            store.rmtree(folder)
-        except (OSError, MgrError) as exc:
-            click.echo(f"warning: could not remove {folder}: {exc}", err=True)
+    check_owner(app.catalog, name)
+    # Without --force, remove_task refuses a live task in the transaction that would delete it.
+    warnings = _remove_forced(app, name) if force else remove_task(app.catalog, name)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"removed task {name!r}")
 
 
-def _remove_forced(app: App, name: str) -> None:
+def _remove_forced(app: App, name: str) -> list[str]:
     """Remove a task that may be live: the live files go back to the backbone alone first.
 
     The live lock is held from the check to the commit, so no switch to the task can start in
     between, and the catalog never says "backbone alone" while the live files hold its delta.
     """
     from manager.cli.switch import describe
+    from manager.registry.removal import remove_task
     from manager.store.fs import Store
     from manager.switch.live import clear_task_locked
 
@@ -293,8 +281,7 @@ def _remove_forced(app: App, name: str) -> None:
                 ) from None
             for report in reports:
                 click.echo(describe(report))
-        with app.session() as s:
-            task_ops.remove_task(s, name, app.home.host, force=True)
+        return remove_task(app.catalog, name, force=True)
 
 
 # `mgr task refresh` (issue 21) lives in its own module.
