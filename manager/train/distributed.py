@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from manager.errors import MgrError
+from manager.errors import BadInput, MgrError
 
 DEFAULT_TIMEOUT_S = 600
 
@@ -98,8 +98,9 @@ def rank_device(device: torch.device, ctx: Dist | None) -> torch.device:
     if ctx is None or device.type != "cuda":
         return device
     if device.index not in (None, ctx.local_rank):
-        raise MgrError(
-            f"--device {device} with torchrun: use --device cuda (rank r takes cuda:LOCAL_RANK)"
+        raise BadInput(
+            f"device {str(device)!r} in a torchrun run: each rank takes cuda:LOCAL_RANK",
+            hint="use --device cuda",
         )
     if ctx.local_rank >= torch.cuda.device_count():
         raise MgrError(

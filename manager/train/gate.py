@@ -19,7 +19,7 @@ from manager.catalog.aliases import PromotionDecision
 from manager.catalog.models import Backbone
 from manager.catalog.refs import VersionRef
 from manager.delta.delta import Delta
-from manager.errors import MgrError
+from manager.errors import BadInput, MgrError
 from manager.home import Home
 from manager.store.fs import Store
 from manager.train.config import MAX_CLASS_DROP, PROMOTE_MODES
@@ -70,7 +70,7 @@ def decide(
     more than that many points of top-1 on any class the champion knew (even if its top-1 rises).
     """
     if mode not in MODES:
-        raise MgrError(f"--promote must be one of {', '.join(MODES)}, not {mode!r}")
+        raise BadInput(f"promote must be one of {', '.join(MODES)}, not {mode!r}")
     if mode != "gate":
         return PromotionDecision(mode, mode == "always", f"--promote {mode}")
     champion = info.champion
