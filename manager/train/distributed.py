@@ -89,7 +89,7 @@ def from_env() -> Dist | None:
     if world <= 1:
         return None
     if not 0 <= rank < world:
-        raise MgrError(f"RANK {rank} is outside WORLD_SIZE {world}")
+        raise BadInput(f"RANK {rank} is outside WORLD_SIZE {world}")
     return Dist(rank, world, local)
 
 
@@ -116,7 +116,7 @@ def timeout() -> timedelta:
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
-        raise MgrError(f"MGR_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
+        raise BadInput(f"MGR_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
     return timedelta(seconds=seconds)
 
 

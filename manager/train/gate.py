@@ -19,7 +19,7 @@ from manager.catalog.aliases import PromotionDecision
 from manager.catalog.models import Backbone
 from manager.catalog.refs import VersionRef
 from manager.delta.delta import Delta
-from manager.errors import BadInput, MgrError
+from manager.errors import BadInput, Corrupt, MgrError
 from manager.home import Home
 from manager.store.fs import Store
 from manager.train.config import MAX_CLASS_DROP, PROMOTE_MODES
@@ -148,13 +148,13 @@ def load_champion(store: Store, ref: VersionRef, backbone: Backbone) -> Delta:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise MgrError(f"cannot read its artifact {path}: {exc.strerror or exc}") from None
+        raise Corrupt(f"cannot read its artifact {path}: {exc.strerror or exc}") from None
     status, detail = compare(data, ref.bytes, ref.content_hash)
     if status != OK:
-        raise MgrError(f"its artifact is corrupt ({detail}): {path}")
+        raise Corrupt(f"its artifact is corrupt ({detail}): {path}")
     delta = Delta.from_bytes(data, where=str(path))
     if delta.meta.backbone_hash != backbone.content_hash:  # shapes are checked when applied
-        raise MgrError(f"its artifact was made for another backbone ({delta.meta.backbone})")
+        raise Corrupt(f"its artifact was made for another backbone ({delta.meta.backbone})")
     return delta
 
 

@@ -324,7 +324,7 @@ def fit(
     if not ok or lr <= 0:
         raise BadInput(f"lr must be a finite number > 0, got {lr!r}")
     if len(train) == 0:
-        raise MgrError("the training split is empty")
+        raise BadInput("the training split is empty")
     device = torch.device(device)
     dtype = resolve_precision(cfg.precision, device)
     main = ctx is None or ctx.rank == 0

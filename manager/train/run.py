@@ -118,7 +118,7 @@ def build_model(
 def _task_row(s: Any, info: TaskInfo) -> Task:
     task = s.get(Task, info.id)
     if task is None:
-        raise MgrError(f"task {info.name!r} was removed while it was being trained")
+        raise NotFound(f"task {info.name!r} was removed while it was being trained")
     return task
 
 
@@ -309,7 +309,7 @@ def _checkpoint(r: _Run) -> Checkpoint:
     store.task_dir(name)  # a linked artifacts folder is refused before any work
     checkpoint = Checkpoint.of(store, name)
     if r.opts.resume and not checkpoint.exists():
-        raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {name!r}")
+        raise NotFound(f"nothing to resume: no checkpoint of an interrupted run of {name!r}")
     return checkpoint
 
 

@@ -135,7 +135,7 @@ def make_plan(
     """Rungs of ``configs``, ``configs/eta``, ... (while more than one remains), with the first
     rung's epochs set so the search costs ``budget`` runs; no trial runs longer than one run."""
     if not knobs:
-        raise MgrError("nothing to tune: rates, weight decay and DropPath are all set explicitly")
+        raise BadInput("nothing to tune: rates, weight decay and DropPath are all set explicitly")
     if configs < 2:
         raise BadInput(f"tune_configs must be at least 2, got {configs}")
     if not (math.isfinite(budget) and budget > 0):
