@@ -3,6 +3,7 @@
 The Python API (see README, "Python API")::
 
     from manager import ConsolidatorConfig, LoraConfig, BitFitConfig, adapt, consolidate, Delta
+    from manager import LinearProbeConfig, FullConfig
     from manager import train_adapter, Switcher, open_home
 
 Names are resolved on first use (PEP 562), so ``import manager`` alone, and the CLI's catalog
@@ -24,8 +25,8 @@ _LAZY = {
          "BadInput"),
         "manager.errors",
     ),
-    **dict.fromkeys(("ConsolidatorConfig", "LoraConfig", "BitFitConfig"),
-                    "manager.adapters.config"),
+    **dict.fromkeys(("ConsolidatorConfig", "LoraConfig", "BitFitConfig", "LinearProbeConfig",
+                     "FullConfig"), "manager.adapters.config"),
     "Delta": "manager.delta.delta",
     "Switcher": "manager.switch.switcher",
     **dict.fromkeys(

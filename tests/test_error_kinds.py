@@ -24,13 +24,14 @@ from manager.errors import (
 )
 
 # Packages whose messages must not name a CLI flag or command (their hint may). The others
-# (train/, datasets/, switch/live.py, switch/status.py) are not held to it yet; cli/ speaks the
+# (datasets/, switch/live.py, switch/status.py) are not held to it yet; cli/ speaks the
 # CLI's own words.
 API_SPEAKING = [
     "manager/catalog",
     "manager/registry",
     "manager/store",
     "manager/delta",
+    "manager/train",
     "manager/backbone.py",
     "manager/specs.py",
     "manager/names.py",

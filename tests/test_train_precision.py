@@ -110,7 +110,7 @@ def test_a_compile_that_cannot_build_is_one_line(mgr, tmp_path):
     env = {"CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")}
     proc = mgr("train", "nocc", "--compile", "--method", "linear", "--epochs", "1", ok=False, **env)
     assert_clean_error(proc)
-    assert "--compile failed" in proc.stderr and "without --compile" in proc.stderr
+    assert "torch.compile failed" in proc.stderr and "; run without --compile" in proc.stderr
     assert mgr.json("versions", "nocc") == []
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from manager.errors import MgrError
+from manager.errors import Corrupt, NotFound
 from manager.store.fs import Store
 
 
@@ -43,13 +43,14 @@ class Checkpoint:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise MgrError(f"no checkpoint to resume at {path}") from None
+            raise NotFound(f"no checkpoint to resume at {path}") from None
         except Exception as e:  # a truncated or foreign file, or one holding pickled objects
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "weights only load failed" in reason.lower():
                 reason = "it holds objects other than tensors, numbers and strings (not loaded)"
-            raise MgrError(
-                f"cannot read checkpoint {path}: {reason}; delete it and train without --resume"
+            raise Corrupt(
+                f"cannot read checkpoint {path}: {reason}",
+                hint="delete it and train without --resume",
             ) from None
 
     def remove(self) -> None:

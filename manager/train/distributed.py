@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from manager.errors import MgrError
+from manager.errors import BadInput, MgrError
 
 DEFAULT_TIMEOUT_S = 600
 
@@ -89,7 +89,7 @@ def from_env() -> Dist | None:
     if world <= 1:
         return None
     if not 0 <= rank < world:
-        raise MgrError(f"RANK {rank} is outside WORLD_SIZE {world}")
+        raise BadInput(f"RANK {rank} is outside WORLD_SIZE {world}")
     return Dist(rank, world, local)
 
 
@@ -98,8 +98,9 @@ def rank_device(device: torch.device, ctx: Dist | None) -> torch.device:
     if ctx is None or device.type != "cuda":
         return device
     if device.index not in (None, ctx.local_rank):
-        raise MgrError(
-            f"--device {device} with torchrun: use --device cuda (rank r takes cuda:LOCAL_RANK)"
+        raise BadInput(
+            f"device {str(device)!r} in a torchrun run: each rank takes cuda:LOCAL_RANK",
+            hint="use --device cuda",
         )
     if ctx.local_rank >= torch.cuda.device_count():
         raise MgrError(
@@ -115,7 +116,7 @@ def timeout() -> timedelta:
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
-        raise MgrError(f"MGR_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
+        raise BadInput(f"MGR_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
     return timedelta(seconds=seconds)
 
 

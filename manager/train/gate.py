@@ -19,7 +19,7 @@ from manager.catalog.aliases import PromotionDecision
 from manager.catalog.models import Backbone
 from manager.catalog.refs import VersionRef
 from manager.delta.delta import Delta
-from manager.errors import MgrError
+from manager.errors import BadInput, Corrupt, MgrError
 from manager.home import Home
 from manager.store.fs import Store
 from manager.train.config import MAX_CLASS_DROP, PROMOTE_MODES
@@ -70,7 +70,7 @@ def decide(
     more than that many points of top-1 on any class the champion knew (even if its top-1 rises).
     """
     if mode not in MODES:
-        raise MgrError(f"--promote must be one of {', '.join(MODES)}, not {mode!r}")
+        raise BadInput(f"promote must be one of {', '.join(MODES)}, not {mode!r}")
     if mode != "gate":
         return PromotionDecision(mode, mode == "always", f"--promote {mode}")
     champion = info.champion
@@ -148,13 +148,13 @@ def load_champion(store: Store, ref: VersionRef, backbone: Backbone) -> Delta:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise MgrError(f"cannot read its artifact {path}: {exc.strerror or exc}") from None
+        raise Corrupt(f"cannot read its artifact {path}: {exc.strerror or exc}") from None
     status, detail = compare(data, ref.bytes, ref.content_hash)
     if status != OK:
-        raise MgrError(f"its artifact is corrupt ({detail}): {path}")
+        raise Corrupt(f"its artifact is corrupt ({detail}): {path}")
     delta = Delta.from_bytes(data, where=str(path))
     if delta.meta.backbone_hash != backbone.content_hash:  # shapes are checked when applied
-        raise MgrError(f"its artifact was made for another backbone ({delta.meta.backbone})")
+        raise Corrupt(f"its artifact was made for another backbone ({delta.meta.backbone})")
     return delta
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from manager.adapters.inject import branch_params, head_params, norm_params
 from manager.adapters.lora import LoRALinear
-from manager.errors import MgrError
+from manager.errors import BadInput
 from manager.train.config import TrainConfig
 from manager.train.methods import Method, get_method
 
@@ -66,8 +66,7 @@ def resolve_lrs(cfg: TrainConfig, method: Method | None = None) -> TrainConfig:
     for name in ("lr", "lr_norm", "lr_branch"):
         value = getattr(out, name)
         if value is not None and not (math.isfinite(value) and value > 0):
-            flag = "--" + name.replace("_", "-")
-            raise MgrError(f"{flag} must be a positive finite number, got {value}")
+            raise BadInput(f"{name} must be a finite number > 0, got {value}")
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from manager.errors import MgrError
+from manager.errors import Conflict, MgrError
 from manager.train.config import TrainConfig
 
 # Settings that do not change what is learnt, or record how they were chosen: left out of the
@@ -62,9 +62,10 @@ def label_lut(data_classes: Sequence[str], label_set: Sequence[str], task: str) 
     missing = [c for c in data_classes if c not in index]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise MgrError(
+        raise Conflict(
             f"the data of task {task!r} has {len(missing)} class(es) not in its label set "
-            f"({shown}); record them with 'mgr task refresh {task} --yes'"
+            f"({shown}); the label set must record them first",
+            hint=f"record them with 'mgr task refresh {task} --yes'",
         )
     return torch.tensor([index[c] for c in data_classes], dtype=torch.long)
 

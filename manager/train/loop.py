@@ -37,7 +37,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from manager.device import resolve_precision
-from manager.errors import Diverged, MgrError
+from manager.errors import BadInput, Conflict, Diverged, MgrError, NotFound
 from manager.progress import Display, current
 from manager.train.config import TrainConfig
 from manager.train.data import Batch, ImageTensors, Normalise
@@ -114,18 +114,11 @@ def _quiet(logger: str) -> Iterator[None]:
         log.setLevel(level)
 
 
-def check_settings(cfg: TrainConfig, lr: float) -> None:
-    """Refuse rates the optimizer cannot use: a NaN or infinite one poisons every weight."""
-    if not (math.isfinite(lr) and lr > 0):
-        raise MgrError(f"the learning rate must be a positive finite number, got {lr}")
-    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
-        raise MgrError(f"the weight decay must be a finite number >= 0, got {cfg.weight_decay}")
-
-
 def _diverged(what: str, epoch: int, step: int, lr: float) -> MgrError:
     return Diverged(
         f"training diverged: {what} at epoch {epoch + 1}, step {step + 1} (peak lr {lr:.3g}); "
-        "nothing was recorded; try a smaller --lr"
+        "nothing was recorded",
+        hint="try a smaller --lr",
     )
 
 
@@ -167,12 +160,12 @@ def restore_checkpoint(
     """Load an interrupted run's trainable weights, optimizer and schedule into place; refused
     when the checkpoint was made with other settings (its fingerprint differs)."""
     if checkpoint is None:
-        raise MgrError("nothing to resume: no checkpoint of an interrupted run of this task")
+        raise NotFound("nothing to resume: no checkpoint of an interrupted run of this task")
     ck = checkpoint.load()
     if ck.get("fingerprint") != cfg.fingerprint():
-        raise MgrError(
-            "the checkpoint was made with other settings; "
-            "rerun with the same options, or without --resume"
+        raise Conflict(
+            "the checkpoint was made with other settings (its TrainConfig fingerprint differs)",
+            hint="rerun with the same options, or without --resume",
         )
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -326,9 +319,12 @@ def fit(
     alike; only rank 0 writes checkpoints and reports progress (``progress`` events, and the
     current ``manager.progress`` display: a bar per epoch, a line after each).
     """
-    check_settings(cfg, lr)
+    # TrainConfig checks its own settings; ``lr`` is fit's (a NaN one poisons every weight).
+    ok = isinstance(lr, int | float) and not isinstance(lr, bool) and math.isfinite(lr)
+    if not ok or lr <= 0:
+        raise BadInput(f"lr must be a finite number > 0, got {lr!r}")
     if len(train) == 0:
-        raise MgrError("the training split is empty")
+        raise BadInput("the training split is empty")
     device = torch.device(device)
     dtype = resolve_precision(cfg.precision, device)
     main = ctx is None or ctx.rank == 0

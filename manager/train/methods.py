@@ -17,7 +17,7 @@ from manager.adapters.fold import consolidate, num_classes_of
 from manager.adapters.inject import METHOD_GROUPS, default_groups, inject, select_params
 from manager.adapters.lora import LoRALinear
 from manager.delta.delta import DTYPES, Delta, DeltaMeta, LoRALayer
-from manager.errors import MgrError
+from manager.errors import BadInput
 from manager.train.config import TrainConfig
 
 
@@ -154,10 +154,10 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise MgrError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+        raise BadInput(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
 
 
 def storage_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise MgrError(f"unknown storage dtype {name!r}; use one of {', '.join(DTYPES)}")
+        raise BadInput(f"unknown storage dtype {name!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[name]

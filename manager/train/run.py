@@ -27,7 +27,16 @@ from manager.catalog.models import Backbone, Task
 from manager.delta.delta import DeltaMeta
 from manager.delta.structure import Structure, format_structure
 from manager.device import precision_name, resolve_device
-from manager.errors import MgrError
+from manager.errors import (
+    BadInput,
+    BudgetExceeded,
+    Busy,
+    Conflict,
+    Corrupt,
+    Diverged,
+    MgrError,
+    NotFound,
+)
 from manager.home import Home
 from manager.registry.backbones import load_backbone, materialise_backbone
 from manager.registry.record import record_version
@@ -85,10 +94,11 @@ def build_model(
             name, kwargs = split_spec(info.spec)
             kwargs.pop("img_size", None)
             base = format_spec(name, kwargs)
-            raise MgrError(
-                f"task {info.name!r} takes {own} px input (backbone {spec}); --img-size "
-                f"{img_size} would bind another backbone: register a task for that size with "
-                f"'mgr task add NAME --backbone {base} --img-size {img_size} ...'"
+            raise BadInput(
+                f"task {info.name!r} takes {own} px input (backbone {spec}); "
+                f"img_size={img_size} would bind another backbone",
+                hint=f"register a task for that size with 'mgr task add NAME --backbone {base} "
+                f"--img-size {img_size} ...'",
             )
     if bound is not None:
         model = load_backbone(home, bound, num_classes=0)
@@ -108,7 +118,7 @@ def build_model(
 def _task_row(s: Any, info: TaskInfo) -> Task:
     task = s.get(Task, info.id)
     if task is None:
-        raise MgrError(f"task {info.name!r} was removed while it was being trained")
+        raise NotFound(f"task {info.name!r} was removed while it was being trained")
     return task
 
 
@@ -127,8 +137,9 @@ def _fit_budget(
 
     adapter = cfg.adapter
     if not isinstance(adapter, ConsolidatorConfig):
-        raise MgrError(
-            "--fit-budget picks a consolidator structure; it needs --method consolidator"
+        raise BadInput(
+            f"fit_budget picks a consolidator structure; this run trains {adapter.method}",
+            hint="it needs --method consolidator",
         )
     if adapter.branches is not None:
         return cfg
@@ -267,9 +278,9 @@ def _prepare(r: _Run, cfg: TrainConfig, *, main: bool) -> _Prepared:
         return _Prepared(cfg, model, backbone, structure, meta)
     projected = len(r.method.export(model, meta).to_bytes())
     if budget is not None and projected > budget:
-        raise MgrError(
-            f"the {r.method.name} artifact needs {projected} bytes, over --budget "
-            f"{budget}; use a coarser --groups or --fit-budget"
+        raise BudgetExceeded(
+            f"the {r.method.name} artifact needs {projected} bytes, over budget_bytes={budget}",
+            hint="use a coarser --groups or --fit-budget",
         )
     reservation = _reserve(r.catalog, r.info, projected)
     return _Prepared(cfg, model, backbone, structure, meta, reservation)
@@ -298,7 +309,7 @@ def _checkpoint(r: _Run) -> Checkpoint:
     store.task_dir(name)  # a linked artifacts folder is refused before any work
     checkpoint = Checkpoint.of(store, name)
     if r.opts.resume and not checkpoint.exists():
-        raise MgrError(f"nothing to resume: no checkpoint of an interrupted run of {name!r}")
+        raise NotFound(f"nothing to resume: no checkpoint of an interrupted run of {name!r}")
     return checkpoint
 
 
@@ -365,8 +376,8 @@ def _warm_start(run: _Prepared, source: Any, classes: list[str]) -> dict | None:
     from manager.train.warmstart import warm_start
 
     if source.delta.meta.backbone_hash != run.backbone.content_hash:
-        raise MgrError(
-            f"--init {source.label}: it was trained on another backbone "
+        raise BadInput(
+            f"init={source.label!r}: it was trained on another backbone "
             f"({source.delta.meta.backbone}); warm starts need the task's backbone"
         )
     return warm_start(run.model, source, classes)
@@ -412,6 +423,12 @@ def _record(
     )  # fmt: skip
 
 
+def _of_kind(exc: MgrError) -> type[MgrError]:
+    """The kind of ``exc`` to re-raise it as with more context (a custom subclass: its kind)."""
+    kinds = (NotFound, Conflict, BudgetExceeded, Corrupt, Diverged, Busy, BadInput)
+    return next((k for k in kinds if isinstance(exc, k)), MgrError)
+
+
 def _init_source(r: _Run, text: str) -> Any:
     """The version ``--init`` names, its delta loaded and checked (see manager.train.warmstart)."""
     from manager.catalog.lineage import resolve_init
@@ -422,15 +439,15 @@ def _init_source(r: _Run, text: str) -> Any:
         ref, classes = resolve_init(s, r.info.name, text)
         bound = s.get(Backbone, ref.backbone_id) if ref.backbone_id else None
         if bound is None:
-            raise MgrError(f"--init {ref.label}: its task is not bound to a backbone")
+            raise Conflict(f"init={ref.label!r}: its task is not bound to a backbone")
         s.expunge(bound)
     try:
         delta = load_champion(Store.of(r.home), ref, bound)
     except MgrError as exc:
-        raise MgrError(f"--init {ref.label}: {exc}") from None
+        raise _of_kind(exc)(f"init={ref.label!r}: {exc}", hint=exc.hint) from None
     if delta.meta.method != r.method.name:
-        raise MgrError(
-            f"--init {ref.label}: it is a {delta.meta.method} adapter and this run trains "
+        raise BadInput(
+            f"init={ref.label!r}: it is a {delta.meta.method} adapter and this run trains "
             f"{r.method.name}; warm starts need the same method and structure"
         )
     return InitSource(ref.task, ref.number, delta, classes)

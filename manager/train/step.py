@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manager.errors import MgrError
+from manager.errors import BadInput, MgrError
 from manager.train.data import IGNORE, Batch
 from manager.train.distributed import Dist
 
@@ -62,10 +62,13 @@ class TrainStep:
                 net = torch.compile(net)
             except Exception as e:  # e.g. dynamo unsupported on this Python
                 why = _first_line(e)
-                raise MgrError(f"--compile: torch.compile is unavailable: {why}") from None
+                raise BadInput(
+                    f"compile=True: torch.compile is unavailable: {why}",
+                    hint="run without --compile",
+                ) from None
         self.net = net
         if dtype == torch.float16 and device.type not in ("cuda", "cpu"):
-            raise MgrError(f"--precision fp16 needs a CUDA device or the CPU, not {device.type}")
+            raise BadInput(f"precision='fp16' needs a CUDA device or the CPU, not {device.type}")
         self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
     def __call__(self, batch: Batch, world: int = 1) -> torch.Tensor:
@@ -87,7 +90,9 @@ class TrainStep:
         except (MgrError, torch.OutOfMemoryError):
             raise
         except Exception as e:
-            raise MgrError(f"--compile failed: {_first_line(e)}; run without --compile") from None
+            raise BadInput(
+                f"torch.compile failed: {_first_line(e)}", hint="run without --compile"
+            ) from None
         finally:
             cpp_log.setLevel(level)
         self._checked = True

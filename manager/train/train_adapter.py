@@ -20,7 +20,7 @@ from manager.errors import Diverged
 from manager.train.config import TrainConfig
 from manager.train.data import ImageTensors
 from manager.train.distributed import Dist
-from manager.train.loop import CheckpointIO, FitResult, ProgressFn, check_settings, fit
+from manager.train.loop import CheckpointIO, FitResult, ProgressFn, fit
 from manager.train.methods import Method
 
 
@@ -62,7 +62,6 @@ def fit_adapter(
     from manager.datasets.transforms import data_config
 
     lr = cfg.lr if cfg.lr is not None else method.default_lr
-    check_settings(cfg, lr)
     dc = data_config(model)
     return fit(
         model,
@@ -122,7 +121,8 @@ def export_adapter(
         dtype = str(meta.dtype).removeprefix("torch.")
         raise Diverged(
             f"the trained adapter holds NaN or infinite values ({bad[0]}{more}, in {dtype}): "
-            "the run diverged and nothing was recorded; try a smaller --lr"
+            "the run diverged and nothing was recorded",
+            hint="try a smaller --lr",
         )
     return delta, metrics
 

@@ -28,7 +28,7 @@ from torch import nn
 from manager.catalog import Catalog, budgets, tasks
 from manager.delta.delta import DeltaMeta
 from manager.device import resolve_device
-from manager.errors import MgrError
+from manager.errors import BadInput, BudgetExceeded, MgrError
 from manager.home import Home
 from manager.train.config import RunOptions, TrainConfig
 from manager.train.data import ImageTensors
@@ -135,11 +135,11 @@ def make_plan(
     """Rungs of ``configs``, ``configs/eta``, ... (while more than one remains), with the first
     rung's epochs set so the search costs ``budget`` runs; no trial runs longer than one run."""
     if not knobs:
-        raise MgrError("nothing to tune: rates, weight decay and DropPath are all set explicitly")
+        raise BadInput("nothing to tune: rates, weight decay and DropPath are all set explicitly")
     if configs < 2:
-        raise MgrError(f"--tune-configs must be at least 2, got {configs}")
+        raise BadInput(f"tune_configs must be at least 2, got {configs}")
     if not (math.isfinite(budget) and budget > 0):
-        raise MgrError(f"--tune-budget must be a positive number of runs, got {budget}")
+        raise BadInput(f"tune_budget must be a positive number of runs, got {budget}")
     sizes = [configs]
     while sizes[-1] > eta:
         sizes.append(math.ceil(sizes[-1] / eta))
@@ -153,9 +153,10 @@ def holdout(data: ImageTensors, seed: int) -> tuple[ImageTensors, ImageTensors]:
     """(train, held): every fifth image of each class, in an order shuffled by ``seed``."""
     n = len(data)
     if n < MIN_HOLDOUT_IMAGES:
-        raise MgrError(
-            f"--tune: the training split has {n} images; holding out {HOLDOUT:.0%} of it to "
-            f"score trials needs at least {MIN_HOLDOUT_IMAGES}"
+        raise BadInput(
+            f"tuning: the training split has {n} images; holding out {HOLDOUT:.0%} of it to "
+            f"score trials needs at least {MIN_HOLDOUT_IMAGES}",
+            hint="train without --tune",
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     labels = data.labels.tolist()
@@ -226,7 +227,7 @@ def search(
         alive = [idx for idx, _ in sorted(scored, key=lambda s: -_score(s[1]))]
     best = next(t for t in trials if t["config"] == alive[0] and t["rung"] == len(plan.rungs) - 1)
     if best["score"] is None:
-        raise MgrError(f"--tune: every trial failed; the first: {trials[0].get('error')}")
+        raise MgrError(f"tuning: every trial failed; the first: {trials[0].get('error')}")
     chosen = {k: best[k] for k in KNOBS}
     return {"trials": trials, "chosen": {**chosen, "score": best["score"]}}
 
@@ -304,8 +305,9 @@ def tune_task(
     projected = len(method.export(probe, meta).to_bytes())
     del probe
     if budget_bytes is not None and projected > budget_bytes:
-        raise MgrError(
-            f"the {method.name} artifact needs {projected} bytes, over --budget {budget_bytes}"
+        raise BudgetExceeded(
+            f"the {method.name} artifact needs {projected} bytes, over budget_bytes={budget_bytes}",
+            hint="use a coarser --groups",
         )
     with catalog.session(write=False) as s:
         budgets.check_fits(s, tasks.get_task(s, info.name), projected)

@@ -30,7 +30,7 @@ from torch import nn
 from manager.adapters.inject import head_name
 from manager.delta.delta import ConsolidatorLayer, Delta
 from manager.delta.structure import format_structure, normalize, positions, scatter_union
-from manager.errors import MgrError
+from manager.errors import BadInput, MgrError
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def warm_start(model: nn.Module, source: InitSource, classes: Sequence[str]) -> 
             continue
         p = params.get(key)
         if p is None or p.shape != t.shape:
-            raise MgrError(
-                f"--init {source.label}: its tensor {key} does not fit this model "
+            raise BadInput(
+                f"init={source.label!r}: its tensor {key} does not fit this model "
                 "(another method or structure)"
             )
         p.copy_(t.to(p.dtype))
@@ -82,7 +82,7 @@ def warm_start(model: nn.Module, source: InitSource, classes: Sequence[str]) -> 
     for key in head_keys:
         p, t = params.get(key), delta.whole[key]
         if p is None or p.shape[1:] != t.shape[1:]:
-            raise MgrError(f"--init {source.label}: its head tensor {key} does not fit this model")
+            raise BadInput(f"init={source.label!r}: its head tensor {key} does not fit this model")
         for new_row, old_row in shared:
             if old_row < t.shape[0]:
                 p[new_row].copy_(t[old_row].to(p.dtype))
@@ -104,8 +104,8 @@ def warm_start(model: nn.Module, source: InitSource, classes: Sequence[str]) -> 
 
 
 def _refuse(source: InitSource, what: str) -> MgrError:
-    return MgrError(
-        f"--init {source.label}: {what}; warm starts need the same method and structure"
+    return BadInput(
+        f"init={source.label!r}: {what}; warm starts need the same method and structure"
     )
 
 
