@@ -23,9 +23,8 @@ from manager.errors import (
     NotFound,
 )
 
-# Packages whose messages must not name a CLI flag or command (their hint may). The others
-# (train/, datasets/, switch/live.py, switch/status.py) are not held to it yet; cli/ speaks the
-# CLI's own words.
+# Packages whose messages must not name a CLI flag or command (their hint may). train/ is not
+# held to it yet; cli/ speaks the CLI's own words.
 API_SPEAKING = [
     "manager/catalog",
     "manager/registry",
@@ -37,8 +36,7 @@ API_SPEAKING = [
     "manager/units.py",
     "manager/home.py",
     "manager/device.py",
-    "manager/switch/switcher.py",
-    "manager/switch/predict.py",
+    "manager/switch",
     "manager/export",
     "manager/serve/app.py",
     "manager/serve/engine.py",

@@ -24,7 +24,7 @@ from manager.device import resolve_precision
 from manager.errors import Conflict, Corrupt, MgrError
 from manager.home import Home
 from manager.store.fs import Store
-from manager.switch.live import live_head, live_problem, live_weights
+from manager.switch.livecheck import live_head, live_problem, live_weights
 
 
 @dataclass
