@@ -37,6 +37,7 @@ API_SPEAKING = [
     "manager/home.py",
     "manager/device.py",
     "manager/switch",
+    "manager/datasets",
     "manager/export",
     "manager/serve/app.py",
     "manager/serve/engine.py",
