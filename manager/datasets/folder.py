@@ -21,7 +21,7 @@ from manager.errors import MgrError
 
 # A flat tree is split per class by rank modulo 5: 3 train, 1 val, 1 test (60/20/20).
 FLAT_PICKS = {"train": (0, 1, 2), "val": (3,), "test": (4,), "trainval": (0, 1, 2, 3)}
-SKIP_HINT = "or skip unreadable images: --dataset imagefolder:skip_bad=true"
+SKIP_HINT = "or skip unreadable images: imagefolder:skip_bad=true"
 CLASSES_FILE = light.FOLDER_CLASSES_FILE
 
 
@@ -31,9 +31,15 @@ def _reason(exc: BaseException) -> str:
 
 
 def read_image(
-    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, hint: str = ""
+    path: str | os.PathLike[str],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    hint: str = "",
+    cli_hint: str | None = None,
 ) -> Image.Image:
     """Decode an image file to RGB; `MgrError` naming the file if it is unreadable or too large.
+
+    ``hint`` ends the message (what to do, in the API's words); ``cli_hint`` is the error's
+    ``hint``, which only the CLI prints (flags).
 
     The size is checked from the header, before any pixel is decoded; while decoding, PIL's own
     decompression-bomb limit is `max_pixels` with its warning made an error, for formats whose
@@ -50,7 +56,8 @@ def read_image(
                 if w * h > max_pixels:
                     raise MgrError(
                         f"refusing image {path}: {w}x{h} is {w * h:,} pixels, over the limit of "
-                        f"{max_pixels:,} (a decompression bomb?){hint}"
+                        f"{max_pixels:,} (a decompression bomb?){hint}",
+                        hint=cli_hint,
                     )
                 Image.MAX_IMAGE_PIXELS = max_pixels
                 im.load()
@@ -58,11 +65,11 @@ def read_image(
     except MgrError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise MgrError(f"refusing image {path}: {_reason(exc)}{hint}") from None
+        raise MgrError(f"refusing image {path}: {_reason(exc)}{hint}", hint=cli_hint) from None
     except FileNotFoundError:
         raise MgrError(f"image {path} not found") from None
     except Exception as exc:  # truncated or corrupt files raise many kinds of errors
-        raise MgrError(f"cannot read image {path}: {_reason(exc)}{hint}") from None
+        raise MgrError(f"cannot read image {path}: {_reason(exc)}{hint}", hint=cli_hint) from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
 
