@@ -1,6 +1,6 @@
-"""The light twins of the built-in data sets (`manager.datasets.classes`, no torch) answer as the
-kinds that open images do: the same options, the same place found, the same class names, the
-same refusals (issue 20: ``mgr task add`` reads class names without importing torch)."""
+"""The light kinds of the built-in data sets (`manager.datasets.classes`, no torch) find the data,
+name its classes and refuse bad layouts (issue 20: ``mgr task add`` reads class names without
+importing torch); the kinds that open images are these plus ``build``, so they answer alike."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from manager.datasets import classes as light
-from manager.datasets.registry import _REGISTRY, _kind, _load_kinds
+from manager.datasets.registry import _REGISTRY, _kind, _load_kinds, known_definition
 from manager.errors import MgrError
 
 
@@ -94,29 +94,73 @@ def _trees(tmp: Path) -> dict[str, list[tuple[Path | None, dict[str, Any]]]]:
     }  # fmt: skip
 
 
-def test_the_twins_are_all_the_built_in_kinds() -> None:
+def test_each_built_in_kind_is_its_light_kind_plus_build() -> None:
+    """Where the data is, its classes and its options are written once, in the light kind; the
+    kind that opens images inherits them and adds only ``build``."""
     _load_kinds()
     assert set(light.LIGHT) <= set(_REGISTRY)
     assert set(light.LIGHT) == {"flowers102", "pets", "imagefolder", "vtab1k", "synthetic"}
-    for name, twin in light.LIGHT.items():
-        assert dict(twin.options) == dict(_REGISTRY[name].options), name
+    for name, base in light.LIGHT.items():
+        full = _REGISTRY[name]
+        assert issubclass(full, base) and full is not base, name
+        assert {"locate", "classes", "options"}.isdisjoint(vars(full)), name
+        assert "build" in vars(full) and "build" not in vars(base), name
+
+
+def _expected(tmp: Path) -> dict[str, list[tuple[str, Any]]]:
+    """Per kind, in the order of `_trees`: ("ok", (found, classes)) or ("error", a phrase)."""
+    known = {n: list(known_definition(n)["classes"]) for n in ("flowers102", "pets")}
+    on_disk = "class names need the data set on disk; give its root folder"
+    return {
+        "flowers102": [("ok", (None, known["flowers102"])), ("ok", (None, known["flowers102"])),
+                       ("ok", (tmp / "fl" / "flowers-102", known["flowers102"])),
+                       ("ok", (tmp / "fl-names" / "flowers-102", [f"f{i}" for i in range(1, 103)])),
+                       ("ok", (tmp / "fl-names" / "flowers-102", [f"f{i}" for i in range(1, 103)])),
+                       ("error", "has no entry '2' (expected 1..102)")],
+        "pets": [("ok", (None, known["pets"])), ("ok", (None, known["pets"])),
+                 ("ok", (tmp / "pets" / "oxford-iiit-pet",
+                         ["Abyssinian", "Great Pyrenees", "American Bulldog"])),
+                 ("error", "expected 'NAME CLASS_ID SPECIES BREED_ID'")],
+        "imagefolder": [("error", on_disk), ("error", on_disk),
+                        ("ok", (tmp / "split", ["cat", "dog"])),
+                        ("ok", (tmp / "flat", ["a", "b", "c"])),
+                        ("ok", (tmp / "named", ["airplane", "bird"])),
+                        ("error", "names 1 distinct classes, the data has 2 class folders"),
+                        ("ok", (tmp / "fl", ["flowers-102"]))],
+        "vtab1k": [("error", on_disk),
+                   ("ok", (tmp / "vt" / "vtab-1k" / "dtd", [f"class_{k}" for k in range(5)])),
+                   ("error", on_disk), ("ok", (tmp / "vt-named", ["zero", "one"])),
+                   ("error", "expected 'relative/path label'")],
+        "synthetic": [("ok", (None, light.synthetic_class_names(6))),
+                      ("ok", (None, ["red solid circle", "green stripes square"])),
+                      ("ok", (None, light.synthetic_class_names(12))),
+                      ("ok", (None, light.synthetic_class_names(5)))],
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(light.LIGHT))
-def test_a_twin_answers_as_its_kind(tmp_path: Path, name: str) -> None:
-    _load_kinds()
-    cases = _trees(tmp_path)[name]
-    for root, options in cases:
-        want = _answer(_REGISTRY[name](), root, **options)
-        assert _answer(light.LIGHT[name](), root, **options) == want, (name, root, options)
-    outcomes = {_answer(_REGISTRY[name](), r, **o)[0] for r, o in cases}
-    if name != "synthetic":  # the cases do reach both answers
-        assert outcomes == {"ok", "error"}, name
+def test_a_light_kind_finds_names_and_refuses(tmp_path: Path, name: str) -> None:
+    cases, expected = _trees(tmp_path)[name], _expected(tmp_path)[name]
+    assert len(cases) == len(expected)
+    for (root, options), (outcome, want) in zip(cases, expected, strict=True):
+        got, answer = _answer(light.LIGHT[name](), root, **options)
+        assert got == outcome, (name, root, options, answer)
+        if outcome == "ok":
+            assert answer == want, (name, root, options)
+        else:
+            assert want in answer and "--" not in answer, (name, root, options, answer)
 
 
-def test_describe_uses_the_twin_until_the_full_kind_is_loaded() -> None:
+def test_a_refusal_carries_the_clis_hint() -> None:
+    for name in ("imagefolder", "vtab1k"):
+        with pytest.raises(MgrError, match="need the data set on disk") as e:
+            light.LIGHT[name]().classes(None)
+        assert e.value.hint == "pass --root DIR", name
+
+
+def test_describe_uses_the_light_kind_until_the_full_kind_is_loaded() -> None:
     """In a fresh process (tests/test_catalog_imports.py checks the imports), `_kind` without
-    ``heavy`` gives the twin; once loaded, the registered kind (a user's own kind wins)."""
+    ``heavy`` gives the light kind; once loaded, the registered kind (a user's own kind wins)."""
     kind, options = _kind("synthetic:num_classes=3", heavy=False)
     assert options == {"num_classes": 3}
     assert kind.classes(None, **options) == light.synthetic_class_names(3)

@@ -14,25 +14,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from manager.datasets.registry import (
-    DatasetKind,
-    Labeled,
-    every_kth,
-    known_options,
-    register_dataset,
-    resolve_root,
-)
+from manager.datasets import classes as light
+from manager.datasets.classes import DEFAULT_MAX_PIXELS, class_dirs, is_split_tree
+from manager.datasets.registry import Labeled, every_kth, register_dataset, resolve_root
 from manager.errors import MgrError
-from manager.specs import Option
 
-SPLIT_DIRS = ("train", "val", "test")
 # A flat tree is split per class by rank modulo 5: 3 train, 1 val, 1 test (60/20/20).
 FLAT_PICKS = {"train": (0, 1, 2), "val": (3,), "test": (4,), "trainval": (0, 1, 2, 3)}
-# Above this many pixels an image file is refused (PIL's own default is ~89 MP): a tiny file can
-# claim 100000x100000 pixels and make the decoder allocate tens of gigabytes.
-DEFAULT_MAX_PIXELS = 40_000_000
-SKIP_HINT = "or skip unreadable images: --dataset imagefolder:skip_bad=true"
-CLASSES_FILE = "classes.txt"  # optional, at the root: one name per class folder, in sorted order
+SKIP_HINT = "or skip unreadable images: imagefolder:skip_bad=true"
+CLASSES_FILE = light.FOLDER_CLASSES_FILE
 
 
 def _reason(exc: BaseException) -> str:
@@ -41,9 +31,15 @@ def _reason(exc: BaseException) -> str:
 
 
 def read_image(
-    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, hint: str = ""
+    path: str | os.PathLike[str],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    hint: str = "",
+    cli_hint: str | None = None,
 ) -> Image.Image:
     """Decode an image file to RGB; `MgrError` naming the file if it is unreadable or too large.
+
+    ``hint`` ends the message (what to do, in the API's words); ``cli_hint`` is the error's
+    ``hint``, which only the CLI prints (flags).
 
     The size is checked from the header, before any pixel is decoded; while decoding, PIL's own
     decompression-bomb limit is `max_pixels` with its warning made an error, for formats whose
@@ -60,7 +56,8 @@ def read_image(
                 if w * h > max_pixels:
                     raise MgrError(
                         f"refusing image {path}: {w}x{h} is {w * h:,} pixels, over the limit of "
-                        f"{max_pixels:,} (a decompression bomb?){hint}"
+                        f"{max_pixels:,} (a decompression bomb?){hint}",
+                        hint=cli_hint,
                     )
                 Image.MAX_IMAGE_PIXELS = max_pixels
                 im.load()
@@ -68,11 +65,11 @@ def read_image(
     except MgrError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise MgrError(f"refusing image {path}: {_reason(exc)}{hint}") from None
+        raise MgrError(f"refusing image {path}: {_reason(exc)}{hint}", hint=cli_hint) from None
     except FileNotFoundError:
         raise MgrError(f"image {path} not found") from None
     except Exception as exc:  # truncated or corrupt files raise many kinds of errors
-        raise MgrError(f"cannot read image {path}: {_reason(exc)}{hint}") from None
+        raise MgrError(f"cannot read image {path}: {_reason(exc)}{hint}", hint=cli_hint) from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
 
@@ -135,54 +132,10 @@ class FixedClassesFolder(ImageFolder):
         return self._fixed, {c: i for i, c in enumerate(self._fixed)}
 
 
-def _class_dirs(folder: Path) -> list[str]:
-    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def _is_split_tree(root: Path) -> bool:
-    return any((root / s).is_dir() for s in SPLIT_DIRS)
-
-
 @register_dataset("imagefolder")
-class Folder(DatasetKind):
-    """Split folders where present; a missing ``val/`` is carved from ``train/`` (every fifth image
-    of each class). A flat tree is split per class 60/20/20 by sorted file name.
-
-    Options: ``skip_bad=true`` decodes every image once up front and leaves out the unreadable
-    ones (one warning line); without it the first unreadable image stops with its name.
-    ``max_pixels=N`` changes the decompression-bomb limit.
-    """
-
-    options = known_options(
-        skip_bad=Option(bool, False, help="leave unreadable images out (one warning line)"),
-        max_pixels=Option(int, DEFAULT_MAX_PIXELS, 1, None, "refuse larger images"),
-    )
-
-    def locate(self, root: Path | None, **options) -> Path | None:
-        if root is None or not root.is_dir():
-            return None
-        top = root / "train" if _is_split_tree(root) else root
-        return root if top.is_dir() and _class_dirs(top) else None
-
-    def classes(self, found: Path | None, **options) -> list[str]:
-        """Class folder names, or with ``classes.txt`` at the root its names (one per line, in
-        the folders' sorted order: ``006`` answers as ``airplane``)."""
-        if found is None:
-            raise MgrError("imagefolder: class names need the data set on disk; pass --root")
-        dirs = _class_dirs(found / "train" if _is_split_tree(found) else found)
-        listed = found / CLASSES_FILE
-        if not listed.is_file():
-            return dirs
-        try:
-            names = [ln.strip() for ln in listed.read_text("utf-8").splitlines() if ln.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MgrError(f"imagefolder: cannot read {listed}: {exc}") from None
-        if len(names) != len(dirs) or len(set(names)) != len(names):
-            raise MgrError(
-                f"imagefolder: {listed} names {len(names)} distinct classes, the data has "
-                f"{len(dirs)} class folders; one name per folder, in their sorted order"
-            )
-        return names
+class Folder(light.Folder):
+    """Any ImageFolder tree (see `manager.datasets.classes.Folder`, which finds it, names its
+    classes and says how it splits); here, the images."""
 
     def build(
         self, root, split: str, transform: Callable | None, download: bool, **options
@@ -204,19 +157,21 @@ class Folder(DatasetKind):
         if options:
             raise MgrError(f"imagefolder: unknown options {sorted(options)}")
         if download:
-            raise MgrError("imagefolder: cannot be downloaded; pass --root")
+            raise MgrError(
+                "imagefolder: cannot be downloaded; give its root folder", hint="pass --root DIR"
+            )
         root = resolve_root(root)
         if not root.is_dir():
             raise MgrError(
                 f"imagefolder: missing {root} (expected <root>/<class>/* or <root>/train/<class>/*)"
             )
-        if _is_split_tree(root) and not (root / "train").is_dir():
+        if is_split_tree(root) and not (root / "train").is_dir():
             raise MgrError(f"imagefolder: missing {root / 'train'} (split folders need train/)")
         found = self.locate(root)
         if found is None:
             raise MgrError(f"imagefolder: no class folders in {root}")
-        classes = _class_dirs(found / "train" if _is_split_tree(found) else found)
-        if not _is_split_tree(root):
+        classes = class_dirs(found / "train" if is_split_tree(found) else found)
+        if not is_split_tree(root):
             ds = self._open(root, classes, transform, **opts)
             return Labeled.subset(ds, every_kth(ds.targets, 5, FLAT_PICKS[split]))
         if split == "trainval":
@@ -243,7 +198,7 @@ class Folder(DatasetKind):
         skip_bad: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> ImageFolder:
-        extra = sorted(set(_class_dirs(folder)) - set(classes))
+        extra = sorted(set(class_dirs(folder)) - set(classes))
         if extra:
             raise MgrError(
                 f"imagefolder: {folder} has classes not in train/: {', '.join(extra[:5])}"

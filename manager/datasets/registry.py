@@ -27,6 +27,7 @@ INSTALLED = (_PACKAGE / "_data").is_dir()
 DATA_DIR = _PACKAGE / "_data" if INSTALLED else _PACKAGE.parent / "data"
 
 _REGISTRY: dict[str, type[DatasetKind]] = {}
+ROOT_HINT = "pass --root DIR"  # what the CLI adds to "needs the data set on disk"
 K = TypeVar("K", bound="type[DatasetKind]")
 
 
@@ -50,7 +51,10 @@ class DatasetKind:
         """Class names in label order, from disk when ``found`` else the known definition."""
         known = known_definition(self.name)
         if known is None:
-            raise MgrError(f"{self.name}: class names need the data set on disk; pass --root")
+            raise MgrError(
+                f"{self.name}: class names need the data set on disk; give its root folder",
+                hint=ROOT_HINT,
+            )
         return list(known["classes"])
 
     def build(
@@ -218,6 +222,24 @@ def dataset_folder(root: Path, folder: str) -> Path:
 def first_missing(base: Path, required: Sequence[str]) -> Path | None:
     """The first of ``required`` (paths under ``base``) that does not exist, or None."""
     return next((base / f for f in required if not (base / f).exists()), None)
+
+
+def fetch_or_check(
+    name: str, base: Path, required: Sequence[str], layout: str, fetch: Callable[[], Any] | None
+) -> None:
+    """Download with ``fetch`` (None: no download), then make sure every ``required`` path is
+    under ``base``: `MgrError` naming a failed download or the first missing file."""
+    if fetch is not None:
+        try:
+            fetch()
+        except Exception as e:  # network and archive errors alike: one clear line
+            raise MgrError(f"{name}: download to {base} failed: {e}") from None
+    missing = first_missing(base, required)
+    if missing is not None:
+        raise MgrError(
+            f"{name}: missing {missing} (expected {layout}; give its root or download=True)",
+            hint="pass --root DIR or --download",
+        )
 
 
 def __getattr__(name: str) -> Any:

@@ -15,34 +15,24 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from manager.datasets.registry import DatasetKind, known_options, register_dataset
-from manager.specs import Option, check_options
+from manager.datasets import classes as light
+from manager.datasets.classes import COLOURS, SHAPES, TEXTURES
+from manager.datasets.registry import register_dataset
+from manager.specs import check_options
 
-SHAPES = ("circle", "square", "triangle", "cross")
-COLOURS = {
-    "red": (0.86, 0.16, 0.16),
-    "green": (0.16, 0.70, 0.24),
-    "blue": (0.20, 0.31, 0.90),
-    "yellow": (0.92, 0.80, 0.16),
-    "magenta": (0.78, 0.20, 0.78),
-}
-TEXTURES = ("solid", "stripes", "dots")
-MAX_CLASSES = 12  # (k%4, k%5, k%3) stays distinct far beyond; 12 keeps the set small
+# The names, options and class names live in manager.datasets.classes (no torch); here, pixels.
+OPTIONS = light.SYNTHETIC_OPTIONS
+class_names = light.synthetic_class_names
+RGB = dict(
+    zip(
+        COLOURS,
+        [(0.86, 0.16, 0.16), (0.16, 0.70, 0.24), (0.20, 0.31, 0.90), (0.92, 0.80, 0.16),
+         (0.78, 0.20, 0.78)],
+        strict=True,
+    )
+)  # fmt: skip
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-# The caps keep a typo from asking for terabytes: 12 x 10,000 images of 1024 px is already a lot
-# for a generated set. Seeds span numpy's and torch's (non-negative int64).
-OPTIONS = known_options(
-    num_classes=Option(int, 6, 2, MAX_CLASSES),
-    per_class=Option(int, 32, 1, 10_000),
-    img_size=Option(int, 32, 8, 1024),
-    seed=Option(int, 0, 0, 2**63 - 1),
-)
 DEFAULTS = {k: o.default for k, o in OPTIONS.items()}
-
-
-def class_names(num_classes: int) -> list[str]:
-    colours = list(COLOURS)
-    return [f"{colours[k % 5]} {TEXTURES[k % 3]} {SHAPES[k % 4]}" for k in range(num_classes)]
 
 
 def _mask(shape: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -57,7 +47,7 @@ def _mask(shape: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
 
 
 def _colour(k: int, rng: np.random.Generator) -> np.ndarray:
-    base = np.array(list(COLOURS.values())[k % len(COLOURS)])
+    base = np.array(list(RGB.values())[k % len(RGB)])
     return np.clip(base * rng.uniform(0.7, 1.15) + rng.uniform(-0.12, 0.12, 3), 0.0, 1.0)
 
 
@@ -76,7 +66,7 @@ def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
         r = rng.uniform(0.08, 0.14) * size
         cx, cy = rng.uniform(r, size - r, 2)
         m = _mask(SHAPES[rng.integers(4)], (xx - cx) / r, (yy - cy) / r)
-        img[m] = _colour(int(rng.integers(len(COLOURS))), rng)
+        img[m] = _colour(int(rng.integers(len(RGB))), rng)
 
     r = rng.uniform(0.2, 0.36) * size  # half-size of the object
     cx, cy = rng.uniform(r + 1, size - r - 1, 2)
@@ -138,14 +128,9 @@ class SyntheticShapes(Dataset):
 
 
 @register_dataset("synthetic")
-class Synthetic(DatasetKind):
-    """Generated shapes; options ``num_classes`` (6, 2..12), ``per_class`` (32), ``img_size``
-    (32), ``seed`` (0). Needs no root and nothing on disk."""
-
-    options = OPTIONS
-
-    def classes(self, found, **options) -> list[str]:
-        return self.build(None, "train", None, False, **options).classes
+class Synthetic(light.Synthetic):
+    """Generated shapes (see `manager.datasets.classes.Synthetic`, which names the classes and
+    checks the options); here, the images."""
 
     def build(self, root, split: str, transform, download: bool, **options) -> Dataset:
         return SyntheticShapes(split, transform, **check_options("synthetic", options, OPTIONS))

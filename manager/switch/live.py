@@ -76,11 +76,23 @@ from manager.home import Home
 from manager.registry.backbones import checked_backbone_file
 from manager.store.fs import Store, pid_alive, temp_owner
 from manager.switch.artifacts import load_verified, pieces, split_head, touched_values
+from manager.switch.livecheck import (  # the cheap checks live once, torch-free (issue 20)
+    HEAD_FORMAT,
+    LIVE_NAMES,
+    applied_version_id,
+    legacy_live_present,
+    live_head,
+    live_matches,
+    live_problem,
+    live_weights,
+    not_a_link,
+    raise_link,
+    read_head_meta,
+)
 from manager.switch.livefile import LiveFile, layout, read_metadata
-from manager.switch.plan import UNKNOWN, LivePlan, LiveState, plan
+from manager.switch.plan import LivePlan, LiveState, plan
 
 SLOWDOWN_ENV = "MGR_SWITCH_TEST_SLOWDOWN"
-HEAD_FORMAT = "mgr-live-head"
 
 
 @dataclass
@@ -105,82 +117,6 @@ class SwitchReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def live_weights(store: Store, digest: str) -> Path:
-    """Backbone ``digest``'s big live file, refused if it is a symbolic link (it could lead to W0
-    or outside)."""
-    return _not_a_link(store, digest, "backbone.safetensors")
-
-
-def live_head(store: Store, digest: str) -> Path:
-    """Backbone ``digest``'s head file, refused if it is a symbolic link."""
-    return _not_a_link(store, digest, "head.safetensors")
-
-
-def _not_a_link(store: Store, digest: str, name: str) -> Path:
-    folder = store.live_dir(digest)
-    literal = store.live / digest[:16] / name
-    confined = store.confine(folder / name)
-    if literal.is_symlink() or confined != literal or folder != literal.parent:
-        raise MgrError(
-            f"refusing to use {literal}: it is a symbolic link (to {confined}); the live files "
-            "must be plain files under the home (remove the link, then 'mgr switch --repair')"
-        )
-    return confined
-
-
-def read_head_meta(store: Store, digest: str) -> dict[str, str] | None:
-    """The head file's metadata, or None if it is missing or unreadable."""
-    try:
-        meta = read_metadata(live_head(store, digest))
-    except (OSError, MgrError):
-        return None
-    return meta if meta.get("format") == HEAD_FORMAT else None
-
-
-def applied_version_id(meta: dict[str, str] | None) -> int | str | None:
-    """The version id whose values the big file holds per the head file (None: the backbone
-    alone; `UNKNOWN` when the head file is missing or not ours)."""
-    if meta is None:
-        return UNKNOWN
-    raw = meta.get("version_id", "")
-    return int(raw) if raw.isascii() and raw.isdigit() else None
-
-
-def live_problem(store: Store, base: Path, applied_id: int | None, digest: str) -> str | None:
-    """Why backbone ``digest``'s live files cannot be trusted to hold W0 + version
-    ``applied_id``; None if they can. Cheap: a few stats and headers, no tensor is read."""
-    meta = read_head_meta(store, digest)
-    if meta is None:
-        return "the live head file is missing or unreadable"
-    if applied_version_id(meta) != applied_id:
-        return "the live head file names another version than the deployment"
-    weights = live_weights(store, digest)
-    if not live_matches(weights, base):
-        return f"the live file {weights} is missing or not a copy of the backbone file"
-    mtime, size = meta.get("live_mtime_ns", ""), meta.get("live_size", "")
-    if not (mtime.isascii() and mtime.isdigit() and size.isascii() and size.isdigit()):
-        return "the live head file records no size and time of the live file"
-    st = weights.stat()
-    if (st.st_mtime_ns, st.st_size) != (int(mtime), int(size)):
-        return f"the live file {weights} was modified after the last switch"
-    return None
-
-
-def live_matches(live: Path, base: Path) -> bool:
-    """Whether ``live`` is a copy of backbone file ``base`` by header (metadata, tensor layout)
-    and size: the cheap test that it holds that backbone's tensors where W0 has them."""
-    try:
-        return (
-            live.is_file()
-            and not os.path.samefile(live, base)
-            and read_metadata(live) == read_metadata(base)
-            and layout(live) == layout(base)
-            and live.stat().st_size == base.stat().st_size
-        )
-    except (OSError, MgrError):
-        return False
 
 
 # -- switching -----------------------------------------------------------------------------------
@@ -303,7 +239,10 @@ def switch_live_locked(
         backbone = BackboneRef.of(row) if row is not None else None
         dep = get_deployment(s, catalog.home.host, bb_id) if bb_id is not None else None
         if dep is not None and dep.state != DEPLOY_IDLE:
-            raise MgrError("an interrupted switch could not be finished; see 'mgr status'")
+            raise MgrError(
+                "an interrupted switch could not be finished; see the live status",
+                hint="see 'mgr status'",
+            )
         old = VersionRef.of(dep.version) if dep is not None and dep.version is not None else None
     report = SwitchReport(
         target.task if target else None,
@@ -475,7 +414,7 @@ def _record_switch(
         if target is not None and s.get(AdapterVersion, target.id) is None:
             # Its task was removed (--force) meanwhile; the row stays 'switching' with pending
             # NULL, which the next command's recovery resets to the backbone alone.
-            raise MgrError(f"{target.label} was removed during the switch; run 'mgr status'")
+            raise MgrError(f"{target.label} was removed during the switch", hint="run 'mgr status'")
         dep = get_deployment(s, catalog.home.host, backbone.id)
         dep.version_id = target.id if target is not None else None
         dep.task_id = target.task_id if target is not None else None
@@ -535,11 +474,6 @@ def _write_head(
 # -- the single live folder of older homes -------------------------------------------------------
 
 
-def legacy_live_present(store: Store) -> bool:
-    """Whether ``live/`` still holds the single-backbone files of a home before 0005 (stats)."""
-    return any((store.live / n).exists() for n in ("backbone.safetensors", "head.safetensors"))
-
-
 def migrate_single_live(home: Home, catalog: Catalog) -> bool:
     """Take the live lock and move the pre-0005 live files if any (see the locked variant)."""
     store = Store.of(home)
@@ -561,8 +495,8 @@ def migrate_single_live_locked(store: Store, catalog: Catalog) -> bool:
     if not legacy_live_present(store):
         return False
     old_w, old_h = (
-        _not_a_legacy_link(store, "backbone.safetensors"),
-        _not_a_legacy_link(store, "head.safetensors"),
+        _not_a_legacy_link(store, LIVE_NAMES[0]),
+        _not_a_legacy_link(store, LIVE_NAMES[1]),
     )
     meta = None
     try:
@@ -580,8 +514,8 @@ def migrate_single_live_locked(store: Store, catalog: Catalog) -> bool:
         return False  # no backbone to give them: left for 'mgr gc' to report
     store.mkdir(store.live_dir(digest))
     moved = False
-    for src, name in ((old_w, "backbone.safetensors"), (old_h, "head.safetensors")):
-        dest = _not_a_link(store, digest, name)
+    for src, name in zip((old_w, old_h), LIVE_NAMES, strict=True):
+        dest = not_a_link(store, digest, name)
         if src.exists() and not dest.exists():
             store.replace(src, dest)
             moved = True
@@ -594,10 +528,7 @@ def _not_a_legacy_link(store: Store, name: str) -> Path:
     literal = store.live / name
     confined = store.confine(literal)
     if literal.is_symlink() or confined != literal:
-        raise MgrError(
-            f"refusing to use {literal}: it is a symbolic link (to {confined}); the live files "
-            "must be plain files under the home (remove the link, then 'mgr switch --repair')"
-        )
+        raise_link(literal, confined)
     return confined
 
 

@@ -8,10 +8,8 @@ then rewrites only the bytes of the two supports, never the whole backbone.
 from __future__ import annotations
 
 import contextlib
-import json
 import mmap
 import os
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +17,8 @@ import numpy as np
 import torch
 
 from manager.errors import MgrError
+from manager.switch.livecheck import header_and_offset, metadata, read_header
+from manager.switch.livecheck import layout as header_layout
 
 if TYPE_CHECKING:
     from manager.store.fs import Store
@@ -33,42 +33,14 @@ _DTYPES = {
 }
 
 
-def read_header(path: Path) -> tuple[int, dict]:
-    """The safetensors header: (offset of the data section, {name: entry}).
-
-    The ``__metadata__`` entry, if any, stays in the mapping (see `read_metadata`).
-    """
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise MgrError(f"{path}: not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > 100_000_000:
-            raise MgrError(f"{path}: not a safetensors file (bad header length)")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise MgrError(f"{path}: not a safetensors file (bad header)") from None
-    if not isinstance(header, dict):
-        raise MgrError(f"{path}: not a safetensors file (bad header)")
-    return 8 + n, header
-
-
 def read_metadata(path: Path) -> dict[str, str]:
     """The file's ``__metadata__`` (string to string), empty if it has none."""
-    meta = read_header(path)[1].get("__metadata__") or {}
-    return meta if isinstance(meta, dict) else {}
+    return metadata(read_header(path))
 
 
 def layout(path: Path) -> dict[str, tuple[str, tuple[int, ...], tuple[int, int]]]:
-    """``{name: (dtype, shape, data_offsets)}``: two files with equal layouts hold the same
-    tensors at the same byte positions."""
-    _, header = read_header(path)
-    return {
-        k: (e["dtype"], tuple(e["shape"]), tuple(e["data_offsets"]))
-        for k, e in header.items()
-        if k != "__metadata__"
-    }
+    """``{name: (dtype, shape, data_offsets)}`` of the file (see `livecheck.layout`)."""
+    return header_layout(read_header(path))
 
 
 class LiveFile:
@@ -87,7 +59,7 @@ class LiveFile:
             raise ValueError("a writable LiveFile is opened through the home's Store")
         self.path = store.confine(path) if store is not None else Path(path)
         self.readonly = readonly
-        offset, header = read_header(self.path)
+        offset, header = header_and_offset(self.path)
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
         size = self.path.stat().st_size
         end = max((e["data_offsets"][1] for e in header.values()), default=0)

@@ -24,7 +24,7 @@ from manager.device import resolve_precision
 from manager.errors import Conflict, Corrupt, MgrError
 from manager.home import Home
 from manager.store.fs import Store
-from manager.switch.live import live_head, live_problem, live_weights
+from manager.switch.livecheck import live_head, live_problem, live_weights
 
 
 @dataclass
@@ -171,7 +171,7 @@ def read_images(
     from manager.datasets.folder import DEFAULT_MAX_PIXELS, read_image
 
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    return [read_image(p, limit, hint="raise the limit with --max-pixels") for p in paths]
+    return [read_image(p, limit, cli_hint="raise the limit with --max-pixels") for p in paths]
 
 
 @torch.inference_mode()

@@ -24,7 +24,13 @@ from manager.catalog.views import iso
 from manager.errors import MgrError
 from manager.home import Home
 from manager.store.fs import Store
-from manager.switch.livecheck import legacy_live_present, live_problem
+from manager.switch.livecheck import (
+    legacy_live_present,
+    live_head,
+    live_matches,
+    live_problem,
+    live_weights,
+)
 
 VERIFICATION = (
     "live weights == W0 + the live version's delta, bit for bit (every tensor, torch.equal); "
@@ -220,7 +226,6 @@ def _check_live_files(
     from manager.delta.apply import apply as apply_delta
     from manager.registry.backbones import file_content_hash
     from manager.switch.artifacts import load_verified, pieces, split_head
-    from manager.switch.live import live_head, live_matches, live_problem, live_weights
     from manager.switch.livefile import LiveFile
 
     spec, digest, rel = backbone
