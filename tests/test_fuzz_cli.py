@@ -156,7 +156,10 @@ def _run(home: Path, args: list[str], **env: str):
 
     from manager.cli import main
 
-    result = CliRunner().invoke(main, args, env={"MGR_HOME": str(home), **env})
+    # In the home's temporary folder: a relative path in a fuzzed value (``sqlite:///NAME`` is
+    # NAME in the working folder) once left a fresh catalog in the checkout.
+    with contextlib.chdir(home.parent):
+        result = CliRunner().invoke(main, args, env={"MGR_HOME": str(home), **env})
     # An exception other than SystemExit is one click did not turn into a message: a bug.
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         args,
@@ -314,8 +317,11 @@ def test_cli_history_at(runner_home: Path, text: str) -> None:
     )
 )
 @example("postgresql://u:p@127.0.0.1:abc/x")
+@example("sqlite:///fuzzed-relative.db")
 def test_cli_catalog_url(runner_home: Path, text: str) -> None:
+    before = set(Path.cwd().iterdir())
     _run(runner_home, ["task", "list"], MGR_DB_URL=text)
+    assert set(Path.cwd().iterdir()) == before  # nothing written where pytest runs
 
 
 @CLI_RUNS

@@ -144,13 +144,13 @@ def test_a_task_on_another_backbone_is_refused(home):
     from manager.home import Home
     from manager.registry.backbones import materialise_backbone
 
-    home = Home.resolve(home)
-    cat = open_catalog(home)
+    h = Home.resolve(home)
+    cat = open_catalog(h)
     other = build_backbone("deit_tiny_patch16_224:img_size=32,depth=2", "random")
     with torch.no_grad():
         other.blocks[0].attn.qkv.weight.add_(1.0)  # other weights, other content hash
     with cat.session() as s:
-        row = materialise_backbone(s, home, other, "deit_tiny_patch16_224:img_size=32,depth=2", "x")
+        row = materialise_backbone(s, h, other, "deit_tiny_patch16_224:img_size=32,depth=2", "x")
         tasks.add_task(s, name="carrier", dataset="synthetic", class_names=["a", "b"])
         tasks.get_task(s, "carrier").backbone_id = row.id
     cat.close()
