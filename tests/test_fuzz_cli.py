@@ -318,6 +318,7 @@ def test_cli_history_at(runner_home: Path, text: str) -> None:
 )
 @example("postgresql://u:p@127.0.0.1:abc/x")
 @example("sqlite:///fuzzed-relative.db")
+@example("sqlite:///" + "a" * 300)  # a name the OS refuses: one line, no errno
 def test_cli_catalog_url(runner_home: Path, text: str) -> None:
     before = set(Path.cwd().iterdir())
     _run(runner_home, ["task", "list"], MGR_DB_URL=text)

@@ -32,7 +32,7 @@ from manager.catalog.db import (
 from manager.catalog.migrate import ensure_current
 from manager.errors import Busy, Corrupt, MgrError
 from manager.home import Home
-from manager.store.fs import Store, is_no_space, read_only_folder
+from manager.store.fs import Store, check_user_path, is_no_space, read_only_folder
 
 
 @dataclass
@@ -104,6 +104,7 @@ def open_catalog(
     url = url or home.db_url
     path = sqlite_file(url)
     if path is not None:
+        check_user_path(path, path)  # a name the OS refuses (too long): one line, not an errno
         state = inspect_sqlite_file(path)
         if state != "ok" and not allow_lost:
             _refuse_if_lost(home, path, state)

@@ -219,14 +219,14 @@ def _replacing(
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 
 
-def _check_user_path(real: Path, shown: str | os.PathLike[str]) -> None:
+def check_user_path(real: Path, shown: str | os.PathLike[str]) -> None:
     """Refuse, in words, a user's output path the OS would reject with an errno: a name too
     long, or a parent that is a file (so nothing is tried, and no traceback comes of it)."""
     for part in real.parts:
         size = len(os.fsencode(part))
         if size > NAME_MAX:
             short = part if len(part) <= 24 else part[:20] + "..."
-            raise MgrError(
+            raise BadInput(
                 f"cannot write {short!r} (in {str(shown)[:60]}): the name is {size} bytes, "
                 f"file systems allow at most {NAME_MAX}"
             )
@@ -239,7 +239,7 @@ def _check_user_path(real: Path, shown: str | os.PathLike[str]) -> None:
         if not exists:
             return
         if not is_dir:
-            raise MgrError(f"cannot write {shown}: its parent {parent} is a file, not a folder")
+            raise BadInput(f"cannot write {shown}: its parent {parent} is a file, not a folder")
 
 
 def _user_mkdir(folder: Path) -> None:
@@ -476,7 +476,7 @@ class Store:
                     f"refusing to write {what} {path} inside the manager home {root}: "
                     "choose a path outside it"
                 )
-        _check_user_path(real, path)
+        check_user_path(real, path)
         return real
 
     def open_user_log(self, path: str | os.PathLike[str], what: str = "the log") -> IO[str]:
