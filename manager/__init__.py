@@ -12,8 +12,7 @@ commands, do not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from manager.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -37,15 +36,4 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'manager' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once resolved, an ordinary attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("manager.home", "manager.units", "manager.names", "manager.specs", "manager.device",
      "manager.digest", "manager.progress"),
     ("manager.errors", "manager"),
+    ("manager.lazy",),  # the PEP 562 helper every package facade uses
 ]  # fmt: skip
 
 # Calls that write, rename or delete files. Only FS_OWNER may make them.

@@ -6,8 +6,7 @@ CLI reads its defaults from) imports without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from manager.lazy import lazy_exports
 
 _LAZY = {
     "Branch": "manager.adapters.config",
@@ -22,15 +21,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'manager.adapters' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

@@ -10,8 +10,7 @@ add`` does not pay (issue 20).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from manager.lazy import lazy_exports
 
 _LAZY = {
     "DATA_DIR": "manager.datasets.registry",
@@ -30,10 +29,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

@@ -6,7 +6,7 @@ loaded on first use so that the cheap recovery hook (``recovery``) stays light.
 
 from __future__ import annotations
 
-from typing import Any
+from manager.lazy import lazy_exports
 
 _LAZY = {
     "Switcher": "manager.switch.switcher",
@@ -16,12 +16,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(name)
-
-
 __all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
