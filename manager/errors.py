@@ -30,6 +30,13 @@ class MgrError(Exception):
         """The message alone (``str(exc)``), without the CLI's hint."""
         return str(self)
 
+    def reworded(self, message: object | None = None) -> MgrError:
+        """A new error of this one's kind (its nearest kind below: a subclass with its own
+        signature becomes that kind) with ``message`` (default: the same) and the same hint:
+        to add context, or to raise a cached refusal again without growing its traceback."""
+        kind = next((k for k in type(self).__mro__ if k in KINDS), MgrError)
+        return kind(str(self) if message is None else message, hint=self.hint)
+
 
 class NotFound(MgrError):
     """A task, version, alias or file that the catalog or the home does not have (HTTP 404)."""
@@ -61,6 +68,10 @@ class Busy(MgrError):
 class BadInput(MgrError):
     """An argument or setting that can never work: fix the call, not the state (HTTP 400/422)."""
 
+
+KINDS: tuple[type[MgrError], ...] = (
+    NotFound, Conflict, BudgetExceeded, Corrupt, Diverged, Busy, BadInput,
+)  # fmt: skip
 
 __all__ = [
     "BadInput",

@@ -202,3 +202,15 @@ def test_the_client_reads_a_status_back_into_its_kind() -> None:
     for kind in (NotFound, Conflict, BadInput, Busy):
         assert kind_of(STATUS[kind]) is kind  # the round trip of what a request can fix or retry
     assert kind_of(413) is BadInput and kind_of(500) is MgrError and kind_of(401) is MgrError
+
+
+def test_reworded_keeps_the_kind_and_the_hint() -> None:
+    class Unreadable(Corrupt):  # a subclass with a signature of its own
+        def __init__(self, path: str):
+            super().__init__(f"cannot read {path}", hint="see 'mgr verify'")
+
+    again = Unreadable("v1.safetensors").reworded("init='a@1': cannot read v1.safetensors")
+    assert type(again) is Corrupt and again.hint == "see 'mgr verify'"
+    assert str(again) == "init='a@1': cannot read v1.safetensors"
+    plain = MgrError("x").reworded()
+    assert type(plain) is MgrError and str(plain) == "x" and plain.hint is None

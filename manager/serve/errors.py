@@ -78,10 +78,7 @@ def fresh(exc: Exception) -> Exception:
     if isinstance(exc, ServeError):
         return ServeError(exc.status, exc.message)
     if isinstance(exc, MgrError):
-        try:
-            return type(exc)(str(exc), hint=exc.hint)
-        except TypeError:  # a subclass with its own signature
-            return MgrError(str(exc), hint=exc.hint)
+        return exc.reworded()
     return exc
 
 

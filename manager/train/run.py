@@ -30,10 +30,7 @@ from manager.device import precision_name, resolve_device
 from manager.errors import (
     BadInput,
     BudgetExceeded,
-    Busy,
     Conflict,
-    Corrupt,
-    Diverged,
     MgrError,
     NotFound,
 )
@@ -423,12 +420,6 @@ def _record(
     )  # fmt: skip
 
 
-def _of_kind(exc: MgrError) -> type[MgrError]:
-    """The kind of ``exc`` to re-raise it as with more context (a custom subclass: its kind)."""
-    kinds = (NotFound, Conflict, BudgetExceeded, Corrupt, Diverged, Busy, BadInput)
-    return next((k for k in kinds if isinstance(exc, k)), MgrError)
-
-
 def _init_source(r: _Run, text: str) -> Any:
     """The version ``--init`` names, its delta loaded and checked (see manager.train.warmstart)."""
     from manager.catalog.lineage import resolve_init
@@ -444,7 +435,7 @@ def _init_source(r: _Run, text: str) -> Any:
     try:
         delta = load_champion(Store.of(r.home), ref, bound)
     except MgrError as exc:
-        raise _of_kind(exc)(f"init={ref.label!r}: {exc}", hint=exc.hint) from None
+        raise exc.reworded(f"init={ref.label!r}: {exc}") from None
     if delta.meta.method != r.method.name:
         raise BadInput(
             f"init={ref.label!r}: it is a {delta.meta.method} adapter and this run trains "
