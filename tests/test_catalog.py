@@ -77,6 +77,37 @@ def test_write_sessions_begin_immediate(catalog, home: Path) -> None:
     other.close()
 
 
+def test_wal_switch_waits_for_a_writer_on_a_fresh_file(tmp_path: Path) -> None:
+    """Two processes opening a fresh home: one holds the write lock while the other switches the
+    file to WAL. SQLite refuses that switch at once (no busy handler for a lock upgrade), so
+    without mgr's own wait the second command failed with 'database is locked'."""
+    import threading
+
+    from manager.catalog.db import make_engine
+
+    path = tmp_path / "catalog.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (a)")  # rollback-journal mode, as a file starts
+    writer.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        writer.execute("COMMIT")
+        released.set()
+
+    timer = threading.Timer(0.3, release)
+    timer.start()
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            assert released.is_set()  # it waited for the writer instead of failing
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        timer.join()
+        engine.dispose()
+        writer.close()
+
+
 def test_add_list_get_and_duplicate(catalog) -> None:
     with catalog.session() as s:
         t = _add(s, budget_bytes=1000)

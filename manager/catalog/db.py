@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -234,11 +235,32 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any, memory: bool, read_only: b
         cur.execute("PRAGMA foreign_keys = ON")
         if read_only:
             return
-        # WAL is persistent in the file; switching needs a lock, so only do it once.
-        if not memory and cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            cur.execute("PRAGMA journal_mode = WAL")
+        if not memory:
+            _switch_to_wal(cur)
     finally:
         cur.close()
+
+
+def _switch_to_wal(cur: sqlite3.Cursor) -> None:
+    """Put the file in WAL mode (persistent: done once per file), waiting out other writers.
+
+    The switch reads the header under a shared lock and then upgrades it; SQLite refuses that
+    upgrade at once while another connection holds the write lock (it would deadlock), without
+    calling the busy handler. Two processes opening a fresh home together hit exactly that, so
+    the switch is retried here until the busy timeout, as any other statement would wait.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", None) != "SQLITE_BUSY":
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
 
 def _on_sqlite_begin(conn: Any) -> None:
