@@ -274,8 +274,27 @@ WHOLE: list[tuple[list[str], int | None]] = [
         ],
         None,
     ),
+    # The same with a weights file for the default backbone: its header is checked against
+    # the spec's tensor shapes (shipped with mgr for the default and its kin).
+    (["task", "add", "w-{run}", "--dataset", "synthetic", "--weights", "{weights}"], None),
 ]
 WHOLE_MAX = 10_000
+DEFAULT_BACKBONE = "vit_base_patch16_224"
+
+
+def weights_file(root: Path) -> Path:
+    """A real .safetensors file with the default backbone's tensor names and shapes, one byte an
+    element (86 MB): `task add` reads its header only."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from manager.arch import arch
+
+    path = root / f"{DEFAULT_BACKBONE}.safetensors"
+    if not path.exists():
+        shapes = arch(DEFAULT_BACKBONE).tensors
+        save_file({k: np.zeros(v, np.uint8) for k, v in shapes.items()}, str(path))
+    return path
 
 
 def run_size(
@@ -304,8 +323,12 @@ def run_size(
     if whole_only:
         this = Path(__file__).resolve().parents[1]
         in_process(env, n, repeats, {"this": this})
+    weights = weights_file(root)
     for cmd, per_task in commands:
-        args = [a.format(mid=n // 2, task=f"task-{n // 2:06d}", run="{run}") for a in cmd]
+        args = [
+            a.format(mid=n // 2, task=f"task-{n // 2:06d}", run="{run}", weights=weights)
+            for a in cmd
+        ]
         wall, cpu = timed(args, env, repeats)
         # CPU per printed row beyond start-up: what the row loop costs.
         per_row = f"{(cpu - start[1]) / (n * per_task) * 1e6:7.1f}" if per_task else ""
@@ -371,8 +394,9 @@ def compare(env: dict[str, str], n: int, repeats: int, baseline: Path) -> None:
     in_process(env, n, repeats, where)
     helps = {k: timed(["--help"], e, repeats, where[k])[1] for k, e in envs.items()}
     print(f"  {'--help':<44} {helps['before']:7.3f} {'':>7} {helps['after']:7.3f}")
+    weights = weights_file(Path(env["MGR_HOME"]).parent)
     for cmd, _ in WHOLE[1:]:
-        args = [a.format(task=f"task-{n // 2:06d}", run="{run}") for a in cmd]
+        args = [a.format(task=f"task-{n // 2:06d}", run="{run}", weights=weights) for a in cmd]
         cpu = {k: timed(args, e, repeats, where[k])[1] for k, e in envs.items()}
         b, a = cpu["before"], cpu["after"]
         print(

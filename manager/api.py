@@ -69,7 +69,8 @@ _ADAPTED: weakref.WeakKeyDictionary[nn.Module, _Adapted] = weakref.WeakKeyDictio
 
 def _backbone_identity(model: nn.Module) -> tuple[str, str]:
     """``(architecture, content hash of the backbone tensors)``: the hash ``mgr`` records for W0."""
-    from manager.backbone import backbone_state, content_hash, head_names
+    from manager.arch import head_names
+    from manager.backbone import backbone_state, content_hash
 
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     return str(arch or type(model).__name__), content_hash(backbone_state(model), head_names(model))

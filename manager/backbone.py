@@ -7,12 +7,10 @@ tensors in a checkpoint are dropped and never enter the content hash.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import pickle
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -21,43 +19,18 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from manager.arch import DEFAULT_HEADS, head_names, is_head, meta_model, parse_spec
 from manager.digest import tensors_digest
 from manager.errors import BadInput, Corrupt, MgrError, NotFound
-from manager.specs import validate_backbone_spec
 from manager.store.fs import not_regular
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-DEFAULT_HEADS = ("head", "head_dist")  # timm ViT/DeiT classifier names
 SEED = 0  # `--weights random` and every new head are initialised under this seed
 # One request decides whether the hub is reachable; a dead network fails within this time.
 HUB_PROBE_TIMEOUT_S = 5.0
 # What the CLI adds to a hub failure (MgrError.hint); the library's own message says "weights".
 NO_HUB_HINT = "--weights PATH (.safetensors, .npz, .pth) or --weights random"
 NO_HUB = "give the weights (a file, or 'random')"
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"deit_tiny_patch16_224:img_size=32"`` -> ``("deit_tiny_patch16_224", {"img_size": 32})``.
-
-    Raises `MgrError` for a name timm does not know, with the closest known names.
-    """
-    # Also for a spec read from the catalog: only allow-listed options reach timm.create_model.
-    name, kwargs = validate_backbone_spec(spec)
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise BadInput(f"unknown timm model {name!r}{hint}")
-    return name, kwargs
-
-
-def head_names(model: nn.Module) -> tuple[str, ...]:
-    """The classifier module names of a timm model (``pretrained_cfg["classifier"]``)."""
-    heads = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or DEFAULT_HEADS
-    return (heads,) if isinstance(heads, str) else tuple(heads)
-
-
-def _is_head(key: str, heads: Iterable[str]) -> bool:
-    return any(key == h or key.startswith(h + ".") for h in heads)
 
 
 def _create(spec: str, pretrained: bool = False) -> nn.Module:
@@ -233,7 +206,7 @@ def load_weights(model: nn.Module, path: Path, spec: str = "") -> None:
         return
     if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not _is_head(k, heads)}
+    state = {k: v for k, v in state.items() if not is_head(k, heads)}
     own = backbone_state(model)
     pos = state.get("pos_embed")
     if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape:
@@ -262,20 +235,6 @@ def load_weights(model: nn.Module, path: Path, spec: str = "") -> None:
     model.load_state_dict(state, strict=False)  # only the head is left out, by design
 
 
-# Width of the timm ViT/DeiT families by name, to find architectures a weights file fits.
-_WIDTHS = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
-
-
-def meta_model(spec: str) -> nn.Module:
-    """The headless model of ``spec`` on the meta device: shapes and config, no memory."""
-    name, kwargs = parse_spec(spec)
-    try:
-        with torch.device("meta"):
-            return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-    except TypeError as e:
-        raise MgrError(f"backbone {spec!r}: {e}") from None
-
-
 def spec_img_size(spec: str) -> int:
     """The input size a spec's model takes (its ``img_size``, else the architecture's)."""
     model = meta_model(spec)
@@ -283,104 +242,6 @@ def spec_img_size(spec: str) -> int:
     if size is None:
         size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[1:]
     return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
-
-
-def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes from the file's header (safetensors' reader; no tensor read)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="np") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except (OSError, SafetensorError) as e:
-        raise BadInput(f"{path}: not a safetensors file ({e})") from None
-
-
-def _fits(
-    own: Mapping[str, tuple[int, ...]], shapes: Mapping[str, tuple[int, ...]]
-) -> tuple[str, str] | None:
-    """The first tensor that does not fit and why, or None. A position table for another
-    image size fits (it is resampled on load, as timm does)."""
-    for k, want in own.items():
-        got = shapes.get(k)
-        if got is None:
-            return k, "missing from the file"
-        if got != want and not (k == "pos_embed" and got[-1:] == want[-1:]):
-            return k, f"file {got} vs model {want}"
-    extra = next((k for k in shapes if k not in own), None)
-    return (extra, "not in the model") if extra is not None else None
-
-
-def _headless_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    heads = head_names(model)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not _is_head(k, heads)}
-
-
-def check_weights_header(path: Path, spec: str) -> None:
-    """Refuse, in one line, a ``.safetensors`` weights file whose tensor names and shapes do not
-    fit ``spec`` (its header only: no tensor is read), naming the timm architectures that fit.
-    Other formats are checked when the backbone is first built."""
-    if path.suffix.lower() != ".safetensors":
-        return
-    shapes = _header_shapes(path)
-    if shapes and all(k.startswith("module.") for k in shapes):
-        shapes = {k[len("module.") :]: v for k, v in shapes.items()}
-    model = meta_model(spec)
-    heads = head_names(model)
-    shapes = {k: v for k, v in shapes.items() if not _is_head(k, heads)}
-    bad = _fits(_headless_shapes(model), shapes)
-    if bad is None:
-        return
-    fit = fitting_architectures(shapes)
-    fits = f"; it fits {', '.join(fit)}" if fit else "; no timm ViT/DeiT architecture fits it"
-    raise BadInput(
-        f"{path.name} does not fit backbone {spec}: {bad[0]} {bad[1]}{fits}",
-        hint="choose one with --backbone" if fit else None,
-    )
-
-
-def fitting_architectures(shapes: Mapping[str, tuple[int, ...]], limit: int = 2) -> list[str]:
-    """timm ViT/DeiT specs whose headless shapes fit ``shapes`` (a depth other than the
-    architecture's is given as ``:depth=N``), found from the width and patch size."""
-    cls = shapes.get("cls_token") or shapes.get("pos_embed")
-    proj = shapes.get("patch_embed.proj.weight")
-    if cls is None or proj is None or len(proj) != 4:
-        return []
-    width, patch = cls[-1], proj[-1]
-    family = _WIDTHS.get(width)
-    if family is None:
-        return []
-    depth = 1 + max(
-        (
-            int(k.split(".")[1])
-            for k in shapes
-            if k.startswith("blocks.") and k.split(".")[1].isdigit()
-        ),
-        default=-1,
-    )
-    names = [
-        n
-        for n in timm.list_models(f"*_{family}_patch{patch}_*")
-        if n.startswith(("deit_", "vit_")) and "distilled" not in n
-    ]
-    out = []
-    for name in sorted(names, key=lambda n: (not n.startswith("deit_"), len(n), n)):
-        try:
-            model = meta_model(name)
-        except (MgrError, Exception):  # an architecture that needs other arguments
-            continue
-        spec = name
-        if len(getattr(model, "blocks", [])) != depth:
-            spec = f"{name}:depth={depth}"
-            try:
-                model = meta_model(spec)
-            except (MgrError, Exception):
-                continue
-        if _fits(_headless_shapes(model), shapes) is None:
-            out.append(spec)
-        if len(out) >= limit:
-            break
-    return out
 
 
 def _load_jax_npz(model: nn.Module, path: Path) -> None:
@@ -396,7 +257,7 @@ def _load_jax_npz(model: nn.Module, path: Path) -> None:
 def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict without the classification head."""
     heads = head_names(model)
-    return {k: v for k, v in model.state_dict().items() if not _is_head(k, heads)}
+    return {k: v for k, v in model.state_dict().items() if not is_head(k, heads)}
 
 
 def content_hash(state: Mapping[str, torch.Tensor], heads: Iterable[str] = DEFAULT_HEADS) -> str:
@@ -406,13 +267,13 @@ def content_hash(state: Mapping[str, torch.Tensor], heads: Iterable[str] = DEFAU
     hash whichever file format they came from.
     """
     heads = tuple(heads)
-    return tensors_digest((n for n in state if not _is_head(n, heads)), state.__getitem__)
+    return tensors_digest((n for n in state if not is_head(n, heads)), state.__getitem__)
 
 
 def param_count(model: nn.Module) -> int:
     """Parameters of the backbone (the head excluded)."""
     heads = head_names(model)
-    return sum(p.numel() for n, p in model.named_parameters() if not _is_head(n, heads))
+    return sum(p.numel() for n, p in model.named_parameters() if not is_head(n, heads))
 
 
 def backbone_file_bytes(model: nn.Module) -> tuple[bytes, str]:

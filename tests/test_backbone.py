@@ -10,6 +10,7 @@ import safetensors.torch
 import torch
 from conftest import TINY_SPEC
 
+from manager.arch import parse_spec
 from manager.backbone import (
     backbone_file_bytes,
     backbone_state,
@@ -17,7 +18,6 @@ from manager.backbone import (
     content_hash,
     load_backbone_file,
     param_count,
-    parse_spec,
 )
 from manager.errors import MgrError
 

@@ -266,10 +266,12 @@ def test_param_info_real_timm_and_cache(tmp_path: Path, monkeypatch) -> None:
     store = Store(Home(tmp_path.resolve()))
     info = param_info(TINY_SPEC, store)
     assert info.num_features == 192 and info.params > 0
-    from manager.catalog import paramcount
+    from manager import arch
 
-    monkeypatch.setattr(paramcount, "_count", lambda spec: pytest.fail("cache not used"))
+    monkeypatch.setattr(arch, "meta_model", lambda spec: pytest.fail("cache not used"))
     assert param_info(TINY_SPEC, store) == info
-    with pytest.raises(MgrError, match="cannot be built"):
-        monkeypatch.undo()
+    monkeypatch.undo()
+    with pytest.raises(MgrError, match="unknown timm model"):
         param_info("no_such_model_xyz", store)
+    with pytest.raises(MgrError, match="cannot be built by timm"):
+        param_info("deit_tiny_patch16_224:num_heads=5", store)  # 192 is no multiple of 5

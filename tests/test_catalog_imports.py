@@ -15,12 +15,14 @@ from pathlib import Path
 
 from conftest import ROOT, TINY_SPEC
 
+from manager.arch import arch
 from manager.catalog import aliases, budgets, open_catalog, tasks, versions
-from manager.catalog.paramcount import KNOWN, _count, param_info
+from manager.catalog.paramcount import param_info
 from manager.home import Home
 from manager.store.fs import Store
 
 HEAVY = ("torch", "torchvision", "timm")
+DEIT = "deit_tiny_patch16_224"
 
 # In order: each runs in the same process, after the ones before it.
 COMMANDS = [
@@ -53,6 +55,20 @@ COMMANDS = [
     ["task", "add", "shapes", "--dataset", "synthetic:num_classes=3", "--backbone", TINY_SPEC],
     ["task", "add", "flowers", "--dataset", "flowers102", "--json"],
     ["task", "add", "folder", "--dataset", "imagefolder", "--root", "{folder}"],
+    # --weights: the file's header against the spec's shapes, shipped (the default's kin) or
+    # cached in the home (TINY_SPEC, by _fill): no timm either.
+    ["task", "add", "deit", "--dataset", "synthetic", "--backbone", DEIT, "--weights", "{deit}"],
+    [
+        "task",
+        "add",
+        "tiny",
+        "--dataset",
+        "synthetic",
+        "--backbone",
+        TINY_SPEC,
+        "--weights",
+        "{tiny}",
+    ],
 ]
 
 PROBE = """
@@ -104,11 +120,27 @@ def _fill(home: Path) -> None:
         cat.close()
 
 
+def weights_file(path: Path, spec: str) -> Path:
+    """A real .safetensors file with the tensor names and shapes of ``spec``'s backbone (one
+    byte an element: only the header is read), and a head, as checkpoints carry."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    tensors = {k: np.zeros(v, np.uint8) for k, v in arch(spec).tensors.items()}
+    save_file({**tensors, "head.weight": np.zeros((10, 4), np.uint8)}, str(path))
+    return path
+
+
 def test_catalog_commands_import_neither_torch_nor_timm(home: Path, tmp_path: Path) -> None:
     _fill(home)
     for c in ("cat", "dog"):
         (tmp_path / "images" / c).mkdir(parents=True)
-    commands = [[a.format(folder=tmp_path / "images") for a in args] for args in COMMANDS]
+    files = {
+        "folder": tmp_path / "images",
+        "deit": weights_file(tmp_path / "deit.safetensors", DEIT),
+        "tiny": weights_file(tmp_path / "tiny.safetensors", TINY_SPEC),
+    }
+    commands = [[a.format(**files) for a in args] for args in COMMANDS]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MGR_")}
     env["MGR_HOME"] = str(home)
     proc = subprocess.run(
@@ -136,6 +168,7 @@ def test_catalog_commands_import_neither_torch_nor_timm(home: Path, tmp_path: Pa
             assert tasks.get_task(s, "shapes").num_classes == 3
             assert tasks.get_task(s, "flowers").num_classes == 102
             assert tasks.get_task(s, "folder").class_names == ["cat", "dog"]
+            assert (tasks.get_task(s, "tiny").weights or "").endswith("tiny.safetensors")
     finally:
         cat.close()
 
@@ -155,8 +188,3 @@ def test_the_probe_sees_a_heavy_import(home: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     (args, _code, mods), *_ = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "torch" in mods, (args, mods)  # mgr switch loads the live-file code, torch's
-
-
-def test_the_built_in_parameter_counts_are_timms() -> None:
-    for spec, info in KNOWN.items():
-        assert _count(spec) == info, spec

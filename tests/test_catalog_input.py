@@ -118,7 +118,7 @@ def test_backbone_spec_options_are_an_allow_list(home: Path, option: str) -> Non
         home, "task", "add", "t", "--dataset", "synthetic", "--backbone", spec, ok=False
     )
     assert_clean_error(proc)
-    from manager.backbone import parse_spec
+    from manager.arch import parse_spec
 
     # A spec read back from a (forged) catalog row is checked the same way before timm sees it.
     with pytest.raises(MgrError):
@@ -126,7 +126,7 @@ def test_backbone_spec_options_are_an_allow_list(home: Path, option: str) -> Non
 
 
 def test_backbone_spec_allowed_options_still_build() -> None:
-    from manager.backbone import parse_spec
+    from manager.arch import parse_spec
 
     name, kwargs = parse_spec("deit_tiny_patch16_224:img_size=32,depth=2,global_pool=avg")
     assert name == "deit_tiny_patch16_224"

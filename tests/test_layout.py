@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("manager.switch", "manager.train", "manager.report"),
     ("manager.registry",),  # spans catalog and store: recording, gc, backbone files
     ("manager.catalog", "manager.datasets", "manager.backbone"),
+    ("manager.arch",),  # a spec's shapes without timm: shipped, cached, or built on meta
     ("manager.adapters",),
     ("manager.delta",),
     ("manager.store",),  # the filesystem's one owner, under everything that writes

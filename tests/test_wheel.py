@@ -79,4 +79,5 @@ def test_wheel_ships_migrations_and_data(tmp_path: Path):
     # Every module of the package is there, and nothing at the top level but manager/.
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "manager").rglob("*.py")}
     assert modules <= names, sorted(modules - names)
+    assert "manager/archs.json" in names  # the shipped architectures (manager/arch.py)
     assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"manager"}

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from manager.arch import check_weights_header
 from manager.catalog import tasks as task_ops
 from manager.catalog.models import VERSION_DELETED
+from manager.catalog.paramcount import param_info
 from manager.catalog.views import iter_task_rows, task_dict, task_rows
 from manager.cli.app import App, console, echo_json, json_option, pass_app
 from manager.cli.jsonout import echo_json_stream
@@ -17,6 +19,7 @@ from manager.cli.types import BackboneSpec, DatasetSpec, Int64, Size
 from manager.errors import MgrError
 from manager.names import validate_task_name
 from manager.specs import format_spec, split_spec
+from manager.store.fs import Store
 from manager.units import format_size, parse_size
 
 RANDOM_WEIGHTS = "random"
@@ -116,15 +119,10 @@ def add(
             raise MgrError(f"task {name!r} already exists")
     class_names, data_root = _describe(dataset, root)
 
+    store = Store.of(app.home)
     if weights is not None and weights != RANDOM_WEIGHTS:
-        from manager.backbone import check_weights_header
-
-        check_weights_header(Path(weights), backbone)  # the header only: well under a second
-    if backbone != task_ops.DEFAULT_BACKBONE:  # the default always builds; skip timm's import
-        from manager.catalog.paramcount import param_info
-        from manager.store.fs import Store
-
-        param_info(backbone, Store.of(app.home))  # timm must build it; caches the count for storage
+        check_weights_header(Path(weights), backbone, store)  # the header: no tensor read
+    param_info(backbone, store)  # timm must build the spec: once per home (the default ships)
     with app.session() as s:
         task = task_ops.add_task(
             s,

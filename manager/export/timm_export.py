@@ -85,7 +85,7 @@ def timm_config(merged: MergedModel) -> dict[str, Any]:
     """timm's ``config.json`` for the merged model, with the kwargs that rebuild it."""
     from timm.models import PretrainedCfg
 
-    from manager.backbone import parse_spec
+    from manager.arch import parse_spec
     from manager.datasets.transforms import data_config
 
     model = merged.model

@@ -237,7 +237,7 @@ class Switcher:
     @torch.no_grad()
     def _set_head(self, num_classes: int, head: dict[str, Tensor]) -> None:
         """Resize the classifier if needed and set it; undone if the delta's head does not fit."""
-        from manager.backbone import head_names
+        from manager.arch import head_names
 
         model = self.model
         saved = {h: model.get_submodule(h) for h in head_names(model) if hasattr(model, h)}
