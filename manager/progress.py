@@ -11,6 +11,9 @@ the layers. Nothing is configured by default: a library caller gets no output it
 - ``lines`` (stderr is not a terminal: CI, logs): the epoch lines only, nothing per step.
 - ``off``: nothing (``--quiet``, ``--json``, library use, torchrun ranks other than 0).
 
+``Display.transient()`` keeps the bars and drops the lasting lines: a ``--tune`` trial's epochs
+show as bars on a terminal, and only the tuner's one line per trial stays (in logs too).
+
 rich is imported only when a bar is drawn, so commands that show none do not pay for it. The
 current display is a module global, not a context variable: the server's start-up runs on a worker
 thread, which would not see the caller's context.
@@ -52,11 +55,12 @@ class Tracker:
 class Display:
     """Where and how progress is shown (see the module doc for the modes)."""
 
-    def __init__(self, mode: Mode = "off", console: Any = None):
+    def __init__(self, mode: Mode = "off", console: Any = None, lasting: bool = True):
         if mode not in MODES:
             raise ValueError(f"progress mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.mode = mode
         self._console = console  # a rich Console; made on first use for stderr
+        self.lasting = lasting  # whether `say` lines stay (False: bars only)
 
     @classmethod
     def for_stderr(cls, quiet: bool = False) -> Display:
@@ -65,6 +69,12 @@ class Display:
         if quiet or os.environ.get("RANK", "0") != "0":
             return cls("off")
         return cls("bars" if sys.stderr.isatty() else "lines")
+
+    def transient(self) -> Display:
+        """This display without its lasting lines: the bars while work runs, nothing after it,
+        and nothing at all in logs. For work whose caller reports it in its own words (a tuning
+        trial: one line per trial, not one per epoch of each)."""
+        return Display(self.mode if self.mode == "bars" else "off", self._console, lasting=False)
 
     @property
     def console(self) -> Any:
@@ -76,6 +86,8 @@ class Display:
 
     def say(self, line: str) -> None:
         """A line that stays (a summary), in the bars and lines modes; above a live bar."""
+        if not self.lasting:
+            return
         if self.mode == "bars":
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
         elif self.mode == "lines":

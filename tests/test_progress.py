@@ -82,6 +82,22 @@ def test_a_terminal_shows_the_epoch_bar_fields_and_leaves_one_line_per_epoch() -
     assert [int(m.group(1)) for ln in kept if (m := EPOCH_LINE.match(ln))] == [1, 2]
 
 
+def test_a_transient_display_keeps_the_bars_and_drops_the_epoch_lines(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """What a tuning trial runs under: its epochs show as bars on a terminal and leave nothing."""
+    display, out = _terminal()
+    with showing(display.transient()):
+        _fit(epochs=2)
+    text = ANSI.sub("", out.getvalue())
+    assert "epoch 2/2" in text and "step 3/3" in text  # the bar was drawn
+    kept = [ln.strip() for ln in text.replace("\r", "\n").splitlines()]
+    assert not [ln for ln in kept if EPOCH_LINE.match(ln)], text
+    with showing(Display("lines").transient()):
+        _fit(epochs=1)
+    assert capfd.readouterr() == ("", "")  # in a log: nothing at all
+
+
 def test_a_terminal_shows_the_decode_bar() -> None:
     display, out = _terminal()
     with showing(display):
@@ -168,4 +184,9 @@ def test_mgr_train_options_choose_the_display(home: Path) -> None:
     assert quiet.stderr == "" and "t v2" in quiet.stdout
     as_json = mgr(*train, "1", "--json")
     assert as_json.stderr == "" and json.loads(as_json.stdout)["version"] == 3
+    # --tune in a log: a line per trial, then the epoch lines of the one run that is recorded.
+    lines = mgr(*train, "2", "--tune", "--tune-configs", "2").stderr.splitlines()
+    trials = [ln for ln in lines if ln.startswith("tune: trial ")]
+    assert len(trials) == 2, lines  # 2 configs x 2 epochs: one rung
+    assert [int(m.group(1)) for ln in lines if (m := EPOCH_LINE.match(ln))] == [1, 2], lines
     assert current().mode == "off"  # the command's display ended with it

@@ -30,6 +30,7 @@ from manager.delta.delta import DeltaMeta
 from manager.device import resolve_device
 from manager.errors import BadInput, BudgetExceeded, MgrError
 from manager.home import Home
+from manager.progress import current, showing
 from manager.train.config import RunOptions, TrainConfig
 from manager.train.data import ImageTensors
 from manager.train.groups import resolve_lrs
@@ -213,7 +214,9 @@ def search(
             torch.manual_seed(cfg.seed)
             prepare_model(m, method, tcfg)
             try:
-                _, metrics = train_adapter(m, method, tcfg, data, device, meta=meta)
+                # A bar per epoch on a terminal, but the trial's one line below is what stays.
+                with showing(current().transient()):
+                    _, metrics = train_adapter(m, method, tcfg, data, device, meta=meta)
                 trial["score"] = round(metrics["top1"], 3)
             except MgrError as exc:  # a diverged trial scores nothing; the search goes on
                 trial["score"], trial["error"] = None, str(exc)
