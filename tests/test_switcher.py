@@ -226,13 +226,13 @@ def test_compiled_model_serves_every_task_without_recompiling(home):
         assert counters["stats"]["unique_graphs"] == graphs
 
 
-def test_predict_precision_through_the_cli(home, tmp_path):
-    from conftest import CLI, assert_clean_error
+def test_predict_precision_through_the_cli(cli, tmp_path):
+    from conftest import assert_clean_error
     from PIL import Image
 
     img = tmp_path / "x.png"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(img)
-    mgr = CLI(home)
+    mgr = cli  # in process: the arithmetic is the same, three interpreter starts are not
     fp32 = mgr.json("predict", str(img), "--task", "digits", "--top-k", "3")
     bf16 = mgr.json("predict", str(img), "--task", "digits", "--top-k", "3", "--precision", "bf16")
     a, b = fp32["predictions"][0]["top"], bf16["predictions"][0]["top"]

@@ -114,7 +114,8 @@ def test_a_compile_that_cannot_build_is_one_line(mgr, tmp_path):
     assert mgr.json("versions", "nocc") == []
 
 
-def test_bad_precision_is_one_line(mgr):
+def test_bad_precision_is_one_line(cli):
+    mgr = cli  # in process: refused before anything is built
     add_task(mgr, "bad")
     proc = mgr("train", "bad", "--precision", "fp8", "--epochs", "1", ok=False)
     assert_clean_error(proc)
