@@ -6,7 +6,8 @@ seconds of CPU for importing torch and timm alone, so they are looked up first:
 
 1. ``archs.json`` beside this module: the default backbone and its kin, as timm built them
    (``tests/test_arch.py`` checks it against timm; ``python tests/make_archs.py`` rewrites it);
-2. ``<home>/cache/archs/``: every other spec, once timm has built it in this home;
+2. ``<home>/cache/archs/``: every other spec, once timm has built it in this home (an entry
+   made by another timm version is built again);
 3. timm, on the meta device (torch and timm are imported here only).
 
 Reading a ``.safetensors`` header goes through safetensors' own reader, tensors untouched.
@@ -121,6 +122,16 @@ def shipped() -> dict[str, Arch]:
     return {k: Arch.from_json(v) for k, v in json.loads(SHIPPED.read_text()).items()}
 
 
+def _timm_version() -> str | None:
+    """The installed timm's version, from its metadata (timm itself is not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("timm")
+    except PackageNotFoundError:
+        return None
+
+
 def _cache_file(store: Store, spec: str) -> Path:
     # A spec holds ':', ',' and '=': a digest names the file on every filesystem.
     return store.cache / "archs" / f"{hashlib.sha256(spec.encode()).hexdigest()[:32]}.json"
@@ -132,16 +143,17 @@ def arch(spec: str, store: Store | None = None) -> Arch:
     if spec in shipped():
         return shipped()[spec]
     path = _cache_file(store, spec) if store is not None else None
+    key = {"spec": spec, "timm": _timm_version()}
     if path is not None and path.is_file():
         try:
             d = json.loads(path.read_text())
-            if d.get("spec") == spec:
+            if {k: d.get(k) for k in key} == key:
                 return Arch.from_json(d)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # a damaged cache entry is only a cache: rebuilt below
     found = arch_of_model(meta_model(spec))
     if store is not None and path is not None:
-        store.write_bytes(path, json.dumps({"spec": spec, **found.to_json()}).encode())
+        store.write_bytes(path, json.dumps({**key, **found.to_json()}).encode())
     return found
 
 

@@ -50,10 +50,13 @@ def test_a_spec_is_built_once_per_home_then_read_without_timm(tmp_path: Path) ->
     run = [sys.executable, "-c", probe, str(tmp_path.resolve())]
     out = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, check=True)
     assert json.loads(out.stdout) == [built.params, False, False]
-    # A damaged cache entry is only a cache: rebuilt and rewritten.
-    cached.write_text("{not json")
-    assert arch(TINY_SPEC, store) == built
-    assert json.loads(cached.read_text())["spec"] == TINY_SPEC
+    # A damaged entry, or one another timm version made, is only a cache: rebuilt, rewritten.
+    entry = json.loads(cached.read_text())
+    assert entry["timm"] == timm.__version__
+    for bad in ("{not json", "[]", json.dumps({**entry, "timm": "0.0.1", "params": 1})):
+        cached.write_text(bad)
+        assert arch(TINY_SPEC, store) == built
+        assert json.loads(cached.read_text()) == entry
 
 
 def test_weights_header_fits_or_names_what_fits(tmp_path: Path) -> None:
