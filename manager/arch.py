@@ -15,6 +15,7 @@ Reading a ``.safetensors`` header goes through safetensors' own reader, tensors 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -153,7 +154,9 @@ def arch(spec: str, store: Store | None = None) -> Arch:
             pass  # a damaged cache entry is only a cache: rebuilt below
     found = arch_of_model(meta_model(spec))
     if store is not None and path is not None:
-        store.write_bytes(path, json.dumps({**key, **found.to_json()}).encode())
+        # Only a cache: a home that cannot hold it (read-only, full) still gets the answer.
+        with contextlib.suppress(OSError, MgrError):
+            store.write_bytes(path, json.dumps({**key, **found.to_json()}).encode())
     return found
 
 

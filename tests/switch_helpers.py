@@ -15,6 +15,7 @@ import atexit
 import copy
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -303,35 +304,35 @@ def live_file(home: Path, name: str = "backbone", backbone_hash: str | None = No
     return live_dir(home, backbone_hash) / f"{name}.safetensors"
 
 
-def catalog_versions(home: Path) -> dict[str, str]:
-    """``{"task@N": artifact path}`` for every ready version (read with sqlite3 directly)."""
-    import sqlite3
-
-    con = sqlite3.connect(home / "catalog.db")
+def sql(home: Path, query: str, *args) -> list:
+    """Run ``query`` on the home's SQLite catalog with sqlite3 itself (no manager code, no
+    recovery), committed; its rows."""
+    con = sqlite3.connect(home / "catalog.db", timeout=30)
     try:
-        rows = con.execute(
-            "SELECT t.name, v.number, v.path FROM adapter_versions v JOIN tasks t "
-            "ON t.id = v.task_id WHERE v.status = 'ready'"
-        ).fetchall()
+        with con:
+            return con.execute(query, args).fetchall()
     finally:
         con.close()
+
+
+def catalog_versions(home: Path) -> dict[str, str]:
+    """``{"task@N": artifact path}`` for every ready version (read with sqlite3 directly)."""
+    rows = sql(
+        home,
+        "SELECT t.name, v.number, v.path FROM adapter_versions v JOIN tasks t "
+        "ON t.id = v.task_id WHERE v.status = 'ready'",
+    )
     return {f"{t}@{n}": p for t, n, p in rows}
 
 
 def deployment(home: Path) -> dict:
     """The deployment row, read with sqlite3 (no manager code, no recovery)."""
-    import sqlite3
-
-    con = sqlite3.connect(home / "catalog.db", timeout=30)
-    try:
-        row = con.execute(
-            "SELECT d.state, d.version_id, d.pending_version_id, t.name, v.number "
-            "FROM deployment d LEFT JOIN adapter_versions v ON v.id = d.version_id "
-            "LEFT JOIN tasks t ON t.id = v.task_id ORDER BY d.backbone_id IS NULL, d.id LIMIT 1"
-        ).fetchone()
-    finally:
-        con.close()
-    state, vid, pending, task, number = row
+    ((state, vid, pending, task, number),) = sql(
+        home,
+        "SELECT d.state, d.version_id, d.pending_version_id, t.name, v.number "
+        "FROM deployment d LEFT JOIN adapter_versions v ON v.id = d.version_id "
+        "LEFT JOIN tasks t ON t.id = v.task_id ORDER BY d.backbone_id IS NULL, d.id LIMIT 1",
+    )
     return {
         "state": state,
         "version_id": vid,

@@ -59,6 +59,13 @@ def test_a_spec_is_built_once_per_home_then_read_without_timm(tmp_path: Path) ->
         assert json.loads(cached.read_text()) == entry
 
 
+def test_a_cache_that_cannot_be_written_still_answers(tmp_path: Path) -> None:
+    store = Store(Home(tmp_path.resolve()))
+    store.cache.mkdir(parents=True)
+    (store.cache / "archs").write_text("a file where the cache's folder would be")
+    assert arch(TINY_SPEC, store) == arch_of_model(meta_model(TINY_SPEC))
+
+
 def test_weights_header_fits_or_names_what_fits(tmp_path: Path) -> None:
     store = Store(Home((tmp_path / "home").resolve()))
     deit = weights_file(tmp_path / "deit.safetensors", "deit_tiny_patch16_224")

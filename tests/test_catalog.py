@@ -89,18 +89,18 @@ def test_wal_switch_waits_for_a_writer_on_a_fresh_file(tmp_path: Path) -> None:
     writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     writer.execute("CREATE TABLE t (a)")  # rollback-journal mode, as a file starts
     writer.execute("BEGIN IMMEDIATE")
-    released = threading.Event()
+    releasing = threading.Event()
 
     def release() -> None:
+        releasing.set()  # first: the waiter may run on the moment COMMIT lets the lock go
         writer.execute("COMMIT")
-        released.set()
 
     timer = threading.Timer(0.3, release)
     timer.start()
     engine = make_engine(f"sqlite:///{path}")
     try:
         with engine.connect() as conn:
-            assert released.is_set()  # it waited for the writer instead of failing
+            assert releasing.is_set()  # it waited for the writer instead of failing
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     finally:
         timer.join()

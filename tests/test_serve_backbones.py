@@ -7,14 +7,13 @@ reloads backbones with the answers unchanged, and a backbone that cannot fit is 
 from __future__ import annotations
 
 import json
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 from serve_helpers import ALL_CLASSES, Server, assert_same_answer, b64, metric, one_line_error, png
-from switch_helpers import copy_home, fork_server, template_home, with_second_backbone
+from switch_helpers import copy_home, fork_server, sql, template_home, with_second_backbone
 
 SPEC1 = "deit_tiny_patch16_224:img_size=32,depth=1"
 SMALL = {"small": (4, [("consolidator", ((4, True),), torch.float32)])}
@@ -93,11 +92,7 @@ def test_every_task_on_either_backbone_answers_as_mgr_predict(home: Path) -> Non
 
 def test_max_memory_evicts_and_reloads_backbones_with_the_same_answers(home: Path) -> None:
     # A loaded backbone holds W0 and its serving copy (fp32 here: twice its file) plus deltas.
-    con = sqlite3.connect(home / "catalog.db")
-    try:
-        sizes = sorted(n for (n,) in con.execute("SELECT bytes FROM backbones"))
-    finally:
-        con.close()
+    sizes = sorted(n for (n,) in sql(home, "SELECT bytes FROM backbones"))
     small, big = sizes
     budget = 2 * big + small  # either backbone and its few small deltas fit, both do not
     srv = Server(home, "--max-memory", str(budget))

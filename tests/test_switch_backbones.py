@@ -9,7 +9,6 @@ interpreter, see ``switch_helpers``); the expected weights are fresh merges comp
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from switch_helpers import (
     fork_server,
     live_file,
     merged,
+    sql,
     template_home,
     with_second_backbone,
 )
@@ -36,14 +36,11 @@ SMALL = {
 
 def _backbones(home: Path) -> dict[str, tuple[str, str]]:
     """``{task: (backbone spec, content hash)}`` read with sqlite3."""
-    con = sqlite3.connect(home / "catalog.db")
-    try:
-        rows = con.execute(
-            "SELECT t.name, b.spec, b.content_hash, b.path FROM tasks t JOIN backbones b "
-            "ON b.id = t.backbone_id"
-        ).fetchall()
-    finally:
-        con.close()
+    rows = sql(
+        home,
+        "SELECT t.name, b.spec, b.content_hash, b.path FROM tasks t JOIN backbones b "
+        "ON b.id = t.backbone_id",
+    )
     return {t: (spec, digest, path) for t, spec, digest, path in rows}
 
 
@@ -263,16 +260,13 @@ SLOW = "0.003"  # seconds per tensor written by a switch: widens its write phase
 
 def _live_rows(home: Path) -> dict[str, str | None]:
     """``{backbone hash: "task@N" or None}`` of every deployment row, read with sqlite3."""
-    con = sqlite3.connect(home / "catalog.db", timeout=30)
-    try:
-        rows = con.execute(
-            "SELECT b.content_hash, t.name, v.number FROM deployment d "
-            "JOIN backbones b ON b.id = d.backbone_id "
-            "LEFT JOIN adapter_versions v ON v.id = d.version_id "
-            "LEFT JOIN tasks t ON t.id = v.task_id"
-        ).fetchall()
-    finally:
-        con.close()
+    rows = sql(
+        home,
+        "SELECT b.content_hash, t.name, v.number FROM deployment d "
+        "JOIN backbones b ON b.id = d.backbone_id "
+        "LEFT JOIN adapter_versions v ON v.id = d.version_id "
+        "LEFT JOIN tasks t ON t.id = v.task_id",
+    )
     return {h: (f"{t}@{n}" if t else None) for h, t, n in rows}
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +17,16 @@ import pytest
 import torch
 from conftest import CLI, ROOT, assert_clean_error
 from safetensors.torch import load_file
-from switch_helpers import catalog_versions, deployment, fork_mgr, live_file, merged, one_thread, w0  # noqa: F401
+from switch_helpers import (  # noqa: F401
+    catalog_versions,
+    deployment,
+    fork_mgr,
+    live_file,
+    merged,
+    one_thread,
+    sql,
+    w0,
+)
 
 pytestmark = pytest.mark.trained_home  # `home`: a copy of the trained switch template
 
@@ -30,15 +38,6 @@ def sha(path: Path) -> str:
 def backbone_file(home: Path) -> Path:
     (path,) = (home / "backbones").glob("*.safetensors")
     return path
-
-
-def sql(home: Path, query: str, *args) -> list:
-    con = sqlite3.connect(home / "catalog.db", timeout=30)
-    try:
-        with con:
-            return con.execute(query, args).fetchall()
-    finally:
-        con.close()
 
 
 def version_id(home: Path, label: str) -> int:
